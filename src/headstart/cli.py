@@ -1,0 +1,295 @@
+"""The ``headstart`` command: arguments in, an :class:`ExitStatus` out.
+
+``main(argv)`` never calls ``sys.exit`` and never lets a user error escape as a
+traceback: it prints ``headstart: error: ...`` on one line and returns the
+error's status. ``--traceback`` shows the stack for bug reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from . import __version__
+from ._console import Console
+from .errors import ExitStatus, HeadstartError, UsageError
+
+__all__ = ["main", "run", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors reported in headstart's one-line form."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _unfreeze(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of blocks or 'all', got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 block, got {number}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="headstart", description="Transfer learning for image folders: a pretrained "
+                     "backbone, frozen, with a new head trained on your images.")
+    parser.add_argument("--version", action="version", version=f"headstart {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print results and errors only")
+    parser.add_argument("--traceback", action="store_true", help="show the Python traceback of an error")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    t = commands.add_parser("train", help="train a classifier on a folder of images, one subfolder per class")
+    t.add_argument("data", type=Path, metavar="DATA", help="image folder: one subfolder per class, "
+                   "or train/ and val/ (or validation/) split folders, optionally test/")
+    t.add_argument("--out", type=Path, help="run folder to write (default: runs/<timestamp>)")
+    t.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    g = t.add_argument_group("backbone")
+    g.add_argument("--backbone", default="efficientnet_lite0",
+                   help="efficientnet_lite0/1/2 (embedded weights, no download) or any timm model name")
+    g.add_argument("--weights", metavar="FILE", help="local weights (.safetensors, or a .pth state_dict)")
+    g.add_argument("--image-size", type=int, metavar="PX", help="input size (default: the backbone's own)")
+    g = t.add_argument_group("stage 1: the head on the frozen backbone")
+    g.add_argument("--epochs", type=int, default=5)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--augment", choices=("none", "light", "strong"), default="light")
+    g.add_argument("--dropout", type=float, default=0.2)
+    g.add_argument("--patience", type=int, default=3, help="early stopping on validation loss (0: off)")
+    g = t.add_argument_group("stage 2: fine-tuning (kept only if validation improves)")
+    g.add_argument("--fine-tune-epochs", type=int, default=0, metavar="N", help="0 (default) skips it")
+    g.add_argument("--fine-tune-lr", type=float, default=1e-5)
+    g.add_argument("--unfreeze-last", type=_unfreeze, default=None, metavar="K|all",
+                   help="unfreeze the last K blocks of the backbone, or all (default)")
+    g = t.add_argument_group("data and hardware")
+    g.add_argument("--val-fraction", type=float, default=0.2, help="used when DATA has no val/ folder")
+    g.add_argument("--test-fraction", type=float, default=0.0, help="used when DATA has no test/ folder")
+    g.add_argument("--seed", type=int, default=0)
+    _add_hardware(g)
+
+    p = commands.add_parser("predict", help="classify images with a trained model")
+    p.add_argument("model", type=Path, metavar="RUN", help="a run folder written by 'headstart train'")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (recursive)")
+    p.add_argument("--top-k", type=int, default=1, metavar="K")
+    p.add_argument("--output", type=Path, metavar="FILE", help="write predictions to FILE (.csv or .json)")
+    p.add_argument("--overwrite", action="store_true", help="allow replacing an existing --output")
+    p.add_argument("--batch-size", type=int, default=32)
+    _add_hardware(p)
+
+    e = commands.add_parser("evaluate", help="measure a trained model on a labelled image folder")
+    e.add_argument("model", type=Path, metavar="RUN")
+    e.add_argument("data", type=Path, metavar="DATA", help="one subfolder per class (with split "
+                   "folders, test/ is used, else val/)")
+    e.add_argument("--output", type=Path, metavar="FILE", help="also write the metrics as JSON")
+    e.add_argument("--overwrite", action="store_true", help="allow replacing an existing --output")
+    _add_hardware(e)
+    return parser
+
+
+def _add_hardware(group) -> None:
+    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    group.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                       help="auto: bf16 where the hardware runs it natively, else fp32 (fp16 on older GPUs)")
+    group.add_argument("--workers", type=int, default=None, help="image decoding processes "
+                       "(default: one per core, at most 4)")
+
+
+def main(argv: Sequence[str] | None = None, console: Console | None = None) -> ExitStatus:
+    """Run the command line ``argv``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    show_traceback = "--traceback" in argv
+    console = console or Console()
+    try:
+        args = build_parser().parse_args(argv)
+        if args.quiet:
+            console.verbosity = 0
+        return _COMMANDS[args.command](args, console)
+    except HeadstartError as exc:
+        if show_traceback:
+            raise
+        console.error(str(exc))
+        return exc.exit_status
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        return ExitStatus.INTERRUPTED
+    except SystemExit as exc:  # --help and --version
+        return ExitStatus(exc.code or 0)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(int(main()))
+
+
+def _training_kwargs(args: argparse.Namespace) -> dict:
+    from .model import ImageClassifier
+
+    names = ImageClassifier().get_params()
+    return {k: v for k, v in vars(args).items() if k in names and k != "verbose"}
+
+
+def _default_run_dir() -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = Path("runs") / stamp, 1
+    while path.exists():
+        n += 1
+        path = Path("runs") / f"{stamp}-{n}"
+    return path
+
+
+def _train(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from .model import ImageClassifier, prepare_output_dir
+
+    clf = ImageClassifier(**_training_kwargs(args), verbose=console.verbosity)
+    clf.training_config()  # a bad option fails before any work
+    out = prepare_output_dir(args.out or _default_run_dir(), args.overwrite)
+    clf.fit(args.data)
+    clf.save(out, overwrite=True)
+    console.info(_summary(clf, out))
+    return ExitStatus.SUCCESS
+
+
+def _summary(clf, out: Path) -> str:
+    m = clf.metrics_
+    lines = ["", "done:"]
+    if m["stage1"] and m["stage1"]["val_accuracy"] == m["stage1"]["val_accuracy"]:
+        lines.append(f"  stage 1 (frozen backbone): val accuracy {m['stage1']['val_accuracy']:.2%}")
+    if m["fine_tune"]:
+        verdict = "kept" if m["fine_tune"]["kept"] else "not kept: stage-1 weights restored"
+        lines.append(f"  fine-tuning: val accuracy {m['fine_tune']['val_accuracy']:.2%} ({verdict})")
+    if "val" in m:
+        lines.append(f"  final model: val accuracy {m['val']['accuracy']:.2%}")
+    if "test" in m:
+        lines.append(f"  final model: test accuracy {m['test']['accuracy']:.2%}")
+    if m["skipped"]:
+        lines.append(f"  {m['skipped']} file(s) skipped: see {out / 'skipped.csv'}")
+    lines.append(f"  training time {m['train_seconds']:.0f} s; model saved in {out}")
+    lines.append(f"  predict with: headstart predict {out} IMAGES...")
+    return "\n".join(lines)
+
+
+def _load(args: argparse.Namespace, console: Console):
+    from .model import load
+
+    clf = load(args.model, verbose=console.verbosity)
+    clf.set_params(device=args.device, precision=args.precision, workers=args.workers)
+    return clf
+
+
+def _check_output(path: Path | None, overwrite: bool, suffixes: tuple[str, ...]) -> None:
+    if path is None:
+        return
+    if path.suffix.lower() not in suffixes:
+        raise UsageError(f"--output {path}: expected a file ending in {' or '.join(suffixes)}")
+    if path.exists() and not overwrite:
+        raise UsageError(f"--output {path} exists: choose another name or pass --overwrite")
+    if not path.parent.is_dir():
+        raise UsageError(f"--output {path}: folder {path.parent} does not exist")
+
+
+def _predict(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from .data import collect_images
+
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1. Got {args.top_k} instead.")
+    _check_output(args.output, args.overwrite, (".csv", ".json"))
+    clf = _load(args, console)
+    paths = collect_images(args.paths)
+    console.info(f"predicting {len(paths)} image(s) with {args.model}")
+    rows = _prediction_rows(clf, paths, min(args.top_k, len(clf.classes_)), args.batch_size, console)
+    if args.output is None:
+        count, failed = _print_table(rows, console)
+    elif args.output.suffix.lower() == ".csv":
+        count, failed = _write_predictions_csv(rows, args.output)
+    else:
+        count, failed = _write_predictions_json(rows, args.output)
+    where = f", written to {args.output}" if args.output else ""
+    console.info(f"{count} prediction(s){where}; {failed} image(s) could not be read")
+    return ExitStatus.SUCCESS
+
+
+def _prediction_rows(clf, paths, top_k: int, batch_size: int, console: Console) -> Iterator[dict]:
+    predictions = clf.iter_predict(paths, batch_size=batch_size)
+    for p in console.progress(predictions, total=len(paths), desc="predict"):
+        if p.probabilities is None:
+            console.warn(f"cannot read {p.path}: {p.error}")
+            yield {"path": str(p.path), "class": None, "probability": None, "top_k": [], "error": p.error}
+            continue
+        order = p.probabilities.argsort()[::-1][:top_k]
+        top = [{"class": clf.classes_[i], "probability": round(float(p.probabilities[i]), 6)} for i in order]
+        yield {"path": str(p.path), "class": top[0]["class"], "probability": top[0]["probability"],
+               "top_k": top, "error": None}
+
+
+def _print_table(rows: Iterator[dict], console: Console) -> tuple[int, int]:
+    count = failed = 0
+    for row in rows:
+        count += 1
+        if row["error"]:
+            failed += 1
+            console.result(f"{row['path']}\t-\t-\tERROR: {row['error']}")
+            continue
+        others = "  ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top_k"][1:])
+        console.result(f"{row['path']}\t{row['class']}\t{row['probability']:.4f}" + (f"\t{others}" if others else ""))
+    return count, failed
+
+
+def _write_predictions_csv(rows: Iterator[dict], path: Path) -> tuple[int, int]:
+    from ._io import atomic_path
+
+    count = failed = 0
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "class", "probability", "top_k", "error"])
+        for row in rows:
+            count += 1
+            failed += row["error"] is not None
+            top = " ".join(f"{t['class']}:{t['probability']:.6f}" for t in row["top_k"])
+            writer.writerow([row["path"], row["class"] or "", "" if row["probability"] is None
+                             else f"{row['probability']:.6f}", top, row["error"] or ""])
+    return count, failed
+
+
+def _write_predictions_json(rows: Iterator[dict], path: Path) -> tuple[int, int]:
+    from ._io import atomic_path
+
+    count = failed = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        # Streamed item by item, so 100,000 predictions never sit in memory at once.
+        f.write("[")
+        for row in rows:
+            f.write(("," if count else "") + "\n  " + json.dumps(row, ensure_ascii=False))
+            count += 1
+            failed += row["error"] is not None
+        f.write("\n]\n")
+    return count, failed
+
+
+def _evaluate(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from ._io import write_json
+    from .evaluate import format_metrics
+
+    _check_output(args.output, args.overwrite, (".json",))
+    clf = _load(args, console)
+    metrics = clf.evaluate(args.data)
+    console.result(format_metrics(metrics, title=f"{args.model} on {args.data}"))
+    if args.output:
+        write_json(args.output, metrics)
+        console.info(f"metrics written to {args.output}")
+    return ExitStatus.SUCCESS
+
+
+_COMMANDS = {"train": _train, "predict": _predict, "evaluate": _evaluate}

@@ -1,0 +1,261 @@
+"""Explicit, validated configuration objects, saved as ``config.json`` beside every model.
+
+A saved model is rebuilt from these alone: ``predict``, ``evaluate`` and
+``serve`` never guess the backbone, the class order or the preprocessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from .errors import UsageError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Preprocessing",
+    "BackboneSpec",
+    "HeadSpec",
+    "TrainingConfig",
+    "ModelConfig",
+    "library_versions",
+]
+
+FORMAT_VERSION = 1
+
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+AUGMENTATIONS = ("none", "light", "strong")
+WORKFLOWS = ("standard",)
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _require(condition: bool, name: str, expected: str, got: Any) -> None:
+    if not condition:
+        raise UsageError(f"'{name}' must be {expected}. Got {got!r} instead.")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the backbone's input, from its pretrained config.
+
+    Evaluation resizes the shorter side to ``size / crop_pct`` and takes the
+    centre ``size`` square, then normalises with ``mean`` and ``std``.
+    """
+
+    input_size: tuple[int, int, int]
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float
+
+    def __post_init__(self) -> None:
+        size = self.input_size
+        _require(
+            len(size) == 3 and size[0] == 3 and all(isinstance(s, int) and s > 0 for s in size),
+            "input_size", "3 positive integers (3, height, width)", size,
+        )
+        _require(self.interpolation in INTERPOLATIONS, "interpolation", f"one of {INTERPOLATIONS}",
+                 self.interpolation)
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            _require(len(value) == 3 and all(isinstance(v, (int, float)) for v in value),
+                     name, "3 numbers, one per RGB channel", value)
+        _require(all(s > 0 for s in self.std), "std", "positive", self.std)
+        _require(0 < self.crop_pct <= 1, "crop_pct", "in (0, 1]", self.crop_pct)
+
+    @property
+    def image_size(self) -> int:
+        return self.input_size[1]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Which pretrained network extracts the features, and where its weights came from."""
+
+    name: str  # what the user asked for, e.g. "efficientnet_lite0"
+    architecture: str  # the timm model that builds it, e.g. "tf_efficientnet_lite0"
+    weights: str  # "embedded:<package>", "hub:<id>", "file:<path>" or "none"
+    num_features: int
+
+    def __post_init__(self) -> None:
+        for name in ("name", "architecture", "weights"):
+            _require(isinstance(getattr(self, name), str) and getattr(self, name) != "",
+                     name, "a non-empty string", getattr(self, name))
+        _require(isinstance(self.num_features, int) and self.num_features > 0,
+                 "num_features", "a positive integer", self.num_features)
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The new layers: global average pooling, dropout, one dense output layer."""
+
+    num_classes: int
+    dropout: float = 0.2
+    pooling: Literal["avg"] = "avg"
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.num_classes, int) and self.num_classes >= 2,
+                 "num_classes", "an integer >= 2", self.num_classes)
+        _require(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)
+        _require(self.pooling == "avg", "pooling", "'avg'", self.pooling)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Every setting of a training run: the CLI's options, with the same names."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None
+    image_size: int | None = None
+    workflow: str = "standard"
+    epochs: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    label_smoothing: float = 0.0
+    augment: str = "light"
+    dropout: float = 0.2
+    patience: int = 3
+    fine_tune_epochs: int = 0
+    fine_tune_lr: float = 1e-5
+    unfreeze_last: int | None = None  # None: the whole backbone
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | None = None  # None: one per core, at most 4
+
+    def __post_init__(self) -> None:
+        positive_ints = ("epochs", "batch_size")
+        for name in positive_ints:
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value >= 1, name, "an integer >= 1", value)
+        for name in ("fine_tune_epochs", "patience", "seed"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value >= 0, name, "an integer >= 0", value)
+        for name in ("lr", "fine_tune_lr"):
+            value = getattr(self, name)
+            _require(isinstance(value, (int, float)) and value > 0, name, "a positive number", value)
+        _require(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+        _require(0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)", self.label_smoothing)
+        _require(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)
+        _require(0 <= self.val_fraction < 1, "val_fraction", "in [0, 1)", self.val_fraction)
+        _require(0 <= self.test_fraction < 1, "test_fraction", "in [0, 1)", self.test_fraction)
+        _require(self.val_fraction + self.test_fraction < 1, "val_fraction + test_fraction",
+                 "below 1", self.val_fraction + self.test_fraction)
+        _require(self.augment in AUGMENTATIONS, "augment", f"one of {AUGMENTATIONS}", self.augment)
+        _require(self.workflow in WORKFLOWS, "workflow", f"one of {WORKFLOWS}", self.workflow)
+        _require(self.device in DEVICES or self.device.startswith("cuda:"), "device",
+                 f"one of {DEVICES} or 'cuda:N'", self.device)
+        _require(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", self.precision)
+        _require(self.image_size is None or (isinstance(self.image_size, int) and self.image_size >= 16),
+                 "image_size", "an integer >= 16", self.image_size)
+        _require(self.unfreeze_last is None or (isinstance(self.unfreeze_last, int) and self.unfreeze_last >= 1),
+                 "unfreeze_last", "an integer >= 1 (or None for all)", self.unfreeze_last)
+        _require(self.workers is None or (isinstance(self.workers, int) and self.workers >= 0),
+                 "workers", "an integer >= 0", self.workers)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a trained model: saved as ``config.json``."""
+
+    classes: tuple[str, ...]
+    backbone: BackboneSpec
+    head: HeadSpec
+    preprocessing: Preprocessing
+    training: TrainingConfig | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        _require(len(self.classes) >= 2 and all(isinstance(c, str) and c for c in self.classes),
+                 "classes", "a list of at least 2 non-empty names", self.classes)
+        _require(len(set(self.classes)) == len(self.classes), "classes", "unique names", self.classes)
+        _require(self.head.num_classes == len(self.classes), "head.num_classes",
+                 f"the number of classes ({len(self.classes)})", self.head.num_classes)
+        _require(self.format_version == FORMAT_VERSION, "format_version",
+                 f"{FORMAT_VERSION} (written by another headstart version?)", self.format_version)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ModelConfig":
+        """Build and validate from parsed JSON; raises :class:`UsageError` naming the bad field."""
+        return _from_dict(cls, data, "config")
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    """Recursively build dataclass ``cls`` from JSON data, checking keys and basic types."""
+    if not isinstance(data, dict):
+        raise UsageError(f"'{where}' must be an object. Got {type(data).__name__} instead.")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UsageError(f"'{where}' has unknown field(s): {', '.join(unknown)}.")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise UsageError(f"'{where}.{f.name}' is missing.")
+            continue
+        kwargs[f.name] = _coerce(hints[f.name], data[f.name], f"{where}.{f.name}")
+    try:
+        return cls(**kwargs)
+    except UsageError as exc:
+        raise UsageError(f"in '{where}': {exc}") from None
+    except TypeError as exc:  # e.g. a comparison between a str and a number
+        raise UsageError(f"'{where}' has a value of the wrong type ({exc}).") from None
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Turn a JSON value into the annotated type, or raise :class:`UsageError`."""
+    origin, args = get_origin(hint), get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, where)
+    if args and type(None) in args:  # X | None
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"'{where}' must be a list. Got {value!r} instead.")
+        inner = args[0]
+        return tuple(_coerce(inner, v, where) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"'{where}' must be an object. Got {value!r} instead.")
+        return {str(k): str(v) for k, v in value.items()}
+    if origin is Literal:
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"'{where}' must be a number. Got {value!r} instead.")
+        return float(value)
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise UsageError(f"'{where}' must be an integer. Got {value!r} instead.")
+    if hint is str and not isinstance(value, str):
+        raise UsageError(f"'{where}' must be a string. Got {value!r} instead.")
+    return value
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded with every model, to explain differences between runs."""
+    import timm
+    import torch
+
+    from . import __version__
+
+    return {
+        "headstart": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,364 @@
+"""From a folder of images to batches: discovery, splits, decoding, transforms.
+
+Layout: one subfolder per class. When the folder holds split folders
+(``train/`` plus ``val/`` or ``validation/``, optionally ``test/``) they are
+used as they are; otherwise a stratified split is drawn with a seed and saved
+with the run.
+
+Images are decoded lazily, in worker processes: the dataset is never held in
+memory whole. A file that cannot be used is never fatal: it is reported with
+its reason and left out.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import warnings
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from .config import Preprocessing
+from .errors import DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Sample",
+    "Skipped",
+    "DatasetSplit",
+    "discover",
+    "collect_images",
+    "load_image",
+    "probe_image",
+    "eval_transform",
+    "train_transform",
+    "ImageDataset",
+    "make_loader",
+    "default_workers",
+]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: Path
+    reason: str
+
+
+@dataclass
+class DatasetSplit:
+    """The classes, in label order, and the images of each split."""
+
+    root: Path
+    classes: tuple[str, ...]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    skipped: list[Skipped] = field(default_factory=list)
+    presplit: bool = False  # True when the split came from train/ val/ test/ folders
+
+    def splits(self) -> dict[str, list[Sample]]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class in each split."""
+        out = {}
+        for name, samples in self.splits().items():
+            per_class = dict.fromkeys(self.classes, 0)
+            for s in samples:
+                per_class[self.classes[s.label]] += 1
+            out[name] = per_class
+        return out
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _walk_files(folder: Path) -> Iterable[Path]:
+    """Visible files below ``folder``, following links but never around a loop."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        for name in sorted(filenames):
+            if not _is_hidden(name):
+                yield Path(dirpath) / name
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return [p for p in _walk_files(folder) if p.suffix.lower() in IMAGE_EXTENSIONS]
+
+
+def probe_image(path: Path) -> str | None:
+    """Why ``path`` cannot be used as an image, or None. Reads the header only: cheap."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+        if width < 1 or height < 1:
+            return "image has no pixels"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return f"image too large (over {Image.MAX_IMAGE_PIXELS} pixels): refused as a possible decompression bomb"
+    except Image.UnidentifiedImageError:
+        return "not an image Pillow can read"
+    except OSError as exc:
+        return f"cannot read file: {exc.strerror or exc}"
+    return None
+
+
+def _probe_all(paths: Sequence[Path]) -> dict[Path, str]:
+    # Header reads are I/O bound: threads overlap them without any pickling.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        reasons = list(pool.map(probe_image, paths))
+    return {p: r for p, r in zip(paths, reasons) if r is not None}
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name))
+
+
+def _scan_classes(root: Path, classes: Sequence[str] | None = None) -> tuple[dict[str, list[Path]], list[Skipped]]:
+    """Usable images per class folder of ``root``, and the files left out with a reason."""
+    folders = _class_folders(root)
+    if classes is None:
+        if not folders:
+            raise DataError(f"no class folders in {root}: expected one subfolder of images per class")
+        if len(folders) < 2:
+            raise DataError(f"{root} has a single class folder ({folders[0].name}): "
+                            "a classifier needs at least two classes")
+    else:
+        unknown = sorted(p.name for p in folders if p.name not in classes)
+        if unknown:
+            raise DataError(f"{root} has class folder(s) not in the training split: {', '.join(unknown)}")
+    files = {p.name: _image_files(p) for p in folders}
+    bad = _probe_all([f for paths in files.values() for f in paths])
+    skipped = [Skipped(p, r) for p, r in bad.items()]
+    images = {name: [f for f in paths if f not in bad] for name, paths in files.items()}
+    for name, paths in images.items():
+        if not paths:
+            raise DataError(f"class folder {root / name} has no usable images")
+    return images, skipped
+
+
+def _find_split_folders(root: Path) -> dict[str, Path]:
+    found = {}
+    for split, names in SPLIT_FOLDERS.items():
+        for name in names:
+            if (root / name).is_dir():
+                found[split] = root / name
+                break
+    return found if "train" in found and "val" in found else {}
+
+
+def discover(root: str | Path, val_fraction: float = 0.2, test_fraction: float = 0.0,
+             seed: int = 0) -> DatasetSplit:
+    """Find the classes and images under ``root`` and split them into train / val / test."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}")
+    split_folders = _find_split_folders(root)
+    if split_folders:
+        train_images, skipped = _scan_classes(split_folders["train"])
+        classes = tuple(sorted(train_images))
+        splits = {"train": train_images}
+        for name in ("val", "test"):
+            if name in split_folders:
+                splits[name], more = _scan_classes(split_folders[name], classes)
+                skipped += more
+        samples = {name: _to_samples(images, classes) for name, images in splits.items()}
+        return DatasetSplit(root, classes, samples["train"], samples["val"], samples.get("test", []),
+                            skipped, presplit=True)
+    images, skipped = _scan_classes(root)
+    classes = tuple(sorted(images))
+    train, val, test = stratified_split(images, classes, val_fraction, test_fraction, seed)
+    return DatasetSplit(root, classes, train, val, test, skipped)
+
+
+def _to_samples(images: dict[str, list[Path]], classes: Sequence[str]) -> list[Sample]:
+    return [Sample(p, classes.index(name)) for name in classes for p in images.get(name, [])]
+
+
+def stratified_split(images: dict[str, list[Path]], classes: Sequence[str], val_fraction: float,
+                     test_fraction: float, seed: int) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """Split each class in the same proportions, reproducibly for a seed.
+
+    Done per class rather than with scikit-learn's ``train_test_split``, which
+    refuses classes with a single image: here such a class stays in training,
+    where it is still learned from.
+    """
+    rng = random.Random(seed)
+    train, val, test = [], [], []
+    for label, name in enumerate(classes):
+        paths = sorted(images[name])
+        rng.shuffle(paths)
+        n = len(paths)
+        n_test = min(round(n * test_fraction), max(n - 1, 0))
+        n_val = min(round(n * val_fraction), max(n - 1 - n_test, 0))
+        test += [Sample(p, label) for p in paths[:n_test]]
+        val += [Sample(p, label) for p in paths[n_test:n_test + n_val]]
+        train += [Sample(p, label) for p in paths[n_test + n_val:]]
+    return train, val, test
+
+
+def collect_images(paths: Iterable[str | Path]) -> list[Path]:
+    """Image files named by ``paths``: files as given, folders searched recursively."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += _image_files(path)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise DataError(f"no such file or folder: {path}")
+    return found
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode ``path`` as an upright RGB image (EXIF orientation applied)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode != "RGB":
+                # Palette and LA/RGBA images carry transparency: flatten on white, as viewers do.
+                if im.mode in ("P", "PA", "LA", "RGBA") or "transparency" in im.info:
+                    rgba = im.convert("RGBA")
+                    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                    im = Image.alpha_composite(background, rgba)
+                im = im.convert("RGB")
+            im.load()
+            return im
+
+
+_INTERPOLATION = {
+    "bicubic": InterpolationMode.BICUBIC,
+    "bilinear": InterpolationMode.BILINEAR,
+    "nearest": InterpolationMode.NEAREST,
+}
+
+
+def _to_normalized_tensor(pre: Preprocessing) -> list:
+    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
+
+
+def eval_transform(pre: Preprocessing) -> T.Compose:
+    """Resize the shorter side to ``size / crop_pct``, centre-crop ``size``, normalise."""
+    size = pre.input_size[1:]
+    scale = math.floor(size[0] / pre.crop_pct)
+    return T.Compose([
+        T.Resize(scale, interpolation=_INTERPOLATION[pre.interpolation], antialias=True),
+        T.CenterCrop(size),
+        *_to_normalized_tensor(pre),
+    ])
+
+
+def train_transform(pre: Preprocessing, augment: str) -> T.Compose:
+    """Augmentation for the standard workflow: ``none``, ``light`` or ``strong``."""
+    if augment == "none":
+        return eval_transform(pre)
+    size = pre.input_size[1:]
+    interpolation = _INTERPOLATION[pre.interpolation]
+    if augment == "light":
+        steps = [T.RandomResizedCrop(size, scale=(0.6, 1.0), interpolation=interpolation, antialias=True),
+                 T.RandomHorizontalFlip()]
+    else:
+        steps = [T.RandomResizedCrop(size, scale=(0.3, 1.0), interpolation=interpolation, antialias=True),
+                 T.RandomHorizontalFlip(),
+                 T.RandomRotation(15, interpolation=InterpolationMode.BILINEAR),
+                 T.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3)]
+    return T.Compose([*steps, *_to_normalized_tensor(pre)])
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Decodes one image per item; a failure is returned as data, never raised.
+
+    Items are ``(tensor, label, index)``, or ``(None, reason, index)`` when the
+    image cannot be decoded (e.g. a truncated JPEG whose header looked fine):
+    :func:`collate` drops those from the batch and hands them on, so a worker
+    process never dies on a bad file.
+    """
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | None, transform):
+        self.paths = list(paths)
+        self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.transform(load_image(self.paths[index])), self.labels[index], index
+        except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            return None, f"cannot decode image: {exc}", index
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: list[int]
+    failed: list[tuple[int, str]]  # (index, reason)
+
+
+def collate(items) -> Batch:
+    good = [(x, y, i) for x, y, i in items if x is not None]
+    failed = [(i, reason) for x, reason, i in items if x is None]
+    if not good:
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), [], failed)
+    return Batch(torch.stack([x for x, _, _ in good]),
+                 torch.tensor([y for _, y, _ in good], dtype=torch.long),
+                 [i for _, _, i in good], failed)
+
+
+def default_workers() -> int:
+    """Decoding processes: one per core the process may use, at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool = False, workers: int | None = None,
+                seed: int = 0, pin_memory: bool = False) -> DataLoader:
+    workers = default_workers() if workers is None else workers
+    workers = min(workers, max(1, math.ceil(len(dataset) / batch_size)))
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate,
+        generator=generator,
+        pin_memory=pin_memory,
+        # Workers are seeded from `generator`, so augmentation is reproducible.
+        persistent_workers=workers > 0,
+    )

@@ -1,0 +1,64 @@
+"""The new head, and the full network: frozen-able backbone + head.
+
+The head is the seed's: global average pooling, dropout, one dense layer. It
+accepts a backbone feature map (standard workflow) or already pooled features
+(lightweight workflow), so both workflows train the very same layers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import HeadSpec
+
+__all__ = ["Head", "ClassifierNet"]
+
+
+class Head(nn.Module):
+    """Global average pooling -> dropout -> linear, producing one logit per class."""
+
+    def __init__(self, num_features: int, spec: HeadSpec):
+        super().__init__()
+        self.dropout = nn.Dropout(spec.dropout)
+        self.fc = nn.Linear(num_features, spec.num_classes)
+
+    @staticmethod
+    def pool(features: torch.Tensor) -> torch.Tensor:
+        """Average over space (N, C, H, W) or tokens (N, T, C); pooled (N, C) passes through."""
+        if features.ndim == 4:
+            return features.mean(dim=(2, 3))
+        if features.ndim == 3:
+            return features.mean(dim=1)
+        return features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.pool(features)))
+
+
+class ClassifierNet(nn.Module):
+    """Backbone + head. The backbone always runs in inference mode.
+
+    ``train()`` switches only the head to training mode: the backbone's
+    BatchNorm layers keep using their ImageNet running statistics (and its
+    dropout / stochastic depth stay off), whether the backbone is frozen or
+    being fine-tuned. This is the seed's key detail: updating BatchNorm
+    statistics on a small new dataset wrecks what the backbone learned.
+    """
+
+    def __init__(self, backbone: nn.Module, head: Head):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def train(self, mode: bool = True) -> "ClassifierNet":
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features, the input of the head's dropout."""
+        return Head.pool(self.backbone.forward_features(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.forward_features(images))

@@ -1,0 +1,374 @@
+"""``ImageClassifier``: the whole method behind scikit-learn's estimator API.
+
+>>> clf = ImageClassifier(backbone="efficientnet_lite0", fine_tune_epochs=1).fit("data/")
+>>> clf.predict(["cat.jpg"])
+>>> clf.save("runs/pets")
+>>> clf = headstart.load("runs/pets")
+
+A saved model is a folder: ``model.safetensors`` (weights) and ``config.json``
+(everything else), plus ``metrics.json``, ``history.csv``, ``split.csv`` and
+``skipped.csv`` for a model trained in this session. Loading reads only
+safetensors and JSON: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import train as training
+from ._console import Console
+from ._io import atomic_path, write_csv, write_json
+from .backbone import build_architecture, create_backbone
+from .config import HeadSpec, ModelConfig, TrainingConfig, library_versions
+from .data import DatasetSplit, ImageDataset, Sample, Skipped, discover, eval_transform, make_loader, train_transform
+from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
+from .evaluate import classification_metrics
+from .head import ClassifierNet, Head
+
+__all__ = ["ImageClassifier", "Prediction", "load", "MODEL_FILE", "CONFIG_FILE"]
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+
+_TRAINING_PARAMS = tuple(f.name for f in dataclasses.fields(TrainingConfig))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result: class probabilities in ``classes_`` order, or why it failed."""
+
+    path: Path
+    probabilities: np.ndarray | None
+    error: str | None = None
+
+
+class ImageClassifier:
+    """A pretrained backbone, frozen, with a new head trained on your images.
+
+    Parameters mirror the ``headstart train`` options (``--fine-tune-epochs`` is
+    ``fine_tune_epochs``...); see :class:`headstart.config.TrainingConfig` for
+    their meaning. ``verbose``: 0 silent, 1 progress and one line per epoch.
+
+    Attributes set by :meth:`fit` (or :func:`load`) end in ``_``:
+    ``classes_``, ``config_``, ``net_``, ``metrics_``, ``history_``,
+    ``split_`` and ``skipped_``.
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", weights: str | None = None,
+                 image_size: int | None = None, workflow: str = "standard", epochs: int = 5,
+                 lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 32,
+                 label_smoothing: float = 0.0, augment: str = "light", dropout: float = 0.2,
+                 patience: int = 3, fine_tune_epochs: int = 0, fine_tune_lr: float = 1e-5,
+                 unfreeze_last: int | None = None, val_fraction: float = 0.2, test_fraction: float = 0.0,
+                 seed: int = 0, device: str = "auto", precision: str = "auto", workers: int | None = None,
+                 verbose: int = 1):
+        self.backbone = backbone
+        self.weights = weights
+        self.image_size = image_size
+        self.workflow = workflow
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.label_smoothing = label_smoothing
+        self.augment = augment
+        self.dropout = dropout
+        self.patience = patience
+        self.fine_tune_epochs = fine_tune_epochs
+        self.fine_tune_lr = fine_tune_lr
+        self.unfreeze_last = unfreeze_last
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.device = device
+        self.precision = precision
+        self.workers = workers
+        self.verbose = verbose
+
+    # -- scikit-learn's parameter protocol -------------------------------------------------
+    def get_params(self, deep: bool = True) -> dict:
+        return {name: getattr(self, name) for name in (*_TRAINING_PARAMS, "verbose")}
+
+    def set_params(self, **params) -> "ImageClassifier":
+        valid = self.get_params()
+        for name, value in params.items():
+            if name not in valid:
+                raise UsageError(f"ImageClassifier has no parameter {name!r}. "
+                                 f"Expected one of: {', '.join(valid)}.")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = ImageClassifier().get_params()
+        changed = {k: v for k, v in self.get_params().items() if v != defaults[k]}
+        return f"ImageClassifier({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+    def training_config(self) -> TrainingConfig:
+        """The validated settings (raises :class:`UsageError` naming a bad one)."""
+        return TrainingConfig(**{name: getattr(self, name) for name in _TRAINING_PARAMS})
+
+    # -- training ---------------------------------------------------------------------------
+    def fit(self, data: str | Path | DatasetSplit,
+            on_epoch: Callable[[dict], None] | None = None) -> "ImageClassifier":
+        """Train on an image folder (one subfolder per class), or on a prepared :class:`DatasetSplit`.
+
+        ``on_epoch`` is called with each epoch's history row, e.g. to checkpoint.
+        """
+        config = self.training_config()
+        console = Console(self.verbose)
+        torch.manual_seed(config.seed)
+        split = data if isinstance(data, DatasetSplit) else discover(
+            data, config.val_fraction, config.test_fraction, config.seed)
+        _report_data(split, console)
+        if config.fine_tune_epochs and not split.val:
+            raise UsageError("fine-tuning is guarded by the validation split, and there is none: "
+                             "set --val-fraction above 0 or add a val/ folder")
+
+        backbone, spec, preprocessing = create_backbone(config.backbone, config.weights,
+                                                        image_size=config.image_size)
+        console.info(f"backbone {config.backbone} ({spec.weights}), {spec.num_features} features, "
+                     f"input {preprocessing.image_size} px")
+        head_spec = HeadSpec(num_classes=len(split.classes), dropout=config.dropout)
+        net = ClassifierNet(backbone, Head(spec.num_features, head_spec))
+        device = training.resolve_device(config.device)
+        dtype = training.resolve_precision(config.precision, device)
+        training.prepare(net, device)
+        console.info(f"training on {device.type} ({str(dtype).removeprefix('torch.')}), "
+                     f"{len(split.train)} train / {len(split.val)} val / {len(split.test)} test images")
+
+        pin = device.type == "cuda"
+        train_loader = make_loader(_dataset(split.train, train_transform(preprocessing, config.augment)),
+                                   config.batch_size, shuffle=True, workers=config.workers,
+                                   seed=config.seed, pin_memory=pin)
+        val_loader = make_loader(_dataset(split.val, eval_transform(preprocessing)), config.batch_size,
+                                 workers=config.workers, pin_memory=pin) if split.val else None
+        result = training.fit(net, train_loader, val_loader, config, device, dtype, console, on_epoch)
+
+        self.net_ = net.eval()
+        self.classes_ = split.classes
+        self.config_ = ModelConfig(classes=split.classes, backbone=spec, head=head_spec,
+                                   preprocessing=preprocessing, training=config, versions=library_versions())
+        self.history_ = result.history
+        self.split_ = split
+        self.skipped_ = split.skipped + [Skipped(p, r) for p, r in result.failed.items()]
+        self.metrics_ = self._final_metrics(split, result)
+        return self
+
+    def _final_metrics(self, split: DatasetSplit, result: training.TrainResult) -> dict:
+        metrics: dict = {
+            "train_seconds": result.seconds,
+            "counts": split.counts(),
+            "skipped": len(self.skipped_),
+            "stage1": _stage_summary(result.stage1),
+            "fine_tune": None,
+        }
+        if result.fine_tune is not None:
+            metrics["fine_tune"] = {**_stage_summary(result.fine_tune), "kept": result.fine_tune_kept}
+        for name, samples in (("val", split.val), ("test", split.test)):
+            if samples:
+                metrics[name] = self.evaluate_samples(samples)
+        return metrics
+
+    # -- prediction -------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise NotFittedError("this ImageClassifier is not fitted yet: call fit() or headstart.load() first")
+
+    def iter_predict(self, paths: Sequence[str | Path], batch_size: int | None = None
+                     ) -> Iterator[Prediction]:
+        """Predictions for ``paths`` in order, streamed batch by batch (constant memory)."""
+        self._check_fitted()
+        paths = [Path(p) for p in paths]
+        if not paths:
+            return
+        device = training.resolve_device(self.device)
+        dtype = training.resolve_precision(self.precision, device)
+        net = training.prepare(self.net_, device).eval()
+        dataset = ImageDataset(paths, None, eval_transform(self.config_.preprocessing))
+        loader = make_loader(dataset, batch_size or self.batch_size, workers=self.workers,
+                             pin_memory=device.type == "cuda")
+        with torch.inference_mode():
+            for batch in loader:
+                probs = {}
+                if batch.indices:
+                    images = batch.images.to(device, memory_format=torch.channels_last)
+                    with training.autocast(device, dtype):
+                        logits = net(images)
+                    probs = dict(zip(batch.indices, torch.softmax(logits.float(), 1).cpu().numpy()))
+                errors = dict(batch.failed)
+                for index in sorted([*probs, *errors]):
+                    yield Prediction(paths[index], probs.get(index), errors.get(index))
+
+    def predict_proba(self, paths: Sequence[str | Path] | str | Path) -> np.ndarray:
+        """Class probabilities, one row per path (columns in ``classes_`` order).
+
+        A row is NaN for an image that cannot be decoded.
+        """
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        self._check_fitted()
+        out = np.full((len(paths), len(self.classes_)), np.nan, dtype=np.float32)
+        for i, prediction in enumerate(self.iter_predict(paths)):
+            if prediction.probabilities is not None:
+                out[i] = prediction.probabilities
+        return out
+
+    def predict(self, paths: Sequence[str | Path] | str | Path) -> np.ndarray:
+        """The most probable class name per path (None for an image that cannot be decoded)."""
+        proba = self.predict_proba(paths)
+        names = np.array(self.classes_, dtype=object)
+        out = np.full(len(proba), None, dtype=object)
+        ok = ~np.isnan(proba).any(axis=1)
+        out[ok] = names[proba[ok].argmax(axis=1)]
+        return out
+
+    def evaluate_samples(self, samples: Sequence[Sample]) -> dict:
+        """Metrics (:func:`headstart.evaluate.classification_metrics`) on labelled samples."""
+        proba = self.predict_proba([s.path for s in samples])
+        labels = np.array([s.label for s in samples])
+        ok = ~np.isnan(proba).any(axis=1)
+        metrics = classification_metrics(labels[ok], proba[ok].argmax(axis=1), self.classes_)
+        metrics["undecodable"] = int((~ok).sum())
+        return metrics
+
+    def evaluate(self, data: str | Path) -> dict:
+        """Metrics on a labelled folder; with split folders, on its test (else val) split."""
+        self._check_fitted()
+        split = discover(data, val_fraction=0.0)
+        unknown = [c for c in split.classes if c not in self.classes_]
+        if unknown:
+            raise DataError(f"{data} has classes the model does not know: {', '.join(unknown)}")
+        if split.presplit:
+            samples = split.test or split.val
+        else:
+            samples = split.train
+        remap = [self.classes_.index(c) for c in split.classes]
+        return self.evaluate_samples([Sample(s.path, remap[s.label]) for s in samples])
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        """Write the model folder; refuses a non-empty folder unless ``overwrite``."""
+        self._check_fitted()
+        directory = prepare_output_dir(directory, overwrite)
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
+        with atomic_path(directory / MODEL_FILE) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "headstart": "model"})
+        write_json(directory / CONFIG_FILE, self.config_.to_dict())
+        if getattr(self, "metrics_", None) is not None:
+            write_json(directory / METRICS_FILE, self.metrics_)
+        if getattr(self, "history_", None):
+            write_csv(directory / "history.csv", training.HISTORY_COLUMNS,
+                      ([row[c] for c in training.HISTORY_COLUMNS] for row in self.history_))
+        split = getattr(self, "split_", None)
+        if split is not None:
+            write_csv(directory / "split.csv", ("path", "class", "split"),
+                      ((_relative(s.path, split.root), self.classes_[s.label], name)
+                       for name, samples in split.splits().items() for s in samples))
+        if hasattr(self, "skipped_"):
+            write_csv(directory / "skipped.csv", ("path", "reason"),
+                      ((str(s.path), s.reason) for s in self.skipped_))
+        return directory
+
+
+def prepare_output_dir(directory: str | Path, overwrite: bool) -> Path:
+    """Create ``directory``; refuse one that holds files unless ``overwrite``: nothing is lost silently."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"output {directory} exists and is not a folder")
+    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
+        raise UsageError(f"output folder {directory} is not empty: choose another --out or pass --overwrite")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> ImageClassifier:
+    """Load a saved model folder. Reads safetensors and JSON only: nothing is unpickled."""
+    directory = Path(directory)
+    config_path, model_path = directory / CONFIG_FILE, directory / MODEL_FILE
+    for path in (config_path, model_path):
+        if not path.is_file():
+            raise ModelFileError(f"not a headstart model folder: {path} is missing")
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{config_path} is not valid JSON: {exc}") from None
+    try:
+        config = ModelConfig.from_dict(raw)
+    except UsageError as exc:
+        raise ModelFileError(f"{config_path}: {exc}") from None
+    try:
+        backbone = build_architecture(config.backbone)
+    except BackboneError as exc:
+        raise ModelFileError(f"{config_path}: {exc}") from None
+    net = ClassifierNet(backbone, Head(config.backbone.num_features, config.head))
+    _load_state(net, model_path)
+    params = {name: getattr(config.training, name) for name in _TRAINING_PARAMS} if config.training else {}
+    params.update(device=device, verbose=verbose, workers=None)
+    clf = ImageClassifier(**params)
+    clf.net_ = net.eval()
+    clf.classes_ = config.classes
+    clf.config_ = config
+    metrics_path = directory / METRICS_FILE
+    clf.metrics_ = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else None
+    return clf
+
+
+def _load_state(net: ClassifierNet, path: Path) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path} is not a readable safetensors file: {exc}") from None
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        first = (missing or unexpected or wrong)[0]
+        raise ModelFileError(f"{path} does not match its config.json: {len(missing)} missing, "
+                             f"{len(unexpected)} unexpected, {len(wrong)} wrong-shape tensors (e.g. {first})")
+    net.load_state_dict(state)
+
+
+def _dataset(samples: Sequence[Sample], transform) -> ImageDataset:
+    return ImageDataset([s.path for s in samples], [s.label for s in samples], transform)
+
+
+def _stage_summary(stage: training.StageResult | None) -> dict | None:
+    if stage is None:
+        return None
+    val = stage.val
+    return {
+        "val_accuracy": val.accuracy if val else math.nan,
+        "val_loss": val.loss if val else math.nan,
+        "epochs_run": stage.epochs_run,
+        "best_epoch": stage.best_epoch,
+        "stopped_early": stage.stopped_early,
+    }
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _report_data(split: DatasetSplit, console: Console) -> None:
+    how = "split folders" if split.presplit else "a stratified split"
+    console.info(f"{len(split.classes)} classes ({', '.join(split.classes[:8])}"
+                 f"{', ...' if len(split.classes) > 8 else ''}) from {split.root}, using {how}")
+    for skipped in split.skipped:
+        console.warn(f"skipping {skipped.path}: {skipped.reason}")

@@ -1,0 +1,108 @@
+"""Shared fixtures: tiny generated image folders, a tiny random-init backbone, the real photos."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+# Tests never touch the network: a hub download must fail fast, as it does offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from headstart.cli import main
+from headstart._console import Console
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+TINY_BACKBONE = "test_efficientnet"  # timm's tiny test architecture: fast, random init
+
+
+def shared_dataset(name: str) -> Path:
+    """A real photo set from ../shared/datasets: skipped where absent, but required in CI."""
+    path = SHARED_DATASETS / name
+    if not path.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must provide {path} (../shared beside the clone)")
+        pytest.skip(f"{path} not found: the real-photo tests need ../shared/datasets beside the clone")
+    return path
+
+
+def make_image(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (40, 32), seed: int = 0,
+               mode: str = "RGB", fmt: str | None = None) -> Path:
+    """A noisy image of roughly ``color``, written in ``fmt`` (from the suffix by default)."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(-30, 30, size=(size[1], size[0], 3))
+    pixels = np.clip(np.array(color) + noise, 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    if mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt)
+    return path
+
+
+COLORS = {"red": (200, 40, 40), "blue": (40, 40, 200), "green": (40, 200, 40)}
+
+
+def make_folder(root: Path, per_class: int = 12, classes=("red", "blue"), split_folders: bool = False) -> Path:
+    """A class-per-subfolder set of generated images, optionally in train/ and val/ folders."""
+    for name in classes:
+        for i in range(per_class):
+            target = root / ("train" if i % 3 else "val") / name if split_folders else root / name
+            make_image(target / f"{name}_{i:03d}.png", COLORS[name], seed=i)
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    return make_folder(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Random-init weights for the tiny backbone, saved as safetensors: the offline --weights path."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model(TINY_BACKBONE, pretrained=False)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture
+def tiny_args(tiny_weights: Path) -> list[str]:
+    """CLI options that train the tiny backbone fast."""
+    return ["--backbone", TINY_BACKBONE, "--weights", str(tiny_weights), "--image-size", "32",
+            "--epochs", "2", "--batch-size", "8", "--workers", "0"]
+
+
+class Captured:
+    def __init__(self):
+        self.out, self.err = io.StringIO(), io.StringIO()
+
+    @property
+    def stdout(self) -> str:
+        return self.out.getvalue()
+
+    @property
+    def stderr(self) -> str:
+        return self.err.getvalue()
+
+
+@pytest.fixture
+def cli():
+    """Run ``headstart`` in-process: returns (exit status, captured output)."""
+
+    def run(*argv: str):
+        captured = Captured()
+        status = main([str(a) for a in argv], Console(err=captured.err, out=captured.out))
+        return status, captured
+
+    return run

@@ -1,0 +1,198 @@
+"""The command line, in-process, on tiny generated images and a tiny random-init backbone."""
+
+import csv
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import headstart
+from headstart.errors import ExitStatus
+
+from conftest import make_image
+
+
+@pytest.fixture
+def trained(cli, tiny_data: Path, tiny_args, tmp_path: Path) -> Path:
+    (tiny_data / "red" / "broken.jpg").write_text("not a jpeg")
+    out = tmp_path / "run"
+    status, captured = cli("train", tiny_data, "--out", out, *tiny_args, "--val-fraction", "0.25",
+                           "--test-fraction", "0.25")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    return out
+
+
+def test_train_writes_a_complete_run_folder(trained: Path):
+    names = {p.name for p in trained.iterdir()}
+    assert {"model.safetensors", "config.json", "metrics.json", "history.csv", "split.csv",
+            "skipped.csv"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    config = json.loads((trained / "config.json").read_text())
+    assert config["classes"] == ["blue", "red"]
+    assert config["backbone"]["weights"].startswith("file:")
+    assert set(config["versions"]) >= {"headstart", "torch", "timm"}
+    assert config["preprocessing"]["input_size"] == [3, 32, 32]
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert set(metrics) >= {"val", "test", "stage1"} and metrics["val"]["count"] == 6
+    with open(trained / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    assert [r["stage"] for r in history] == ["frozen", "frozen"]
+    assert set(history[0]) == {"epoch", "stage", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                               "lr", "seconds"}
+    with open(trained / "split.csv") as f:
+        split = list(csv.DictReader(f))
+    assert len(split) == 24 and {r["split"] for r in split} == {"train", "val", "test"}
+    skipped = (trained / "skipped.csv").read_text()
+    assert "broken.jpg" in skipped and "not an image" in skipped
+
+
+def test_non_empty_out_is_refused_unless_overwrite(cli, trained: Path, tiny_data: Path, tiny_args):
+    before = (trained / "model.safetensors").read_bytes()
+    status, captured = cli("train", tiny_data, "--out", trained, *tiny_args)
+    assert status == ExitStatus.USAGE
+    assert "not empty" in captured.stderr and "--overwrite" in captured.stderr
+    assert (trained / "model.safetensors").read_bytes() == before
+    status, _ = cli("train", tiny_data, "--out", trained, *tiny_args, "--overwrite", "--seed", "5")
+    assert status == ExitStatus.SUCCESS
+    assert (trained / "model.safetensors").read_bytes() != before
+
+
+def test_predict_writes_one_row_per_image(cli, trained: Path, tiny_data: Path, tmp_path: Path):
+    (tiny_data / "blue" / "broken.png").write_bytes(b"")
+    images = sorted(p for p in tiny_data.rglob("*") if p.suffix in (".png", ".jpg"))
+    out = tmp_path / "preds.csv"
+    status, captured = cli("predict", trained, tiny_data, "--output", out, "--top-k", "2")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(images) == 26
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in images)
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 24 and all(r["class"] in ("red", "blue") for r in good)
+    assert all(len(r["top_k"].split()) == 2 for r in good)
+    assert "cannot read" in captured.stderr
+
+
+def test_predict_json_and_terminal_table(cli, trained: Path, tiny_data: Path, tmp_path: Path):
+    out = tmp_path / "preds.json"
+    status, _ = cli("predict", trained, tiny_data / "red", "--output", out)
+    assert status == ExitStatus.SUCCESS
+    rows = json.loads(out.read_text())
+    assert len(rows) == 13 and {"path", "class", "probability", "top_k", "error"} <= set(rows[0])
+    status, captured = cli("-q", "predict", trained, tiny_data / "blue" / "blue_000.png")
+    assert status == ExitStatus.SUCCESS
+    assert captured.stdout.count("\n") == 1 and captured.stdout.startswith(str(tiny_data / "blue"))
+    assert captured.stderr == ""
+
+
+def test_predict_refuses_to_replace_an_output(cli, trained: Path, tiny_data: Path, tmp_path: Path):
+    out = tmp_path / "mine.csv"
+    out.write_text("precious")
+    status, captured = cli("predict", trained, tiny_data, "--output", out)
+    assert status == ExitStatus.USAGE and out.read_text() == "precious"
+
+
+def test_evaluate_prints_and_writes_metrics(cli, trained: Path, tiny_data: Path, tmp_path: Path):
+    out = tmp_path / "m.json"
+    status, captured = cli("evaluate", trained, tiny_data, "--output", out)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    assert "confusion matrix" in captured.stdout and "precision" in captured.stdout
+    metrics = json.loads(out.read_text())
+    assert metrics["count"] == 24 and np.array(metrics["confusion_matrix"]).sum() == 24
+
+
+def test_save_load_gives_identical_predictions_without_unpickling(trained: Path, tiny_data: Path,
+                                                                   monkeypatch, tmp_path: Path):
+    paths = sorted((tiny_data / "red").glob("*.png"))[:5]
+    first = headstart.load(trained, verbose=0).predict_proba(paths)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading a model must not unpickle")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    clf = headstart.load(trained, verbose=0)
+    again = clf.save(tmp_path / "copy")
+    np.testing.assert_array_equal(first, clf.predict_proba(paths))
+    np.testing.assert_array_equal(first, headstart.load(again, verbose=0).predict_proba(paths))
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("no_config", "config.json is missing"),
+    ("bad_json", "is not valid JSON"),
+    ("wrong_type", "'config.head.num_classes' must be an integer"),
+    ("class_count", "head.num_classes"),
+    ("unknown_backbone", "unknown backbone"),
+    ("truncated", "not a readable safetensors file"),
+])
+def test_damaged_models_get_one_line_errors(cli, trained: Path, tiny_data: Path, damage: str, message: str):
+    config_path = trained / "config.json"
+    config = json.loads(config_path.read_text())
+    if damage == "no_config":
+        config_path.unlink()
+    elif damage == "bad_json":
+        config_path.write_text("{not json")
+    elif damage == "wrong_type":
+        config["head"]["num_classes"] = "two"
+    elif damage == "class_count":
+        config["classes"].append("green")
+    elif damage == "unknown_backbone":
+        config["backbone"]["architecture"] = "no_such_net"
+    elif damage == "truncated":
+        model = trained / "model.safetensors"
+        model.write_bytes(model.read_bytes()[:1000])
+    if damage in ("wrong_type", "class_count", "unknown_backbone"):
+        config_path.write_text(json.dumps(config))
+    status, captured = cli("predict", trained, tiny_data)
+    assert status == ExitStatus.MODEL
+    assert message in captured.stderr
+    assert "Traceback" not in captured.stderr and captured.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv,status,message", [
+    (["train", "{data}", "--epochs", "0"], ExitStatus.USAGE, "'epochs' must be an integer >= 1"),
+    (["train", "{data}", "--augment", "huge"], ExitStatus.USAGE, "invalid choice"),
+    (["train", "{data}", "--unfreeze-last", "some"], ExitStatus.USAGE, "number of blocks or 'all'"),
+    (["train", "{data}/missing"], ExitStatus.DATA, "dataset folder not found"),
+    (["train", "{data}", "--backbone", "resnet-18"], ExitStatus.BACKBONE, "Did you mean"),
+    (["train", "{data}", "--backbone", "resnet18"], ExitStatus.BACKBONE, "--weights FILE"),
+    (["train", "{data}", "--val-fraction", "0", "--fine-tune-epochs", "1"], ExitStatus.USAGE, "validation"),
+    (["predict", "{data}", "{data}"], ExitStatus.MODEL, "not a headstart model folder"),
+    (["frobnicate"], ExitStatus.USAGE, "invalid choice"),
+])
+def test_user_errors_are_one_line_with_a_status(cli, tiny_data: Path, tmp_path: Path, argv, status, message):
+    argv = [a.format(data=tiny_data) for a in argv]
+    if argv[0] == "train":
+        argv += ["--out", str(tmp_path / "out"), "--workers", "0", "--image-size", "32"]
+    code, captured = cli(*argv)
+    assert code == status, captured.stderr
+    assert message in captured.stderr
+    assert captured.stderr.startswith("headstart: error: ") and "Traceback" not in captured.stderr
+
+
+def test_traceback_flag_reraises(cli, tiny_data: Path):
+    with pytest.raises(headstart.DataError):
+        cli("--traceback", "train", tiny_data / "missing")
+
+
+def test_python_api_follows_scikit_learn_conventions(tiny_data: Path, tiny_weights: Path, tmp_path: Path):
+    from conftest import TINY_BACKBONE
+
+    clf = headstart.ImageClassifier(backbone=TINY_BACKBONE, weights=str(tiny_weights), image_size=32,
+                                    epochs=1, batch_size=8, workers=0, verbose=0)
+    with pytest.raises(headstart.NotFittedError):
+        clf.predict([tiny_data / "red" / "red_000.png"])
+    assert clf.get_params()["epochs"] == 1
+    assert clf.set_params(epochs=2) is clf and clf.epochs == 2
+    assert clf.fit(tiny_data) is clf
+    assert clf.classes_ == ("blue", "red")
+    broken = make_image(tmp_path / "x.png", (1, 1, 1))
+    broken.write_bytes(broken.read_bytes()[:20])
+    proba = clf.predict_proba([tiny_data / "red" / "red_000.png", broken])
+    assert proba.shape == (2, 2) and np.isclose(proba[0].sum(), 1) and np.isnan(proba[1]).all()
+    assert clf.predict([tiny_data / "red" / "red_000.png", broken])[1] is None
+    assert "epochs=2" in repr(clf)

@@ -1,0 +1,91 @@
+"""The seed's key details: what freezing and fine-tuning may and may not change."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from headstart.backbone import create_backbone, freeze, unfreeze
+from headstart.config import HeadSpec, TrainingConfig
+from headstart.errors import UsageError
+from headstart.head import ClassifierNet, Head
+from headstart.train import fine_tune_improved, EpochStats, resolve_device, resolve_precision
+
+from conftest import TINY_BACKBONE
+
+
+def tiny_net() -> ClassifierNet:
+    torch.manual_seed(0)
+    backbone, spec, _ = create_backbone(TINY_BACKBONE, pretrained=False)
+    return ClassifierNet(backbone, Head(spec.num_features, HeadSpec(num_classes=3)))
+
+
+def batch_norm_stats(net: ClassifierNet) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.backbone.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def one_step(net: ClassifierNet) -> None:
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2)
+    net.train()
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    loss = nn.functional.cross_entropy(net(images), labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def test_frozen_step_changes_the_head_only():
+    net = tiny_net()
+    freeze(net.backbone)
+    before = copy.deepcopy(net.state_dict())
+    one_step(net)
+    after = net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"head.fc.weight", "head.fc.bias"}
+    assert all(p.grad is None for p in net.backbone.parameters())
+
+
+def test_backbone_batchnorm_stays_in_inference_mode_while_fine_tuning():
+    net = tiny_net()
+    unfreeze(net.backbone)
+    stats = batch_norm_stats(net)
+    weights = {k: v.clone() for k, v in net.backbone.state_dict().items() if k.endswith("conv_stem.weight")}
+    net.train()
+    assert net.head.training
+    assert not any(m.training for m in net.backbone.modules())
+    one_step(net)
+    assert all(torch.equal(v, batch_norm_stats(net)[k]) for k, v in stats.items())
+    assert not all(torch.equal(v, net.backbone.state_dict()[k]) for k, v in weights.items())
+
+
+def test_head_pools_feature_maps_and_accepts_pooled_features():
+    head = Head(8, HeadSpec(num_classes=2, dropout=0.0)).eval()
+    maps = torch.randn(3, 8, 4, 4)
+    assert torch.allclose(head(maps), head(maps.mean(dim=(2, 3))))
+
+
+def test_fine_tune_is_kept_only_when_validation_improves():
+    before = EpochStats(loss=0.20, accuracy=0.95, count=100)
+    assert fine_tune_improved(before, EpochStats(0.30, 0.96, 100))
+    assert fine_tune_improved(before, EpochStats(0.10, 0.95, 100))
+    assert not fine_tune_improved(before, EpochStats(0.10, 0.94, 100))
+    assert not fine_tune_improved(before, EpochStats(0.20, 0.95, 100))
+
+
+def test_device_and_precision_resolution():
+    cpu = resolve_device("cpu")
+    assert resolve_precision("fp32", cpu) == torch.float32
+    assert resolve_precision("auto", cpu) in (torch.float32, torch.bfloat16)
+    with pytest.raises(UsageError, match="fp16"):
+        resolve_precision("fp16", cpu)
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("lr", -1.0), ("augment", "heavy"),
+                                         ("val_fraction", 1.5), ("unfreeze_last", 0)])
+def test_training_config_names_the_bad_setting(field, value):
+    with pytest.raises(UsageError, match=f"'{field}'"):
+        TrainingConfig(**{field: value})
