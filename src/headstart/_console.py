@@ -51,5 +51,3 @@ class Console:
         with tqdm(items, total=total, desc=desc, file=self.err, leave=False, dynamic_ncols=True) as bar:
             yield from bar
 
-
-SILENT = Console(verbosity=0)

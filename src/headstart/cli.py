@@ -156,7 +156,7 @@ def _train(args: argparse.Namespace, console: Console) -> ExitStatus:
     clf = ImageClassifier(**_training_kwargs(args), verbose=console.verbosity)
     clf.training_config()  # a bad option fails before any work
     out = prepare_output_dir(args.out or _default_run_dir(), args.overwrite)
-    clf.fit(args.data)
+    clf.fit(args.data, console=console)
     clf.save(out, overwrite=True)
     console.info(_summary(clf, out))
     return ExitStatus.SUCCESS

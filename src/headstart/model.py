@@ -26,7 +26,7 @@ import torch
 from . import train as training
 from ._console import Console
 from ._io import atomic_path, write_csv, write_json
-from .backbone import build_architecture, create_backbone
+from .backbone import build_architecture, create_backbone, resolve_architecture
 from .config import HeadSpec, ModelConfig, TrainingConfig, library_versions
 from .data import DatasetSplit, ImageDataset, Sample, Skipped, discover, eval_transform, make_loader, train_transform
 from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
@@ -117,14 +117,16 @@ class ImageClassifier:
         return TrainingConfig(**{name: getattr(self, name) for name in _TRAINING_PARAMS})
 
     # -- training ---------------------------------------------------------------------------
-    def fit(self, data: str | Path | DatasetSplit,
-            on_epoch: Callable[[dict], None] | None = None) -> "ImageClassifier":
+    def fit(self, data: str | Path | DatasetSplit, *, on_epoch: Callable[[dict], None] | None = None,
+            console: Console | None = None) -> "ImageClassifier":
         """Train on an image folder (one subfolder per class), or on a prepared :class:`DatasetSplit`.
 
         ``on_epoch`` is called with each epoch's history row, e.g. to checkpoint.
+        ``console`` receives progress and messages (default: stderr, at ``verbose``).
         """
         config = self.training_config()
-        console = Console(self.verbose)
+        console = console or Console(self.verbose)
+        resolve_architecture(config.backbone)  # a misspelt name fails before any work
         torch.manual_seed(config.seed)
         split = data if isinstance(data, DatasetSplit) else discover(
             data, config.val_fraction, config.test_fraction, config.seed)

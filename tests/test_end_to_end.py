@@ -1,0 +1,70 @@
+"""End to end on real photos (../shared/datasets/hymenoptera_data) with the embedded backbone."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+import headstart
+from headstart.errors import ExitStatus
+
+from conftest import shared_dataset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def hymenoptera_run(tmp_path_factory) -> tuple[Path, Path, int, str]:
+    from headstart._console import Console
+    from headstart.cli import main
+    import io
+
+    data = shared_dataset("hymenoptera_data")
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    err = io.StringIO()
+    status = main(["train", str(data), "--out", str(out), "--epochs", "3", "--fine-tune-epochs", "1",
+                   "--unfreeze-last", "2", "--batch-size", "32"], Console(err=err, out=io.StringIO()))
+    return data, out, status, err.getvalue()
+
+
+def test_train_on_real_photos_beats_90_percent(hymenoptera_run):
+    data, out, status, log = hymenoptera_run
+    assert status == ExitStatus.SUCCESS, log
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["counts"]["train"] == {"ants": 124, "bees": 121}
+    assert metrics["stage1"]["val_accuracy"] >= 0.90
+    # The guard: the final model is never worse on validation than stage 1.
+    assert metrics["val"]["accuracy"] >= metrics["stage1"]["val_accuracy"] - 1e-9
+    assert metrics["fine_tune"]["kept"] in (True, False)
+    assert ("fine-tuning improved" in log) or ("keeping the stage-1 weights" in log)
+    stages = [row["stage"] for row in csv.DictReader(open(out / "history.csv"))]
+    assert stages.count("fine-tune") == 1 and stages[0] == "frozen"
+
+
+def test_predict_real_photos_one_row_each(hymenoptera_run, tmp_path: Path):
+    data, out, _, _ = hymenoptera_run
+    clf = headstart.load(out, verbose=0)
+    bees = sorted((data / "val" / "bees").glob("*.jpg"))
+    predictions = clf.predict(bees)
+    assert len(predictions) == len(bees) == 83
+    assert (predictions == "bees").mean() >= 0.85
+
+
+def test_evaluate_real_photos(hymenoptera_run):
+    data, out, _, _ = hymenoptera_run
+    metrics = headstart.load(out, verbose=0).evaluate(data)
+    saved = json.loads((out / "metrics.json").read_text())["val"]
+    assert metrics["count"] == 153
+    assert metrics["accuracy"] == pytest.approx(saved["accuracy"], abs=0.01)
+
+
+def test_predict_a_thousand_photos_writes_a_thousand_rows(hymenoptera_run, cli, tmp_path: Path):
+    _, out, _, _ = hymenoptera_run
+    folder = shared_dataset("cats_and_dogs_filtered") / "validation"
+    preds = tmp_path / "preds.csv"
+    status, captured = cli("predict", out, folder, "--output", preds, "--batch-size", "64")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    rows = list(csv.DictReader(open(preds)))
+    assert len(rows) == 1000 == len({r["path"] for r in rows})
+    assert all(r["class"] in ("ants", "bees") and not r["error"] for r in rows)
