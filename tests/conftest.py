@@ -6,8 +6,12 @@ import io
 import os
 from pathlib import Path
 
+import tempfile
+
 # Tests never touch the network: a hub download must fail fast, as it does offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Nor the user's cache folder: features cached by tests go to a temporary one.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="headstart-test-cache-")
 
 import numpy as np
 import pytest
@@ -80,7 +84,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 def tiny_args(tiny_weights: Path) -> list[str]:
     """CLI options that train the tiny backbone fast."""
     return ["--backbone", TINY_BACKBONE, "--weights", str(tiny_weights), "--image-size", "32",
-            "--epochs", "2", "--batch-size", "8", "--workers", "0"]
+            "--epochs", "2", "--batch-size", "8", "--workers", "0", "--workflow", "standard"]
 
 
 class Captured:

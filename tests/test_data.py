@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from headstart.data import ImageDataset, collate, collect_images, discover, eval_transform, load_image, probe_image
@@ -74,7 +75,7 @@ def test_truncated_jpeg_is_reported_at_decode_not_fatal(tmp_path: Path):
     bad.write_bytes(data[: len(data) // 2])
     assert probe_image(bad) is None  # its header is fine...
     batch = collate([ImageDataset([good, bad], [0, 1], eval_transform(PRE))[i] for i in range(2)])
-    assert batch.images.shape == (1, 3, 32, 32) and batch.indices == [0]
+    assert batch.images.shape == (1, 3, 32, 32) and batch.images.dtype == torch.uint8 and batch.indices == [0]
     assert batch.failed[0][0] == 1 and "truncated" in batch.failed[0][1]  # ...its pixels are not
 
 

@@ -14,8 +14,8 @@ from conftest import shared_dataset
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def hymenoptera_run(tmp_path_factory) -> tuple[Path, Path, int, str]:
+@pytest.fixture(scope="module", params=["auto", "standard"])
+def hymenoptera_run(request, tmp_path_factory) -> tuple[Path, Path, int, str]:
     from headstart._console import Console
     from headstart.cli import main
     import io
@@ -23,7 +23,8 @@ def hymenoptera_run(tmp_path_factory) -> tuple[Path, Path, int, str]:
     data = shared_dataset("hymenoptera_data")
     out = tmp_path_factory.mktemp("e2e") / "run"
     err = io.StringIO()
-    status = main(["train", str(data), "--out", str(out), "--epochs", "3", "--fine-tune-epochs", "1",
+    status = main(["train", str(data), "--out", str(out), "--workflow", request.param,
+                   "--epochs", "3", "--fine-tune-epochs", "1",
                    "--unfreeze-last", "2", "--batch-size", "32"], Console(err=err, out=io.StringIO()))
     return data, out, status, err.getvalue()
 
@@ -39,7 +40,8 @@ def test_train_on_real_photos_beats_90_percent(hymenoptera_run):
     assert metrics["fine_tune"]["kept"] in (True, False)
     assert ("fine-tuning improved" in log) or ("keeping the stage-1 weights" in log)
     stages = [row["stage"] for row in csv.DictReader(open(out / "history.csv"))]
-    assert stages.count("fine-tune") == 1 and stages[0] == "frozen"
+    assert stages.count("fine-tune") == 1
+    assert stages[0] == ("head" if metrics["workflow"] == "lightweight" else "frozen")
 
 
 def test_predict_real_photos_one_row_each(hymenoptera_run, tmp_path: Path):

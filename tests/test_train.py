@@ -17,8 +17,8 @@ from conftest import TINY_BACKBONE
 
 def tiny_net() -> ClassifierNet:
     torch.manual_seed(0)
-    backbone, spec, _ = create_backbone(TINY_BACKBONE, pretrained=False)
-    return ClassifierNet(backbone, Head(spec.num_features, HeadSpec(num_classes=3)))
+    backbone, spec, pre = create_backbone(TINY_BACKBONE, pretrained=False)
+    return ClassifierNet(backbone, Head(spec.num_features, HeadSpec(num_classes=3)), pre)
 
 
 def batch_norm_stats(net: ClassifierNet) -> dict[str, torch.Tensor]:

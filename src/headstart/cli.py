@@ -61,7 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights", metavar="FILE", help="local weights (.safetensors, or a .pth state_dict)")
     g.add_argument("--image-size", type=int, metavar="PX", help="input size (default: the backbone's own)")
     g = t.add_argument_group("stage 1: the head on the frozen backbone")
-    g.add_argument("--epochs", type=int, default=5)
+    g.add_argument("--workflow", choices=("auto", "standard", "lightweight"), default="auto",
+                   help="lightweight: backbone features computed once (cached), head fitted on them in "
+                   "seconds; standard: the whole model runs on every batch, with augmentation; "
+                   "auto (default): lightweight, plus fine-tuning on a GPU")
+    g.add_argument("--engine", choices=("auto", "eager", "bf16", "fp16", "compile", "onnx"), default="auto",
+                   help="lightweight: what runs the backbone (auto: ONNX Runtime on a CPU, "
+                   "mixed precision on a GPU)")
+    g.add_argument("--flip-features", action="store_true",
+                   help="lightweight: add the mirror images' features as training samples")
+    g.add_argument("--class-weight", choices=("balanced",), default=None,
+                   help="weight classes inversely to their frequency, for imbalanced data")
+    g.add_argument("--cache-dir", type=Path, help="where features are cached (default: the user cache folder)")
+    g.add_argument("--epochs", type=int, default=5, help="standard workflow: epochs of stage 1")
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--batch-size", type=int, default=32)
@@ -70,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dropout", type=float, default=0.2)
     g.add_argument("--patience", type=int, default=3, help="early stopping on validation loss (0: off)")
     g = t.add_argument_group("stage 2: fine-tuning (kept only if validation improves)")
-    g.add_argument("--fine-tune-epochs", type=int, default=0, metavar="N", help="0 (default) skips it")
+    g.add_argument("--fine-tune-epochs", type=int, default=None, metavar="N",
+                   help="0 skips it (default: 2 on a GPU with --workflow auto, else 0)")
     g.add_argument("--fine-tune-lr", type=float, default=1e-5)
     g.add_argument("--unfreeze-last", type=_unfreeze, default=None, metavar="K|all",
                    help="unfreeze the last K blocks of the backbone, or all (default)")
@@ -88,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow replacing an existing --output")
     p.add_argument("--batch-size", type=int, default=32)
     _add_hardware(p)
+
+    c = commands.add_parser("cache", help="show or clear the lightweight workflow's feature cache")
+    c.add_argument("action", choices=("info", "clear"))
+    c.add_argument("--cache-dir", type=Path, help="the cache folder (default: the user cache folder)")
 
     e = commands.add_parser("evaluate", help="measure a trained model on a labelled image folder")
     e.add_argument("model", type=Path, metavar="RUN")
@@ -292,4 +309,22 @@ def _evaluate(args: argparse.Namespace, console: Console) -> ExitStatus:
     return ExitStatus.SUCCESS
 
 
-_COMMANDS = {"train": _train, "predict": _predict, "evaluate": _evaluate}
+def _cache(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from .features import cache_summary, clear_cache, default_cache_dir
+
+    root = args.cache_dir or default_cache_dir()
+    if args.action == "clear":
+        freed = clear_cache(root)
+        console.result(f"cleared {root} ({freed / 1e6:.1f} MB)")
+        return ExitStatus.SUCCESS
+    entries = cache_summary(root)
+    console.result(f"feature cache: {root}")
+    if not entries:
+        console.result("  empty")
+    for e in entries:
+        console.result(f"  {e['architecture']} {e['image_size']} px, engine {e['engine']}: "
+                       f"{e['features']} features, {e['bytes'] / 1e6:.1f} MB  ({e['folder']})")
+    return ExitStatus.SUCCESS
+
+
+_COMMANDS = {"train": _train, "predict": _predict, "evaluate": _evaluate, "cache": _cache}

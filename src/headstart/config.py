@@ -27,7 +27,9 @@ FORMAT_VERSION = 1
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 AUGMENTATIONS = ("none", "light", "strong")
-WORKFLOWS = ("standard",)
+WORKFLOWS = ("auto", "standard", "lightweight")
+ENGINES = ("auto", "eager", "bf16", "fp16", "compile", "onnx")
+CLASS_WEIGHTS = (None, "balanced")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -110,7 +112,10 @@ class TrainingConfig:
     backbone: str = "efficientnet_lite0"
     weights: str | None = None
     image_size: int | None = None
-    workflow: str = "standard"
+    workflow: str = "auto"
+    engine: str = "auto"  # the lightweight workflow's feature engine
+    flip_features: bool = False  # lightweight: mirror images' features as extra training samples
+    class_weight: str | None = None
     epochs: int = 5
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -119,7 +124,7 @@ class TrainingConfig:
     augment: str = "light"
     dropout: float = 0.2
     patience: int = 3
-    fine_tune_epochs: int = 0
+    fine_tune_epochs: int | None = None  # None: 2 on a GPU with workflow auto, else 0
     fine_tune_lr: float = 1e-5
     unfreeze_last: int | None = None  # None: the whole backbone
     val_fraction: float = 0.2
@@ -134,9 +139,15 @@ class TrainingConfig:
         for name in positive_ints:
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 1, name, "an integer >= 1", value)
-        for name in ("fine_tune_epochs", "patience", "seed"):
+        for name in ("patience", "seed"):
             value = getattr(self, name)
             _require(isinstance(value, int) and value >= 0, name, "an integer >= 0", value)
+        _require(self.fine_tune_epochs is None or (isinstance(self.fine_tune_epochs, int)
+                                                   and self.fine_tune_epochs >= 0),
+                 "fine_tune_epochs", "an integer >= 0 (or None for automatic)", self.fine_tune_epochs)
+        _require(self.engine in ENGINES, "engine", f"one of {ENGINES}", self.engine)
+        _require(self.class_weight in CLASS_WEIGHTS, "class_weight", "None or 'balanced'", self.class_weight)
+        _require(isinstance(self.flip_features, bool), "flip_features", "true or false", self.flip_features)
         for name in ("lr", "fine_tune_lr"):
             value = getattr(self, name)
             _require(isinstance(value, (int, float)) and value > 0, name, "a positive number", value)
@@ -239,6 +250,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UsageError(f"'{where}' must be a number. Got {value!r} instead.")
         return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise UsageError(f"'{where}' must be true or false. Got {value!r} instead.")
     if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise UsageError(f"'{where}' must be an integer. Got {value!r} instead.")
     if hint is str and not isinstance(value, str):

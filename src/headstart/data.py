@@ -239,11 +239,18 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode ``path`` as an upright RGB image (EXIF orientation applied)."""
+def load_image(path: str | Path, min_size: int | None = None) -> Image.Image:
+    """Decode ``path`` as an upright RGB image (EXIF orientation applied).
+
+    With ``min_size``, a large JPEG is decoded at a reduced scale (Pillow's
+    draft mode: 2-8x less work) that still leaves both sides at least
+    ``min_size`` pixels.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as im:
+            if min_size and im.format == "JPEG":
+                im.draft("RGB", (min_size, min_size))
             im = ImageOps.exif_transpose(im)
             if im.mode != "RGB":
                 # Palette and LA/RGBA images carry transparency: flatten on white, as viewers do.
@@ -261,25 +268,43 @@ _INTERPOLATION = {
     "bilinear": InterpolationMode.BILINEAR,
     "nearest": InterpolationMode.NEAREST,
 }
+_PIL_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
 
-def _to_normalized_tensor(pre: Preprocessing) -> list:
-    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
+def _resize_size(pre: Preprocessing) -> int:
+    return math.floor(pre.image_size / pre.crop_pct)
 
 
+class CenterCropResize:
+    """timm's evaluation transform, resize the shorter side to ``size / crop_pct`` then centre-crop,
+    done in one Pillow call that resamples only the cropped region.
+
+    Same pixels up to rounding at the crop border, and about twice as fast:
+    decoding runs on the same cores as the backbone, so this is throughput.
+    """
+
+    def __init__(self, pre: Preprocessing):
+        self.height, self.width = pre.input_size[1:]
+        self.scale_size = _resize_size(pre)
+        self.resample = _PIL_RESAMPLE[pre.interpolation]
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        w, h = image.size
+        scale = self.scale_size / min(w, h)  # input pixels -> resized pixels
+        box_w, box_h = self.width / scale, self.height / scale
+        left, top = (w - box_w) / 2, (h - box_h) / 2
+        return image.resize((self.width, self.height), self.resample, box=(left, top, left + box_w, top + box_h))
+
+
+# Transforms end in uint8 tensors: 4x less to pass between processes than float32.
+# Scaling and normalisation happen inside the network (:class:`headstart.head.Normalize`).
 def eval_transform(pre: Preprocessing) -> T.Compose:
-    """Resize the shorter side to ``size / crop_pct``, centre-crop ``size``, normalise."""
-    size = pre.input_size[1:]
-    scale = math.floor(size[0] / pre.crop_pct)
-    return T.Compose([
-        T.Resize(scale, interpolation=_INTERPOLATION[pre.interpolation], antialias=True),
-        T.CenterCrop(size),
-        *_to_normalized_tensor(pre),
-    ])
+    """Resize the shorter side to ``size / crop_pct`` and centre-crop ``size``: uint8 CHW."""
+    return T.Compose([CenterCropResize(pre), T.PILToTensor()])
 
 
 def train_transform(pre: Preprocessing, augment: str) -> T.Compose:
-    """Augmentation for the standard workflow: ``none``, ``light`` or ``strong``."""
+    """Augmentation for the standard workflow: ``none``, ``light`` or ``strong``; uint8 CHW."""
     if augment == "none":
         return eval_transform(pre)
     size = pre.input_size[1:]
@@ -292,7 +317,7 @@ def train_transform(pre: Preprocessing, augment: str) -> T.Compose:
                  T.RandomHorizontalFlip(),
                  T.RandomRotation(15, interpolation=InterpolationMode.BILINEAR),
                  T.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3)]
-    return T.Compose([*steps, *_to_normalized_tensor(pre)])
+    return T.Compose([*steps, T.PILToTensor()])
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -304,17 +329,24 @@ class ImageDataset(torch.utils.data.Dataset):
     process never dies on a bad file.
     """
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | None, transform):
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | None, transform,
+                 min_size: int | None = None):
         self.paths = list(paths)
         self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
         self.transform = transform
+        self.min_size = min_size
+
+    @classmethod
+    def for_eval(cls, paths: Sequence[Path], labels: Sequence[int] | None, pre: Preprocessing) -> "ImageDataset":
+        """Images as the network sees them at evaluation: resized, centre-cropped, JPEGs drafted."""
+        return cls(paths, labels, eval_transform(pre), min_size=_resize_size(pre))
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         try:
-            return self.transform(load_image(self.paths[index])), self.labels[index], index
+            return self.transform(load_image(self.paths[index], self.min_size)), self.labels[index], index
         except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             return None, f"cannot decode image: {exc}", index
 

@@ -22,14 +22,19 @@ import hashlib
 import json
 import shutil
 import sqlite3
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .config import Preprocessing
+from ._console import Console
+from .config import BackboneSpec, Preprocessing
+from .data import ImageDataset, default_workers, make_loader
+from .engine import create_engine, engine_candidates
 
 __all__ = [
     "ORIGINAL",
@@ -40,6 +45,8 @@ __all__ = [
     "file_identity",
     "cache_summary",
     "clear_cache",
+    "FeatureSet",
+    "extract_features",
 ]
 
 ORIGINAL, FLIPPED = 0, 1
@@ -191,3 +198,95 @@ def clear_cache(root: str | Path) -> int:
             shutil.rmtree(folder)
     return freed
 
+
+
+@dataclass
+class FeatureSet:
+    """Pooled features of a list of images, in order; NaN rows for images that failed to decode."""
+
+    features: np.ndarray  # float32 (N, num_features)
+    flipped: np.ndarray | None  # the mirror images' features, when asked for
+    failed: dict[Path, str]
+    engine: str
+    computed: int  # images that went through the backbone (the rest came from the cache)
+    seconds: float
+
+
+def extract_features(paths: Sequence[Path], net, spec: BackboneSpec, preprocessing: Preprocessing,
+                     cache_dir: str | Path, engine: str = "auto", device: torch.device | None = None,
+                     flip: bool = False, workers: int | None = None,
+                     console: Console | None = None) -> FeatureSet:
+    """Features of ``paths`` from the cache, computing (and caching) only what is missing.
+
+    Decoding runs in worker processes while the engine runs the backbone, so
+    both cores are busy; large JPEGs are decoded at reduced size (Pillow's
+    draft mode) when that cannot change the network's input.
+    """
+    start = time.perf_counter()
+    console = console or Console(0)
+    device = device or torch.device("cpu")
+    paths = [Path(p) for p in paths]
+    variants = [ORIGINAL, FLIPPED] if flip else [ORIGINAL]
+    names = engine_candidates(engine, device)
+
+    def key_for(name: str) -> ExtractorKey:
+        return ExtractorKey(spec.architecture, spec.weights, preprocessing, name, spec.num_features)
+
+    # The first candidate engine is the one used unless it fails: look there first, so a
+    # warm run never builds an engine at all.
+    cache = FeatureCache(cache_dir, key_for(names[0]))
+    found, todo = _lookup(cache, paths, variants)
+    used = names[0]
+    failed: dict[Path, str] = {}
+    if todo:
+        sample = _sample_batch(paths, todo, preprocessing)
+        runner = create_engine(engine, net, preprocessing.input_size, device,
+                               lambda name: Path(cache_dir) / "engines" / f"{key_for(name).digest()}.onnx",
+                               sample, console)
+        used = runner.name
+        if used != names[0]:
+            cache.close()
+            cache = FeatureCache(cache_dir, key_for(used))
+            found, todo = _lookup(cache, paths, variants)
+        console.info(f"extracting features of {len(todo)} image(s) with engine {used} "
+                     f"({len(paths) - len(todo)} cached)")
+        dataset = ImageDataset.for_eval([paths[i] for i in todo], todo, preprocessing)
+        # Decoding costs about a fifth of the backbone: half the usual workers keep it fed
+        # and leave the cores to the engine.
+        workers = max(1, default_workers() // 2) if workers is None else workers
+        loader = make_loader(dataset, runner.batch_size, workers=workers)
+        for batch in console.progress(loader, total=len(loader), desc="features"):
+            for index, reason in batch.failed:
+                failed[dataset.paths[index]] = reason
+            if not batch.indices:
+                continue
+            batch_paths = [dataset.paths[i] for i in batch.indices]
+            rows = batch.labels.tolist()  # the labels carry each image's position in `paths`
+            for variant in variants:
+                images = batch.images.flip(-1) if variant == FLIPPED else batch.images
+                features = runner(images).numpy()
+                cache.store(batch_paths, features, variant)
+                found[variant][rows] = features.astype(np.float16)
+    cache.close()
+    out = {v: found[v].astype(np.float32) for v in variants}
+    for path in failed:
+        for v in variants:
+            out[v][paths.index(path)] = np.nan
+    return FeatureSet(out[ORIGINAL], out.get(FLIPPED), failed, used, len(todo), time.perf_counter() - start)
+
+
+def _lookup(cache: FeatureCache, paths: Sequence[Path], variants: Sequence[int]
+            ) -> tuple[dict[int, np.ndarray], list[int]]:
+    found, missing = {}, set()
+    for variant in variants:
+        found[variant], absent = cache.lookup(paths, variant)
+        missing.update(absent)
+    return found, sorted(missing)
+
+
+def _sample_batch(paths: Sequence[Path], todo: Sequence[int], preprocessing: Preprocessing,
+                  size: int = 8) -> torch.Tensor | None:
+    """A few decodable images to check an engine's features against eager fp32."""
+    dataset = ImageDataset.for_eval([paths[i] for i in todo[:4 * size]], None, preprocessing)
+    images = [x for x, _, _ in (dataset[i] for i in range(len(dataset))) if x is not None][:size]
+    return torch.stack(images) if images else None

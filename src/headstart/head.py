@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import HeadSpec
+from .config import HeadSpec, Preprocessing
 
-__all__ = ["Head", "ClassifierNet"]
+__all__ = ["Head", "Normalize", "ClassifierNet"]
 
 
 class Head(nn.Module):
@@ -36,6 +36,25 @@ class Head(nn.Module):
         return self.fc(self.dropout(self.pool(features)))
 
 
+class Normalize(nn.Module):
+    """Images in, as uint8 (0-255) or float (0-1), normalised with the backbone's mean and std.
+
+    Part of the network rather than of the data pipeline, so decoding workers
+    ship compact uint8 tensors and an exported model takes raw pixels. Its
+    buffers are not saved: ``config.json`` holds mean and std.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+        return (images - self.mean) / self.std
+
+
 class ClassifierNet(nn.Module):
     """Backbone + head. The backbone always runs in inference mode.
 
@@ -46,8 +65,9 @@ class ClassifierNet(nn.Module):
     statistics on a small new dataset wrecks what the backbone learned.
     """
 
-    def __init__(self, backbone: nn.Module, head: Head):
+    def __init__(self, backbone: nn.Module, head: Head, preprocessing: Preprocessing):
         super().__init__()
+        self.normalize = Normalize(preprocessing.mean, preprocessing.std)
         self.backbone = backbone
         self.head = head
 
@@ -58,7 +78,7 @@ class ClassifierNet(nn.Module):
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features, the input of the head's dropout."""
-        return Head.pool(self.backbone.forward_features(images))
+        return Head.pool(self.backbone.forward_features(self.normalize(images)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.forward_features(images))
+        return self.head(self.backbone.forward_features(self.normalize(images)))

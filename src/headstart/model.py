@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,10 @@ from ._console import Console
 from ._io import atomic_path, write_csv, write_json
 from .backbone import build_architecture, create_backbone, resolve_architecture
 from .config import HeadSpec, ModelConfig, TrainingConfig, library_versions
-from .data import DatasetSplit, ImageDataset, Sample, Skipped, discover, eval_transform, make_loader, train_transform
+from .data import DatasetSplit, ImageDataset, Sample, Skipped, discover, make_loader, train_transform
 from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
 from .evaluate import classification_metrics
+from .features import default_cache_dir, extract_features
 from .head import ClassifierNet, Head
 
 __all__ = ["ImageClassifier", "Prediction", "load", "MODEL_FILE", "CONFIG_FILE"]
@@ -60,21 +62,26 @@ class ImageClassifier:
 
     Attributes set by :meth:`fit` (or :func:`load`) end in ``_``:
     ``classes_``, ``config_``, ``net_``, ``metrics_``, ``history_``,
-    ``split_`` and ``skipped_``.
+    ``split_`` and ``skipped_``. ``cache_dir`` is where the lightweight workflow
+    keeps features (default: the user's cache folder); it is not saved with the model.
     """
 
     def __init__(self, backbone: str = "efficientnet_lite0", weights: str | None = None,
-                 image_size: int | None = None, workflow: str = "standard", epochs: int = 5,
+                 image_size: int | None = None, workflow: str = "auto", engine: str = "auto",
+                 flip_features: bool = False, class_weight: str | None = None, epochs: int = 5,
                  lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 32,
                  label_smoothing: float = 0.0, augment: str = "light", dropout: float = 0.2,
-                 patience: int = 3, fine_tune_epochs: int = 0, fine_tune_lr: float = 1e-5,
+                 patience: int = 3, fine_tune_epochs: int | None = None, fine_tune_lr: float = 1e-5,
                  unfreeze_last: int | None = None, val_fraction: float = 0.2, test_fraction: float = 0.0,
                  seed: int = 0, device: str = "auto", precision: str = "auto", workers: int | None = None,
-                 verbose: int = 1):
+                 cache_dir: str | Path | None = None, verbose: int = 1):
         self.backbone = backbone
         self.weights = weights
         self.image_size = image_size
         self.workflow = workflow
+        self.engine = engine
+        self.flip_features = flip_features
+        self.class_weight = class_weight
         self.epochs = epochs
         self.lr = lr
         self.weight_decay = weight_decay
@@ -92,11 +99,12 @@ class ImageClassifier:
         self.device = device
         self.precision = precision
         self.workers = workers
+        self.cache_dir = cache_dir
         self.verbose = verbose
 
     # -- scikit-learn's parameter protocol -------------------------------------------------
     def get_params(self, deep: bool = True) -> dict:
-        return {name: getattr(self, name) for name in (*_TRAINING_PARAMS, "verbose")}
+        return {name: getattr(self, name) for name in (*_TRAINING_PARAMS, "cache_dir", "verbose")}
 
     def set_params(self, **params) -> "ImageClassifier":
         valid = self.get_params()
@@ -131,7 +139,9 @@ class ImageClassifier:
         split = data if isinstance(data, DatasetSplit) else discover(
             data, config.val_fraction, config.test_fraction, config.seed)
         _report_data(split, console)
-        if config.fine_tune_epochs and not split.val:
+        device = training.resolve_device(config.device)
+        workflow, fine_tune_epochs = choose_workflow(config, device)
+        if fine_tune_epochs and not split.val:
             raise UsageError("fine-tuning is guarded by the validation split, and there is none: "
                              "set --val-fraction above 0 or add a val/ folder")
 
@@ -140,20 +150,37 @@ class ImageClassifier:
         console.info(f"backbone {config.backbone} ({spec.weights}), {spec.num_features} features, "
                      f"input {preprocessing.image_size} px")
         head_spec = HeadSpec(num_classes=len(split.classes), dropout=config.dropout)
-        net = ClassifierNet(backbone, Head(spec.num_features, head_spec))
-        device = training.resolve_device(config.device)
+        net = ClassifierNet(backbone, Head(spec.num_features, head_spec), preprocessing)
         dtype = training.resolve_precision(config.precision, device)
         training.prepare(net, device)
-        console.info(f"training on {device.type} ({str(dtype).removeprefix('torch.')}), "
+        console.info(f"{workflow} workflow on {device.type} ({str(dtype).removeprefix('torch.')}), "
                      f"{len(split.train)} train / {len(split.val)} val / {len(split.test)} test images")
 
         pin = device.type == "cuda"
-        train_loader = make_loader(_dataset(split.train, train_transform(preprocessing, config.augment)),
-                                   config.batch_size, shuffle=True, workers=config.workers,
-                                   seed=config.seed, pin_memory=pin)
-        val_loader = make_loader(_dataset(split.val, eval_transform(preprocessing)), config.batch_size,
-                                 workers=config.workers, pin_memory=pin) if split.val else None
-        result = training.fit(net, train_loader, val_loader, config, device, dtype, console, on_epoch)
+        loaders = {}  # built on first use: the lightweight head alone never decodes an image twice
+
+        def loader(name: str):
+            if name not in loaders:
+                samples = split.train if name == "train" else split.val
+                dataset = (_dataset(samples, train_transform(preprocessing, config.augment)) if name == "train"
+                           else ImageDataset.for_eval([s.path for s in samples], [s.label for s in samples],
+                                                      preprocessing))
+                loaders[name] = make_loader(dataset, config.batch_size, shuffle=name == "train",
+                                            workers=config.workers, seed=config.seed, pin_memory=pin)
+            return loaders[name]
+
+        start = time.perf_counter()
+        if workflow == "lightweight":
+            result, head_metrics = self._fit_head_on_features(net, spec, preprocessing, split, config, device,
+                                                              console, on_epoch)
+        else:
+            result, head_metrics = training.fit(net, loader("train"), loader("val") if split.val else None,
+                                                config, device, dtype, console, on_epoch=on_epoch), {}
+        if fine_tune_epochs:
+            training.fine_tune(net, loader("train"), loader("val"), config, fine_tune_epochs, device, dtype,
+                               result, console, on_epoch,
+                               before=result.stage1.val if workflow == "standard" else None)
+        result.seconds = time.perf_counter() - start
 
         self.net_ = net.eval()
         self.classes_ = split.classes
@@ -162,22 +189,78 @@ class ImageClassifier:
         self.history_ = result.history
         self.split_ = split
         self.skipped_ = split.skipped + [Skipped(p, r) for p, r in result.failed.items()]
-        self.metrics_ = self._final_metrics(split, result)
+        self.metrics_ = self._final_metrics(split, result, workflow, head_metrics)
         return self
 
-    def _final_metrics(self, split: DatasetSplit, result: training.TrainResult) -> dict:
+    def _fit_head_on_features(self, net: ClassifierNet, spec, preprocessing, split: DatasetSplit,
+                              config: TrainingConfig, device: torch.device, console: Console,
+                              on_epoch: Callable[[dict], None] | None) -> tuple[training.TrainResult, dict]:
+        """The lightweight workflow's stage 1: features once (cached), then a linear head in seconds."""
+        samples = split.train + split.val + split.test
+        features = extract_features([s.path for s in samples], net, spec, preprocessing,
+                                    self.cache_dir or default_cache_dir(), engine=config.engine, device=device,
+                                    flip=config.flip_features, workers=config.workers, console=console)
+        for path, reason in features.failed.items():
+            console.warn(f"skipping {path}: {reason}")
+        labels = np.array([s.label for s in samples])
+        ok = ~np.isnan(features.features).any(axis=1)
+        parts = np.cumsum([0, len(split.train), len(split.val), len(split.test)])
+        x = {name: features.features[parts[i]:parts[i + 1]] for i, name in enumerate(("train", "val", "test"))}
+        y = {name: labels[parts[i]:parts[i + 1]] for i, name in enumerate(("train", "val", "test"))}
+        keep = {name: ok[parts[i]:parts[i + 1]] for i, name in enumerate(("train", "val", "test"))}
+        x_train, y_train = x["train"][keep["train"]], y["train"][keep["train"]]
+        if features.flipped is not None:
+            x_train = np.concatenate([x_train, features.flipped[:len(split.train)][keep["train"]]])
+            y_train = np.concatenate([y_train, y_train])
+        x_val = x["val"][keep["val"]] if split.val else None
+        head = training.fit_linear_head(x_train, y_train, x_val, y["val"][keep["val"]] if split.val else None,
+                                        len(split.classes), config.class_weight, config.seed)
+        with torch.no_grad():
+            net.head.fc.weight.copy_(torch.from_numpy(head.weight))
+            net.head.fc.bias.copy_(torch.from_numpy(head.bias))
+        result = training.TrainResult(failed=dict(features.failed))
+        row = {"epoch": 1, "stage": "head", "train_loss": head.train.loss, "train_accuracy": head.train.accuracy,
+               "val_loss": head.val.loss if head.val else math.nan,
+               "val_accuracy": head.val.accuracy if head.val else math.nan, "lr": math.nan,
+               "seconds": features.seconds + head.seconds}
+        result.history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        result.stage1 = training.StageResult(head.val, 1, 1, False)
+        val_text = f", val loss {head.val.loss:.4f} acc {head.val.accuracy:.2%}" if head.val else ""
+        console.info(f"head fitted on features in {head.seconds:.1f} s (L2 C={head.C:g}): "
+                     f"train acc {head.train.accuracy:.2%}{val_text}")
+        metrics = {"features": {"engine": features.engine, "computed": features.computed,
+                                "cached": len(samples) - features.computed, "seconds": features.seconds},
+                   "head": {"C": head.C, "seconds": head.seconds}}
+        for name in ("val", "test"):
+            if keep[name].any():
+                proba = training.linear_probabilities(head.weight, head.bias, x[name][keep[name]])
+                metrics[name] = classification_metrics(y[name][keep[name]], proba.argmax(1), split.classes)
+                metrics[name]["undecodable"] = int((~keep[name]).sum())
+        return result, metrics
+
+    def _final_metrics(self, split: DatasetSplit, result: training.TrainResult, workflow: str,
+                       head_metrics: dict) -> dict:
         metrics: dict = {
+            "workflow": workflow,
             "train_seconds": result.seconds,
             "counts": split.counts(),
             "skipped": len(self.skipped_),
             "stage1": _stage_summary(result.stage1),
             "fine_tune": None,
+            **{k: v for k, v in head_metrics.items() if k in ("features", "head")},
         }
         if result.fine_tune is not None:
             metrics["fine_tune"] = {**_stage_summary(result.fine_tune), "kept": result.fine_tune_kept}
+        stage1_only = result.fine_tune is None or not result.fine_tune_kept
         for name, samples in (("val", split.val), ("test", split.test)):
-            if samples:
-                metrics[name] = self.evaluate_samples(samples)
+            if not samples:
+                continue
+            # The lightweight head's metrics come straight from the cached features,
+            # unless fine-tuning changed the backbone they came from.
+            metrics[name] = head_metrics[name] if stage1_only and name in head_metrics \
+                else self.evaluate_samples(samples)
         return metrics
 
     # -- prediction -------------------------------------------------------------------------
@@ -195,7 +278,7 @@ class ImageClassifier:
         device = training.resolve_device(self.device)
         dtype = training.resolve_precision(self.precision, device)
         net = training.prepare(self.net_, device).eval()
-        dataset = ImageDataset(paths, None, eval_transform(self.config_.preprocessing))
+        dataset = ImageDataset.for_eval(paths, None, self.config_.preprocessing)
         loader = make_loader(dataset, batch_size or self.batch_size, workers=self.workers,
                              pin_memory=device.type == "cuda")
         with torch.inference_mode():
@@ -282,6 +365,20 @@ class ImageClassifier:
         return directory
 
 
+def choose_workflow(config: TrainingConfig, device: torch.device) -> tuple[str, int]:
+    """The workflow for stage 1 and the number of fine-tuning epochs, for ``auto`` settings.
+
+    ``auto`` fits the head on cached features (lightweight): the most accuracy
+    per minute on any device. Fine-tuning runs when asked for, and by default
+    for 2 epochs on a GPU, where it is affordable.
+    """
+    workflow = "lightweight" if config.workflow == "auto" else config.workflow
+    epochs = config.fine_tune_epochs
+    if epochs is None:
+        epochs = 2 if config.workflow == "auto" and device.type == "cuda" else 0
+    return workflow, epochs
+
+
 def prepare_output_dir(directory: str | Path, overwrite: bool) -> Path:
     """Create ``directory``; refuse one that holds files unless ``overwrite``: nothing is lost silently."""
     directory = Path(directory)
@@ -312,7 +409,7 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
         backbone = build_architecture(config.backbone)
     except BackboneError as exc:
         raise ModelFileError(f"{config_path}: {exc}") from None
-    net = ClassifierNet(backbone, Head(config.backbone.num_features, config.head))
+    net = ClassifierNet(backbone, Head(config.backbone.num_features, config.head), config.preprocessing)
     _load_state(net, model_path)
     params = {name: getattr(config.training, name) for name in _TRAINING_PARAMS} if config.training else {}
     params.update(device=device, verbose=verbose, workers=None)

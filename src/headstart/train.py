@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -37,6 +38,10 @@ __all__ = [
     "run_epoch",
     "train_stage",
     "fit",
+    "fine_tune",
+    "LinearHead",
+    "fit_linear_head",
+    "linear_probabilities",
 ]
 
 HISTORY_COLUMNS = ("epoch", "stage", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -162,7 +167,8 @@ def train_stage(net: ClassifierNet, stage: str, train_loader: DataLoader, val_lo
     optimizer = torch.optim.AdamW(_trainable(net), lr=lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    criterion = nn.CrossEntropyLoss(weight=_class_weights(train_loader, config, device),
+                                    label_smoothing=config.label_smoothing)
     measure = nn.CrossEntropyLoss()
     best_loss, best_epoch, best_state, best_val = math.inf, 0, None, None
     epoch = 0
@@ -206,6 +212,15 @@ def train_stage(net: ClassifierNet, stage: str, train_loader: DataLoader, val_lo
     return StageResult(best_val, epoch, best_epoch, stopped)
 
 
+def _class_weights(loader: DataLoader, config: TrainingConfig, device: torch.device) -> torch.Tensor | None:
+    """scikit-learn's 'balanced' weights: n_samples / (n_classes * count of the class)."""
+    if config.class_weight != "balanced":
+        return None
+    counts = np.bincount(loader.dataset.labels).astype(np.float64)
+    weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
 def _epoch_line(row: dict, epoch: int, epochs: int) -> str:
     line = (f"{row['stage']} epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f} "
             f"acc {row['train_accuracy']:.2%}")
@@ -222,31 +237,41 @@ def fine_tune_improved(before: EpochStats, after: EpochStats) -> bool:
 
 def fit(net: ClassifierNet, train_loader: DataLoader, val_loader: DataLoader | None,
         config: TrainingConfig, device: torch.device, dtype: torch.dtype, console: Console,
-        on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-    """Stage 1 on the frozen backbone, then the guarded fine-tune when ``config`` asks for it."""
+        fine_tune_epochs: int = 0, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """The standard workflow: stage 1 on the frozen backbone, then the guarded fine-tune."""
     start = time.perf_counter()
     result = TrainResult()
     freeze(net.backbone)
     result.stage1 = train_stage(net, "frozen", train_loader, val_loader, config.epochs, config.lr,
                                 config, device, dtype, result, console, on_epoch)
-    if config.fine_tune_epochs > 0:
-        _fine_tune(net, train_loader, val_loader, config, device, dtype, result, console, on_epoch)
-    freeze(net.backbone)
+    if fine_tune_epochs > 0:
+        fine_tune(net, train_loader, val_loader, config, fine_tune_epochs, device, dtype, result, console,
+                  on_epoch, before=result.stage1.val)
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _fine_tune(net: ClassifierNet, train_loader: DataLoader, val_loader: DataLoader | None,
-               config: TrainingConfig, device: torch.device, dtype: torch.dtype, result: TrainResult,
-               console: Console, on_epoch: Callable[[dict], None] | None) -> None:
+def fine_tune(net: ClassifierNet, train_loader: DataLoader, val_loader: DataLoader | None,
+              config: TrainingConfig, epochs: int, device: torch.device, dtype: torch.dtype,
+              result: TrainResult, console: Console, on_epoch: Callable[[dict], None] | None = None,
+              before: EpochStats | None = None) -> None:
+    """Stage 2: unfreeze, retrain end to end at a very low rate; keep it only if validation improves.
+
+    ``before`` is stage 1's validation result; when it was measured another way
+    (the lightweight workflow's features), pass None and it is measured here by
+    the same pipeline as the fine-tuned model, so the comparison is fair.
+    """
+    if before is None and val_loader is not None:
+        before = run_epoch(net, val_loader, device, dtype, nn.CrossEntropyLoss(), console=console,
+                           desc="validate stage 1")
     before_state = copy.deepcopy(net.state_dict())
-    before = result.stage1.val
     trainable = unfreeze(net.backbone, config.unfreeze_last)
     which = "all blocks" if config.unfreeze_last is None else f"last {config.unfreeze_last} block(s)"
     console.info(f"fine-tuning {which} of the backbone ({trainable:,} parameters) "
                  f"at lr {config.fine_tune_lr:g}, BatchNorm kept in inference mode")
-    result.fine_tune = train_stage(net, "fine-tune", train_loader, val_loader, config.fine_tune_epochs,
+    result.fine_tune = train_stage(net, "fine-tune", train_loader, val_loader, epochs,
                                    config.fine_tune_lr, config, device, dtype, result, console, on_epoch)
+    freeze(net.backbone)
     after = result.fine_tune.val
     if before is None or after is None:
         result.fine_tune_kept = True
@@ -258,3 +283,85 @@ def _fine_tune(net: ClassifierNet, train_loader: DataLoader, val_loader: DataLoa
         net.load_state_dict(before_state)
         console.info(f"fine-tuning did not improve validation ({before.accuracy:.2%} -> {after.accuracy:.2%}): "
                      "keeping the stage-1 weights")
+
+
+# Inverse L2 strengths tried for the lightweight head: from strong regularisation,
+# which few hundred images need, to almost none.
+C_GRID = tuple(float(c) for c in np.logspace(-4, 1, 6))
+
+
+@dataclass
+class LinearHead:
+    """A fitted linear head: logits = features @ weight.T + bias."""
+
+    weight: np.ndarray  # (num_classes, num_features)
+    bias: np.ndarray  # (num_classes,)
+    C: float
+    train: EpochStats
+    val: EpochStats | None
+    seconds: float
+
+
+def fit_linear_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
+                    y_val: np.ndarray | None, num_classes: int, class_weight: str | None = None,
+                    seed: int = 0) -> LinearHead:
+    """Multinomial logistic regression on pooled features, full-batch L-BFGS (scikit-learn).
+
+    The L2 strength is the one with the lowest validation log loss; without a
+    validation split, it is chosen by stratified cross-validation on the training
+    features. Features are standardised for the solver, and the scaling is folded
+    back into the weights, so the head applies to raw pooled features.
+    """
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.metrics import log_loss
+    from sklearn.preprocessing import StandardScaler
+
+    start = time.perf_counter()
+    scaler = StandardScaler().fit(x_train)
+    a_train = scaler.transform(x_train)
+    labels = list(range(num_classes))
+    counts = np.bincount(y_train, minlength=num_classes)
+    if x_val is not None and len(x_val):
+        a_val = scaler.transform(x_val)
+        model = LogisticRegression(max_iter=500, warm_start=True, class_weight=class_weight)
+        best = None
+        for c in C_GRID:  # warm starts carry each fit into the next, weaker, regularisation
+            model.set_params(C=c).fit(a_train, y_train)
+            loss = log_loss(y_val, model.predict_proba(a_val), labels=labels)
+            if best is None or loss < best[0]:
+                best = (loss, c, model.coef_.copy(), model.intercept_.copy())
+        _, c, coef, intercept = best
+    elif counts[counts > 0].min() >= 2:
+        folds = int(min(5, counts[counts > 0].min()))
+        model = LogisticRegressionCV(Cs=list(C_GRID), cv=folds, scoring="neg_log_loss", max_iter=500,
+                                     class_weight=class_weight, random_state=seed).fit(a_train, y_train)
+        c, coef, intercept = float(model.C_[0]), model.coef_, model.intercept_
+    else:  # a class with a single image: nothing to cross-validate, take a middle strength
+        c = 0.1
+        model = LogisticRegression(C=c, max_iter=500, class_weight=class_weight).fit(a_train, y_train)
+        coef, intercept = model.coef_, model.intercept_
+    if coef.shape[0] == 1:  # scikit-learn keeps one row for two classes: split it symmetrically
+        coef = np.concatenate([-coef / 2, coef / 2])
+        intercept = np.concatenate([-intercept / 2, intercept / 2])
+    weight = coef / scaler.scale_
+    bias = intercept - weight @ scaler.mean_
+    head = LinearHead(weight.astype(np.float32), bias.astype(np.float32), c,
+                      _linear_stats(weight, bias, x_train, y_train, labels), None, 0.0)
+    if x_val is not None and len(x_val):
+        head.val = _linear_stats(weight, bias, x_val, y_val, labels)
+    head.seconds = time.perf_counter() - start
+    return head
+
+
+def linear_probabilities(weight: np.ndarray, bias: np.ndarray, x: np.ndarray) -> np.ndarray:
+    logits = x @ weight.T + bias
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _linear_stats(weight, bias, x, y, labels) -> EpochStats:
+    from sklearn.metrics import log_loss
+
+    p = linear_probabilities(weight, bias, x)
+    return EpochStats(float(log_loss(y, p, labels=labels)), float((p.argmax(1) == y).mean()), len(y))
