@@ -72,7 +72,8 @@ def test_predict_writes_one_row_per_image(cli, trained: Path, tiny_data: Path, t
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in images)
     good = [r for r in rows if not r["error"]]
     assert len(good) == 24 and all(r["class"] in ("red", "blue") for r in good)
-    assert all(len(r["top_k"].split()) == 2 for r in good)
+    assert all(r["class_2"] in ("red", "blue") and r["class_2"] != r["class"] for r in good)
+    assert all(float(r["probability"]) >= float(r["probability_2"]) for r in good)
     assert "cannot read" in captured.stderr
 
 

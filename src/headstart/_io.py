@@ -1,7 +1,9 @@
 """Atomic file writes: a crash or a full disk never leaves a half-written file behind.
 
 Each file is written to a temporary name in the same folder, flushed to disk,
-then renamed over the target in one step (``os.replace``).
+then renamed over the target in one step (``os.replace``). Files that belong
+together (a model's weights and its config) are all written first and renamed
+only once every one of them is complete.
 """
 
 from __future__ import annotations
@@ -12,28 +14,72 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_text", "write_json", "write_csv"]
+__all__ = ["atomic_path", "atomic_files", "write_text", "write_json", "json_text", "csv_text"]
+
+
+def _temporary(target: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_files(directory: str | Path) -> Iterator[Callable[[str], Path]]:
+    """Yield ``new(name)``, a temporary path standing for ``directory/name``.
+
+    When the block ends without error, every file is synced and renamed into
+    place; on any error (a full disk) none is, and the temporaries are removed,
+    so the previous files stay as they were.
+    """
+    directory = Path(directory)
+    pending: list[tuple[Path, Path]] = []
+
+    def new(name: str) -> Path:
+        tmp = _temporary(directory / name)
+        pending.append((tmp, directory / name))
+        return tmp
+
+    try:
+        yield new
+        for tmp, _ in pending:
+            _fsync(tmp)
+        for tmp, target in pending:
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp, _ in pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``target`` atomically."""
     target = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_files(target.parent) as new:
+        yield new(target.name)
+
+
+def json_text(data: Any) -> str:
+    # NaN is not JSON: write null so any JSON reader (a browser, jq) accepts the file.
+    return json.dumps(_nan_to_none(data), indent=2, ensure_ascii=False) + "\n"
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def write_text(target: str | Path, text: str) -> None:
@@ -42,16 +88,7 @@ def write_text(target: str | Path, text: str) -> None:
 
 
 def write_json(target: str | Path, data: Any) -> None:
-    # NaN is not JSON: write null so any JSON reader (a browser, jq) accepts the file.
-    write_text(target, json.dumps(_nan_to_none(data), indent=2, ensure_ascii=False) + "\n")
-
-
-def write_csv(target: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_text(target, buffer.getvalue())
+    write_text(target, json_text(data))
 
 
 def _nan_to_none(value: Any) -> Any:

@@ -8,10 +8,13 @@ error's status. ``--traceback`` shows the stack for bug reports.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import json
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -51,10 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     t = commands.add_parser("train", help="train a classifier on a folder of images, one subfolder per class")
-    t.add_argument("data", type=Path, metavar="DATA", help="image folder: one subfolder per class, "
-                   "or train/ and val/ (or validation/) split folders, optionally test/")
+    t.add_argument("data", type=Path, metavar="DATA", nargs="?", help="image folder: one subfolder per "
+                   "class, or train/ and val/ (or validation/) split folders, optionally test/")
     t.add_argument("--out", type=Path, help="run folder to write (default: runs/<timestamp>)")
     t.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    t.add_argument("--resume", type=Path, metavar="RUN", help="finish an interrupted run, from its last "
+                   "completed epoch, with the settings it was started with")
     g = t.add_argument_group("backbone")
     g.add_argument("--backbone", default="efficientnet_lite0",
                    help="efficientnet_lite0/1/2 (embedded weights, no download) or any timm model name")
@@ -100,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, metavar="FILE", help="write predictions to FILE (.csv or .json)")
     p.add_argument("--overwrite", action="store_true", help="allow replacing an existing --output")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--tta", action="store_true", help="average with the mirror image's prediction")
     _add_hardware(p)
 
     c = commands.add_parser("cache", help="show or clear the lightweight workflow's feature cache")
@@ -112,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "folders, test/ is used, else val/)")
     e.add_argument("--output", type=Path, metavar="FILE", help="also write the metrics as JSON")
     e.add_argument("--overwrite", action="store_true", help="allow replacing an existing --output")
+    e.add_argument("--tta", action="store_true", help="average with the mirror image's prediction")
     _add_hardware(e)
     return parser
 
@@ -142,6 +149,12 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> E
     except KeyboardInterrupt:
         console.error("interrupted")
         return ExitStatus.INTERRUPTED
+    except OSError as exc:  # a full disk, a read-only folder: the user's to fix, not a bug
+        if show_traceback:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        console.error(f"cannot write or read{where}: {exc.strerror or exc}")
+        return ExitStatus.IO
     except SystemExit as exc:  # --help and --version
         return ExitStatus(exc.code or 0)
 
@@ -168,15 +181,68 @@ def _default_run_dir() -> Path:
 
 
 def _train(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from ._io import write_json
+    from .checkpoint import CHECKPOINT_FILE, RUN_FILE
     from .model import ImageClassifier, prepare_output_dir
 
-    clf = ImageClassifier(**_training_kwargs(args), verbose=console.verbosity)
-    clf.training_config()  # a bad option fails before any work
-    out = prepare_output_dir(args.out or _default_run_dir(), args.overwrite)
-    clf.fit(args.data, console=console)
+    if args.resume is not None:
+        out = args.resume
+        data, params = _read_run(out / RUN_FILE)
+        clf = ImageClassifier(**params, verbose=console.verbosity)
+    else:
+        if args.data is None:
+            raise UsageError("train: give the image folder DATA, or --resume RUN")
+        data = args.data.resolve()
+        clf = ImageClassifier(**_training_kwargs(args), verbose=console.verbosity)
+        clf.training_config()  # a bad option fails before any work
+        out = prepare_output_dir(args.out or _default_run_dir(), args.overwrite)
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # --overwrite starts afresh, never resumes
+        params = {k: str(v) if isinstance(v, Path) else v for k, v in clf.get_params().items() if k != "verbose"}
+        write_json(out / RUN_FILE, {"data": str(data), "params": params})
+    try:
+        with _terminate_as_interrupt():
+            clf.fit(data, console=console, checkpoint_dir=out)
+    except KeyboardInterrupt:
+        console.error(f"interrupted: {out} keeps the last completed epoch; "
+                      f"continue with: headstart train --resume {out}")
+        return ExitStatus.INTERRUPTED
     clf.save(out, overwrite=True)
+    (out / CHECKPOINT_FILE).unlink(missing_ok=True)
     console.info(_summary(clf, out))
     return ExitStatus.SUCCESS
+
+
+def _read_run(path: Path) -> tuple[Path, dict]:
+    from .model import ImageClassifier
+
+    if not path.is_file():
+        raise UsageError(f"--resume: {path} not found: not a run folder written by 'headstart train'")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        data, params = Path(saved["data"]), dict(saved["params"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"--resume: {path} is damaged ({exc})") from None
+    unknown = set(params) - set(ImageClassifier().get_params())
+    if unknown:
+        raise UsageError(f"--resume: {path} has unknown settings: {', '.join(sorted(unknown))}")
+    return data, params
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """``kill`` (SIGTERM) stops training like Ctrl-C: cleanly, with the last epoch kept."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _summary(clf, out: Path) -> str:
@@ -226,11 +292,11 @@ def _predict(args: argparse.Namespace, console: Console) -> ExitStatus:
     clf = _load(args, console)
     paths = collect_images(args.paths)
     console.info(f"predicting {len(paths)} image(s) with {args.model}")
-    rows = _prediction_rows(clf, paths, min(args.top_k, len(clf.classes_)), args.batch_size, console)
+    rows = _prediction_rows(clf, paths, min(args.top_k, len(clf.classes_)), args.batch_size, args.tta, console)
     if args.output is None:
         count, failed = _print_table(rows, console)
     elif args.output.suffix.lower() == ".csv":
-        count, failed = _write_predictions_csv(rows, args.output)
+        count, failed = _write_predictions_csv(rows, args.output, min(args.top_k, len(clf.classes_)))
     else:
         count, failed = _write_predictions_json(rows, args.output)
     where = f", written to {args.output}" if args.output else ""
@@ -238,8 +304,8 @@ def _predict(args: argparse.Namespace, console: Console) -> ExitStatus:
     return ExitStatus.SUCCESS
 
 
-def _prediction_rows(clf, paths, top_k: int, batch_size: int, console: Console) -> Iterator[dict]:
-    predictions = clf.iter_predict(paths, batch_size=batch_size)
+def _prediction_rows(clf, paths, top_k: int, batch_size: int, tta: bool, console: Console) -> Iterator[dict]:
+    predictions = clf.iter_predict(paths, batch_size=batch_size, tta=tta)
     for p in console.progress(predictions, total=len(paths), desc="predict"):
         if p.probabilities is None:
             console.warn(f"cannot read {p.path}: {p.error}")
@@ -264,19 +330,22 @@ def _print_table(rows: Iterator[dict], console: Console) -> tuple[int, int]:
     return count, failed
 
 
-def _write_predictions_csv(rows: Iterator[dict], path: Path) -> tuple[int, int]:
+def _write_predictions_csv(rows: Iterator[dict], path: Path, top_k: int) -> tuple[int, int]:
+    """One row per image; the runners-up in their own columns, so any class name is safe."""
     from ._io import atomic_path
 
     count = failed = 0
+    ranks = range(2, top_k + 1)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "class", "probability", "top_k", "error"])
+        writer.writerow(["path", "class", "probability", *(f"{c}_{k}" for k in ranks
+                                                          for c in ("class", "probability")), "error"])
         for row in rows:
             count += 1
             failed += row["error"] is not None
-            top = " ".join(f"{t['class']}:{t['probability']:.6f}" for t in row["top_k"])
-            writer.writerow([row["path"], row["class"] or "", "" if row["probability"] is None
-                             else f"{row['probability']:.6f}", top, row["error"] or ""])
+            cells = [(t["class"], f"{t['probability']:.6f}") for t in row["top_k"]]
+            cells += [("", "")] * (top_k - len(cells))
+            writer.writerow([row["path"], *cells[0], *(v for pair in cells[1:] for v in pair), row["error"] or ""])
     return count, failed
 
 
@@ -301,7 +370,7 @@ def _evaluate(args: argparse.Namespace, console: Console) -> ExitStatus:
 
     _check_output(args.output, args.overwrite, (".json",))
     clf = _load(args, console)
-    metrics = clf.evaluate(args.data)
+    metrics = clf.evaluate(args.data, tta=args.tta)
     console.result(format_metrics(metrics, title=f"{args.model} on {args.data}"))
     if args.output:
         write_json(args.output, metrics)

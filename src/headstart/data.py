@@ -44,6 +44,7 @@ __all__ = [
     "ImageDataset",
     "make_loader",
     "default_workers",
+    "available_cores",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
@@ -94,10 +95,13 @@ def _is_hidden(name: str) -> bool:
 
 def _walk_files(folder: Path) -> Iterable[Path]:
     """Visible files below ``folder``, following links but never around a loop."""
+    top = os.path.realpath(folder)
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in seen:
+        # A link up to ``folder``'s parent is a loop that `seen` alone would enter once, and
+        # through it a class folder would take in its sibling classes' images as its own.
+        if real in seen or (seen and os.path.commonpath([real, top]) == real):
             dirnames[:] = []
             continue
         seen.add(real)
@@ -113,13 +117,18 @@ def _image_files(folder: Path) -> list[Path]:
 
 def probe_image(path: Path) -> str | None:
     """Why ``path`` cannot be used as an image, or None. Reads the header only: cheap."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return _probe(path)
+
+
+def _probe(path: Path) -> str | None:
+    """:func:`probe_image`, for callers that already turned bomb warnings into errors."""
     try:
         if path.stat().st_size == 0:
             return "empty file"
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                width, height = im.size
+        with Image.open(path) as im:
+            width, height = im.size
         if width < 1 or height < 1:
             return "image has no pixels"
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -132,9 +141,12 @@ def probe_image(path: Path) -> str | None:
 
 
 def _probe_all(paths: Sequence[Path]) -> dict[Path, str]:
-    # Header reads are I/O bound: threads overlap them without any pickling.
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        reasons = list(pool.map(probe_image, paths))
+    # Header reads are I/O bound: threads overlap them without any pickling. The warning
+    # filter is process-wide and not thread-safe to change, so it is set once around them.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            reasons = list(pool.map(_probe, paths))
     return {p: r for p, r in zip(paths, reasons) if r is not None}
 
 
@@ -161,7 +173,11 @@ def _scan_classes(root: Path, classes: Sequence[str] | None = None) -> tuple[dic
     images = {name: [f for f in paths if f not in bad] for name, paths in files.items()}
     for name, paths in images.items():
         if not paths:
-            raise DataError(f"class folder {root / name} has no usable images")
+            # This error ends the run before the skipped files are reported: say why here.
+            unreadable = [f for f in files[name] if f in bad]
+            why = (f": {len(unreadable)} file(s) cannot be used, e.g. {unreadable[0].name}: {bad[unreadable[0]]}"
+                   if unreadable else "")
+            raise DataError(f"class folder {root / name} has no usable images{why}")
     return images, skipped
 
 
@@ -227,15 +243,18 @@ def stratified_split(images: dict[str, list[Path]], classes: Sequence[str], val_
 
 def collect_images(paths: Iterable[str | Path]) -> list[Path]:
     """Image files named by ``paths``: files as given, folders searched recursively."""
+    paths = [Path(p) for p in paths]
     found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
+    for path in paths:
         if path.is_dir():
             found += _image_files(path)
         elif path.is_file():
             found.append(path)
         else:
             raise DataError(f"no such file or folder: {path}")
+    if paths and not found:
+        # Zero predictions and success would hide a wrong folder or unsupported files.
+        raise DataError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {', '.join(map(str, paths))}")
     return found
 
 
@@ -252,6 +271,10 @@ def load_image(path: str | Path, min_size: int | None = None) -> Image.Image:
             if min_size and im.format == "JPEG":
                 im.draft("RGB", (min_size, min_size))
             im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I"):
+                # 16-bit greyscale (PNG, TIFF) spans 0..65535, and convert() clips it at 255:
+                # nearly every pixel would turn white. Scale it to 8 bits instead.
+                im = im.convert("I").point(lambda v: v / 257).convert("L")
             if im.mode != "RGB":
                 # Palette and LA/RGBA images carry transparency: flatten on white, as viewers do.
                 if im.mode in ("P", "PA", "LA", "RGBA") or "transparency" in im.info:
@@ -348,7 +371,9 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             return self.transform(load_image(self.paths[index], self.min_size)), self.labels[index], index
         except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            return None, f"cannot decode image: {exc}", index
+            # Prediction never probes its files: give the reason training's probe would have given
+            # ("empty file", not "cannot identify image file ..."), so skipped.csv and predictions agree.
+            return None, probe_image(self.paths[index]) or f"cannot decode image: {exc}", index
 
 
 @dataclass
@@ -369,18 +394,23 @@ def collate(items) -> Batch:
                  [i for _, _, i in good], failed)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under a container's limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """Decoding processes: one per core the process may use, at most 4."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
+    return max(1, min(4, available_cores()))
 
 
 def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool = False, workers: int | None = None,
                 seed: int = 0, pin_memory: bool = False) -> DataLoader:
-    workers = default_workers() if workers is None else workers
+    # More decoding processes than cores only thrash; more than batches only idle.
+    workers = default_workers() if workers is None else min(workers, available_cores())
     workers = min(workers, max(1, math.ceil(len(dataset) / batch_size)))
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
@@ -391,6 +421,7 @@ def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool = False, w
         collate_fn=collate,
         generator=generator,
         pin_memory=pin_memory,
-        # Workers are seeded from `generator`, so augmentation is reproducible.
-        persistent_workers=workers > 0,
+        # Workers are started afresh each epoch and seeded from `generator`: augmentation
+        # is reproducible, and a resumed run continues exactly where it stopped.
+        persistent_workers=False,
     )

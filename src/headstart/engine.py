@@ -20,7 +20,6 @@ minute-long compilation rarely pays off on a dataset of this size.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from torch import nn
 
 from ._console import Console
 from .config import ENGINES
+from .data import available_cores
 from .errors import UsageError
 from .export import export_onnx
 from .head import ClassifierNet
@@ -96,7 +96,7 @@ def _onnx_engine(module: nn.Module, input_size: tuple[int, int, int], model_path
     options.intra_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    pool = ThreadPoolExecutor(max_workers=_cores())
+    pool = ThreadPoolExecutor(max_workers=available_cores())
     chunk = 8  # activation memory grows with the chunk: 8 keeps the process near 1.4 GB
 
     def run_chunk(array: np.ndarray) -> np.ndarray:
@@ -107,14 +107,7 @@ def _onnx_engine(module: nn.Module, input_size: tuple[int, int, int], model_path
         parts = pool.map(run_chunk, [array[i:i + chunk] for i in range(0, len(array), chunk)])
         return torch.from_numpy(np.concatenate(list(parts)))
 
-    return FeatureEngine("onnx", run, batch_size=chunk * 2 * _cores())
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    return FeatureEngine("onnx", run, batch_size=chunk * 2 * available_cores())
 
 
 def feature_error(features: torch.Tensor, reference: torch.Tensor) -> float:

@@ -29,6 +29,7 @@ class ExitStatus(enum.IntEnum):
     DATA = 3  # the image folder or an input file cannot be used
     BACKBONE = 4  # the backbone or its weights cannot be had
     MODEL = 5  # a saved model is missing, damaged or inconsistent
+    IO = 6  # a file cannot be written or read: a full disk, a read-only folder
     INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
     return {
         "count": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
+        "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
         "per_class": {
             name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                    "support": int(support[i])}
@@ -32,6 +33,15 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "classes": list(classes),
     }
+
+
+def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    if not len(y_true):
+        return float("nan")
+    with warnings.catch_warnings():
+        # A class with no image in this split is normal in small data: the score averages the others.
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(y_true, y_pred))
 
 
 def format_metrics(metrics: dict, title: str = "") -> str:

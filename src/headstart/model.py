@@ -26,8 +26,9 @@ import torch
 
 from . import train as training
 from ._console import Console
-from ._io import atomic_path, write_csv, write_json
+from ._io import atomic_files, csv_text, json_text
 from .backbone import build_architecture, create_backbone, resolve_architecture
+from .checkpoint import load_checkpoint
 from .config import HeadSpec, ModelConfig, TrainingConfig, library_versions
 from .data import DatasetSplit, ImageDataset, Sample, Skipped, discover, make_loader, train_transform
 from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
@@ -126,11 +127,14 @@ class ImageClassifier:
 
     # -- training ---------------------------------------------------------------------------
     def fit(self, data: str | Path | DatasetSplit, *, on_epoch: Callable[[dict], None] | None = None,
-            console: Console | None = None) -> "ImageClassifier":
+            console: Console | None = None, checkpoint_dir: str | Path | None = None) -> "ImageClassifier":
         """Train on an image folder (one subfolder per class), or on a prepared :class:`DatasetSplit`.
 
-        ``on_epoch`` is called with each epoch's history row, e.g. to checkpoint.
-        ``console`` receives progress and messages (default: stderr, at ``verbose``).
+        ``on_epoch`` is called with each epoch's history row. ``console``
+        receives progress and messages (default: stderr, at ``verbose``). With
+        ``checkpoint_dir``, every completed epoch is checkpointed there, and a
+        checkpoint found there is resumed from: an interrupted run, rerun the
+        same way, finishes as if it had never stopped.
         """
         config = self.training_config()
         console = console or Console(self.verbose)
@@ -157,6 +161,7 @@ class ImageClassifier:
                      f"{len(split.train)} train / {len(split.val)} val / {len(split.test)} test images")
 
         pin = device.type == "cuda"
+        batch_size = training.bounded_batch_size(config.batch_size, preprocessing.input_size, device, console)
         loaders = {}  # built on first use: the lightweight head alone never decodes an image twice
 
         def loader(name: str):
@@ -165,21 +170,28 @@ class ImageClassifier:
                 dataset = (_dataset(samples, train_transform(preprocessing, config.augment)) if name == "train"
                            else ImageDataset.for_eval([s.path for s in samples], [s.label for s in samples],
                                                       preprocessing))
-                loaders[name] = make_loader(dataset, config.batch_size, shuffle=name == "train",
+                loaders[name] = make_loader(dataset, batch_size, shuffle=name == "train",
                                             workers=config.workers, seed=config.seed, pin_memory=pin)
             return loaders[name]
 
+        checkpointing = training.Checkpointing()
+        if checkpoint_dir is not None:
+            checkpointing.run_dir = Path(checkpoint_dir)
+            found = load_checkpoint(checkpointing.run_dir)
+            if found is not None:
+                checkpointing.state, checkpointing.tensors = found
         start = time.perf_counter()
         if workflow == "lightweight":
             result, head_metrics = self._fit_head_on_features(net, spec, preprocessing, split, config, device,
                                                               console, on_epoch)
         else:
             result, head_metrics = training.fit(net, loader("train"), loader("val") if split.val else None,
-                                                config, device, dtype, console, on_epoch=on_epoch), {}
+                                                config, device, dtype, console, on_epoch, checkpointing), {}
         if fine_tune_epochs:
             training.fine_tune(net, loader("train"), loader("val"), config, fine_tune_epochs, device, dtype,
                                result, console, on_epoch,
-                               before=result.stage1.val if workflow == "standard" else None)
+                               before=result.stage1.val if workflow == "standard" else None,
+                               checkpointing=checkpointing)
         result.seconds = time.perf_counter() - start
 
         self.net_ = net.eval()
@@ -268,9 +280,13 @@ class ImageClassifier:
         if not hasattr(self, "net_"):
             raise NotFittedError("this ImageClassifier is not fitted yet: call fit() or headstart.load() first")
 
-    def iter_predict(self, paths: Sequence[str | Path], batch_size: int | None = None
+    def iter_predict(self, paths: Sequence[str | Path], batch_size: int | None = None, tta: bool = False
                      ) -> Iterator[Prediction]:
-        """Predictions for ``paths`` in order, streamed batch by batch (constant memory)."""
+        """Predictions for ``paths`` in order, streamed batch by batch (constant memory).
+
+        With ``tta``, the probabilities of each image and of its mirror image are
+        averaged (test-time augmentation: one more forward pass per image).
+        """
         self._check_fitted()
         paths = [Path(p) for p in paths]
         if not paths:
@@ -287,44 +303,46 @@ class ImageClassifier:
                 if batch.indices:
                     images = batch.images.to(device, memory_format=torch.channels_last)
                     with training.autocast(device, dtype):
-                        logits = net(images)
-                    probs = dict(zip(batch.indices, torch.softmax(logits.float(), 1).cpu().numpy()))
+                        proba = torch.softmax(net(images).float(), 1)
+                        if tta:
+                            proba = (proba + torch.softmax(net(images.flip(-1)).float(), 1)) / 2
+                    probs = dict(zip(batch.indices, proba.cpu().numpy()))
                 errors = dict(batch.failed)
                 for index in sorted([*probs, *errors]):
                     yield Prediction(paths[index], probs.get(index), errors.get(index))
 
-    def predict_proba(self, paths: Sequence[str | Path] | str | Path) -> np.ndarray:
+    def predict_proba(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
         """Class probabilities, one row per path (columns in ``classes_`` order).
 
-        A row is NaN for an image that cannot be decoded.
+        A row is NaN for an image that cannot be decoded. ``tta``: see :meth:`iter_predict`.
         """
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         self._check_fitted()
         out = np.full((len(paths), len(self.classes_)), np.nan, dtype=np.float32)
-        for i, prediction in enumerate(self.iter_predict(paths)):
+        for i, prediction in enumerate(self.iter_predict(paths, tta=tta)):
             if prediction.probabilities is not None:
                 out[i] = prediction.probabilities
         return out
 
-    def predict(self, paths: Sequence[str | Path] | str | Path) -> np.ndarray:
+    def predict(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
         """The most probable class name per path (None for an image that cannot be decoded)."""
-        proba = self.predict_proba(paths)
+        proba = self.predict_proba(paths, tta=tta)
         names = np.array(self.classes_, dtype=object)
         out = np.full(len(proba), None, dtype=object)
         ok = ~np.isnan(proba).any(axis=1)
         out[ok] = names[proba[ok].argmax(axis=1)]
         return out
 
-    def evaluate_samples(self, samples: Sequence[Sample]) -> dict:
+    def evaluate_samples(self, samples: Sequence[Sample], tta: bool = False) -> dict:
         """Metrics (:func:`headstart.evaluate.classification_metrics`) on labelled samples."""
-        proba = self.predict_proba([s.path for s in samples])
+        proba = self.predict_proba([s.path for s in samples], tta=tta)
         labels = np.array([s.label for s in samples])
         ok = ~np.isnan(proba).any(axis=1)
         metrics = classification_metrics(labels[ok], proba[ok].argmax(axis=1), self.classes_)
         metrics["undecodable"] = int((~ok).sum())
         return metrics
 
-    def evaluate(self, data: str | Path) -> dict:
+    def evaluate(self, data: str | Path, tta: bool = False) -> dict:
         """Metrics on a labelled folder; with split folders, on its test (else val) split."""
         self._check_fitted()
         split = discover(data, val_fraction=0.0)
@@ -336,7 +354,7 @@ class ImageClassifier:
         else:
             samples = split.train
         remap = [self.classes_.index(c) for c in split.classes]
-        return self.evaluate_samples([Sample(s.path, remap[s.label]) for s in samples])
+        return self.evaluate_samples([Sample(s.path, remap[s.label]) for s in samples], tta=tta)
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
@@ -346,22 +364,24 @@ class ImageClassifier:
         from safetensors.torch import save_file
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
-        with atomic_path(directory / MODEL_FILE) as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt", "headstart": "model"})
-        write_json(directory / CONFIG_FILE, self.config_.to_dict())
+        texts = {CONFIG_FILE: json_text(self.config_.to_dict())}
         if getattr(self, "metrics_", None) is not None:
-            write_json(directory / METRICS_FILE, self.metrics_)
+            texts[METRICS_FILE] = json_text(self.metrics_)
         if getattr(self, "history_", None):
-            write_csv(directory / "history.csv", training.HISTORY_COLUMNS,
-                      ([row[c] for c in training.HISTORY_COLUMNS] for row in self.history_))
+            texts["history.csv"] = csv_text(training.HISTORY_COLUMNS,
+                                            ([row[c] for c in training.HISTORY_COLUMNS] for row in self.history_))
         split = getattr(self, "split_", None)
         if split is not None:
-            write_csv(directory / "split.csv", ("path", "class", "split"),
-                      ((_relative(s.path, split.root), self.classes_[s.label], name)
-                       for name, samples in split.splits().items() for s in samples))
+            texts["split.csv"] = csv_text(("path", "class", "split"),
+                                          ((_relative(s.path, split.root), self.classes_[s.label], name)
+                                           for name, samples in split.splits().items() for s in samples))
         if hasattr(self, "skipped_"):
-            write_csv(directory / "skipped.csv", ("path", "reason"),
-                      ((str(s.path), s.reason) for s in self.skipped_))
+            texts["skipped.csv"] = csv_text(("path", "reason"), ((str(s.path), s.reason) for s in self.skipped_))
+        # All or nothing: a full disk midway leaves the previous model as it was.
+        with atomic_files(directory) as new:
+            save_file(state, str(new(MODEL_FILE)), metadata={"format": "pt", "headstart": "model"})
+            for name, text in texts.items():
+                new(name).write_text(text, encoding="utf-8")
         return directory
 
 

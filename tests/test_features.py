@@ -1,0 +1,198 @@
+"""The lightweight workflow: feature cache, engines, and the linear head."""
+
+import os
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import headstart
+from headstart.backbone import create_backbone
+from headstart.config import HeadSpec
+from headstart.engine import TOLERANCE, create_engine, feature_error
+from headstart.errors import ExitStatus
+from headstart.features import FeatureCache, extract_features
+from headstart.head import ClassifierNet, Head
+from headstart.train import fit_linear_head, linear_probabilities
+from headstart._console import Console
+
+from conftest import TINY_BACKBONE, make_folder, make_image
+
+
+@pytest.fixture
+def tiny_net():
+    torch.manual_seed(0)
+    backbone, spec, pre = create_backbone(TINY_BACKBONE, pretrained=False, image_size=32)
+    return ClassifierNet(backbone, Head(spec.num_features, HeadSpec(num_classes=2)), pre), spec, pre
+
+
+def extract(paths, tiny_net, cache_dir, **kwargs):
+    net, spec, pre = tiny_net
+    return extract_features(paths, net, spec, pre, cache_dir, workers=0, **kwargs)
+
+
+def test_features_are_computed_once_then_read_back(tmp_path: Path, tiny_net):
+    paths = sorted(make_folder(tmp_path / "d", per_class=6).rglob("*.png"))
+    first = extract(paths, tiny_net, tmp_path / "cache")
+    assert first.computed == 12 and first.features.shape == (12, 256) and first.engine == "onnx"
+    again = extract(paths, tiny_net, tmp_path / "cache")
+    assert again.computed == 0
+    # float16 storage: equal to what was computed, to half precision
+    np.testing.assert_allclose(again.features, first.features, rtol=1e-3, atol=1e-3)
+
+
+def test_a_changed_or_added_image_is_recomputed_alone(tmp_path: Path, tiny_net):
+    paths = sorted(make_folder(tmp_path / "d", per_class=4).rglob("*.png"))
+    before = extract(paths, tiny_net, tmp_path / "cache")
+    make_image(paths[0], (250, 250, 250), seed=99)  # new content
+    os.utime(paths[0], ns=(1, 1))  # and surely a new identity
+    added = make_image(tmp_path / "d" / "red" / "new.png", (200, 40, 40), seed=42)
+    after = extract([*paths, added], tiny_net, tmp_path / "cache")
+    assert after.computed == 2
+    assert not np.allclose(after.features[0], before.features[0])
+    np.testing.assert_allclose(after.features[1:8], before.features[1:], rtol=1e-3, atol=1e-3)
+
+
+def test_a_corrupted_entry_is_detected_and_rebuilt(tmp_path: Path, tiny_net):
+    paths = sorted(make_folder(tmp_path / "d", per_class=3).rglob("*.png"))
+    good = extract(paths, tiny_net, tmp_path / "cache")
+    (db_path,) = (tmp_path / "cache" / "features").glob("*/features.sqlite")
+    db = sqlite3.connect(db_path)
+    (path, data), *_ = db.execute("SELECT path, data FROM features").fetchall()
+    flipped_bits = bytes([data[0] ^ 0xFF]) + data[1:]
+    with db:
+        db.execute("UPDATE features SET data = ? WHERE path = ?", (flipped_bits, path))
+        db.execute("UPDATE features SET data = ? WHERE rowid = 2", (b"short",))
+    db.close()
+    again = extract(paths, tiny_net, tmp_path / "cache")
+    assert again.computed == 2
+    np.testing.assert_allclose(again.features, good.features, rtol=1e-3, atol=1e-3)
+
+
+def test_a_damaged_cache_database_is_rebuilt(tmp_path: Path, tiny_net):
+    paths = sorted(make_folder(tmp_path / "d", per_class=2).rglob("*.png"))
+    extract(paths, tiny_net, tmp_path / "cache")
+    (db_path,) = (tmp_path / "cache" / "features").glob("*/features.sqlite")
+    for extra in db_path.parent.glob("features.sqlite-*"):
+        extra.unlink()
+    db_path.write_bytes(b"this is not a database" * 100)
+    assert extract(paths, tiny_net, tmp_path / "cache").computed == 4
+
+
+def test_another_extractor_gets_another_cache(tmp_path: Path, tiny_net):
+    paths = sorted(make_folder(tmp_path / "d", per_class=2).rglob("*.png"))
+    extract(paths, tiny_net, tmp_path / "cache")
+    assert extract(paths, tiny_net, tmp_path / "cache", engine="eager").computed == 4
+    assert extract(paths, tiny_net, tmp_path / "cache", engine="eager").computed == 0
+
+
+def test_mirror_features_are_cached_too(tmp_path: Path, tiny_net):
+    paths = sorted(make_folder(tmp_path / "d", per_class=2).rglob("*.png"))
+    flipped = extract(paths, tiny_net, tmp_path / "cache", flip=True)
+    assert flipped.flipped.shape == flipped.features.shape
+    assert not np.allclose(flipped.flipped, flipped.features)
+    assert extract(paths, tiny_net, tmp_path / "cache", flip=True).computed == 0
+
+
+def test_undecodable_images_get_nan_rows(tmp_path: Path, tiny_net):
+    paths = sorted(make_folder(tmp_path / "d", per_class=2).rglob("*.png"))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(paths[0].read_bytes()[:60])
+    result = extract([*paths, broken], tiny_net, tmp_path / "cache")
+    assert np.isnan(result.features[-1]).all() and not np.isnan(result.features[:-1]).any()
+    assert broken in result.failed
+
+
+@pytest.mark.parametrize("engine,limit", [("onnx", 1e-4), ("bf16", TOLERANCE)])
+def test_engines_match_eager_fp32(tmp_path: Path, tiny_net, engine: str, limit: float):
+    net, _, pre = tiny_net
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    make = lambda name: create_engine(name, net, pre.input_size, torch.device("cpu"),  # noqa: E731
+                                      lambda n: tmp_path / f"{n}.onnx", None, Console(0))
+    reference = make("eager")(images)
+    assert feature_error(make(engine)(images), reference) <= limit
+    assert reference.shape == (5, 256)
+
+
+def gaussian_classes(n_per_class, shift, seed=0, counts=None):
+    rng = np.random.default_rng(seed)
+    counts = counts or [n_per_class, n_per_class]
+    x = np.concatenate([rng.normal(i * shift, 1.0, size=(c, 8)) for i, c in enumerate(counts)])
+    y = np.concatenate([np.full(c, i) for i, c in enumerate(counts)])
+    return x.astype(np.float32), y
+
+
+def test_linear_head_picks_l2_on_validation_and_applies_to_raw_features():
+    x, y = gaussian_classes(100, 0.8)
+    xv, yv = gaussian_classes(100, 0.8, seed=1)
+    head = fit_linear_head(x * 10 + 3, y, xv * 10 + 3, yv, num_classes=2)
+    assert head.weight.shape == (2, 8) and head.val.accuracy > 0.85
+    proba = linear_probabilities(head.weight, head.bias, xv * 10 + 3)
+    assert np.allclose(proba.sum(1), 1) and (proba.argmax(1) == yv).mean() == pytest.approx(head.val.accuracy)
+
+
+def test_linear_head_cross_validates_without_a_validation_split():
+    x, y = gaussian_classes(30, 1.5)
+    head = fit_linear_head(x, y, None, None, num_classes=2)
+    assert head.val is None and head.train.accuracy > 0.85 and head.C in (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def test_balanced_class_weight_raises_minority_recall():
+    x, y = gaussian_classes(0, 1.0, counts=[400, 20])
+    xv, yv = gaussian_classes(0, 1.0, seed=1, counts=[200, 200])
+    plain = fit_linear_head(x, y, None, None, num_classes=2)
+    balanced = fit_linear_head(x, y, None, None, num_classes=2, class_weight="balanced")
+    recall = lambda h: (linear_probabilities(h.weight, h.bias, xv).argmax(1)[yv == 1] == 1).mean()  # noqa: E731
+    assert recall(balanced) > recall(plain) + 0.2
+
+
+def test_lightweight_fit_saves_the_same_end_to_end_model(tmp_path: Path, tiny_weights: Path):
+    data = make_folder(tmp_path / "d", per_class=10, classes=("red", "blue", "green"))
+    clf = headstart.ImageClassifier(backbone=TINY_BACKBONE, weights=str(tiny_weights), image_size=32,
+                                    workflow="lightweight", engine="eager", val_fraction=0.3, workers=0,
+                                    precision="fp32", cache_dir=tmp_path / "cache", verbose=0).fit(data)
+    assert clf.metrics_["workflow"] == "lightweight" and clf.metrics_["features"]["computed"] == 30
+    assert [row["stage"] for row in clf.history_] == ["head"]
+    val_paths = [s.path for s in clf.split_.val]
+    # The saved end-to-end model predicts what the head predicted on cached features.
+    loaded = headstart.load(clf.save(tmp_path / "run"), verbose=0)
+    loaded.set_params(precision="fp32", workers=0)
+    predicted = loaded.predict_proba(val_paths).argmax(1)
+    agree = (predicted == np.array([s.label for s in clf.split_.val])).mean()
+    assert agree == pytest.approx(clf.metrics_["val"]["accuracy"])
+    again = headstart.ImageClassifier(**{**clf.get_params(), "class_weight": "balanced"}).fit(data)
+    assert again.metrics_["features"]["computed"] == 0
+
+
+def test_cache_command_shows_and_clears(cli, tmp_path: Path, tiny_net):
+    paths = sorted(make_folder(tmp_path / "d", per_class=2).rglob("*.png"))
+    extract(paths, tiny_net, tmp_path / "cache")
+    status, captured = cli("cache", "info", "--cache-dir", tmp_path / "cache")
+    assert status == ExitStatus.SUCCESS and "test_efficientnet 32 px, engine onnx: 4 features" in captured.stdout
+    status, captured = cli("cache", "clear", "--cache-dir", tmp_path / "cache")
+    assert status == ExitStatus.SUCCESS and "cleared" in captured.stdout
+    assert not (tmp_path / "cache" / "features").exists()
+    _, captured = cli("cache", "info", "--cache-dir", tmp_path / "cache")
+    assert "empty" in captured.stdout
+
+
+def test_tta_averages_an_image_with_its_mirror(trained_tiny, tmp_path: Path):
+    clf, data = trained_tiny
+    image = make_image(tmp_path / "x.png", (200, 40, 40), seed=3)
+    mirror = tmp_path / "mirror.png"
+    from PIL import Image, ImageOps
+
+    ImageOps.mirror(Image.open(image)).save(mirror)
+    plain, flipped = clf.predict_proba([image, mirror])
+    np.testing.assert_allclose(clf.predict_proba([image], tta=True)[0], (plain + flipped) / 2, atol=1e-5)
+
+
+@pytest.fixture
+def trained_tiny(tmp_path: Path, tiny_weights: Path):
+    data = make_folder(tmp_path / "d", per_class=6)
+    clf = headstart.ImageClassifier(backbone=TINY_BACKBONE, weights=str(tiny_weights), image_size=32,
+                                    workflow="lightweight", engine="eager", workers=0, precision="fp32",
+                                    cache_dir=tmp_path / "cache", verbose=0).fit(data)
+    return clf, data
