@@ -13,7 +13,7 @@ from headstart.backbone import create_backbone
 from headstart.config import HeadSpec
 from headstart.engine import TOLERANCE, create_engine, feature_error
 from headstart.errors import ExitStatus
-from headstart.features import FeatureCache, extract_features
+from headstart.features import extract_features
 from headstart.head import ClassifierNet, Head
 from headstart.train import fit_linear_head, linear_probabilities
 from headstart._console import Console

@@ -18,7 +18,6 @@ from .errors import (  # noqa: E402
     NotFittedError,
     UsageError,
 )
-from .model import ImageClassifier, Prediction, load  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -33,3 +32,17 @@ __all__ = [
     "ModelFileError",
     "NotFittedError",
 ]
+
+_LAZY = {"ImageClassifier": "model", "load": "model", "Prediction": "runtime"}
+
+
+def __getattr__(name: str):
+    # PyTorch is imported on first use of the training API, not by `import headstart`:
+    # the ONNX runtime path (headstart predict MODEL.onnx) must run without it.
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'headstart' has no attribute {name!r}")

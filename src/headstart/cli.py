@@ -12,6 +12,7 @@ import contextlib
 import csv
 import datetime
 import json
+import random
 import signal
 import sys
 import threading
@@ -112,6 +113,30 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=("info", "clear"))
     c.add_argument("--cache-dir", type=Path, help="the cache folder (default: the user cache folder)")
 
+    x = commands.add_parser("export", help="export a trained model as one self-describing ONNX file")
+    x.add_argument("model", type=Path, metavar="RUN", help="a run folder written by 'headstart train'")
+    x.add_argument("--format", choices=("onnx",), default="onnx")
+    x.add_argument("--out", type=Path, metavar="FILE", help="the file to write (default: RUN/model.onnx)")
+    x.add_argument("--overwrite", action="store_true", help="allow replacing an existing file")
+    x.add_argument("--check-images", type=int, default=200, metavar="N",
+                   help="validation images to check parity on (default: 200)")
+    x.add_argument("--int8", action="store_true", help="also write MODEL.int8.onnx, statically quantized "
+                   "with ONNX Runtime and calibrated on training images")
+    x.add_argument("--max-drop", type=float, default=0.5, metavar="POINTS",
+                   help="refuse the int8 model if it loses more validation accuracy (default: 0.5)")
+    x.add_argument("--calibration-images", type=int, default=100, metavar="N")
+
+    v = commands.add_parser("serve", help="serve a model over HTTP: an API and a web page")
+    v.add_argument("model", type=Path, metavar="RUN|MODEL.onnx")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--max-batch", type=int, default=32, help="images per forward pass, across requests")
+    v.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long an image waits for others to batch with (0: no micro-batching)")
+    v.add_argument("--max-upload-mb", type=float, default=20.0)
+    v.add_argument("--max-images", type=int, default=16, help="images per request")
+    v.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for the model")
+
     e = commands.add_parser("evaluate", help="measure a trained model on a labelled image folder")
     e.add_argument("model", type=Path, metavar="RUN")
     e.add_argument("data", type=Path, metavar="DATA", help="one subfolder per class (with split "
@@ -149,6 +174,12 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> E
     except KeyboardInterrupt:
         console.error("interrupted")
         return ExitStatus.INTERRUPTED
+    except ModuleNotFoundError as exc:
+        if exc.name not in _EXTRAS_MODULES or show_traceback:
+            raise
+        extra = "serve" if exc.name in ("fastapi", "uvicorn", "multipart") else "train"
+        console.error(f"this command needs {exc.name}: pip install 'headstart[{extra}]'")
+        return ExitStatus.USAGE
     except OSError as exc:  # a full disk, a read-only folder: the user's to fix, not a bug
         if show_traceback:
             raise
@@ -157,6 +188,10 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> E
         return ExitStatus.IO
     except SystemExit as exc:  # --help and --version
         return ExitStatus(exc.code or 0)
+
+
+_EXTRAS_MODULES = {"torch", "torchvision", "timm", "sklearn", "safetensors", "onnx", "platformdirs",
+                   "fastapi", "uvicorn", "multipart"}
 
 
 def run() -> None:
@@ -197,8 +232,7 @@ def _train(args: argparse.Namespace, console: Console) -> ExitStatus:
         clf.training_config()  # a bad option fails before any work
         out = prepare_output_dir(args.out or _default_run_dir(), args.overwrite)
         (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # --overwrite starts afresh, never resumes
-        params = {k: str(v) if isinstance(v, Path) else v for k, v in clf.get_params().items() if k != "verbose"}
-        write_json(out / RUN_FILE, {"data": str(data), "params": params})
+        write_json(out / RUN_FILE, clf.run_record(data))
     try:
         with _terminate_as_interrupt():
             clf.fit(data, console=console, checkpoint_dir=out)
@@ -265,6 +299,10 @@ def _summary(clf, out: Path) -> str:
 
 
 def _load(args: argparse.Namespace, console: Console):
+    if args.model.suffix == ".onnx":  # an exported model: ONNX Runtime alone, no PyTorch
+        from .runtime import OnnxClassifier
+
+        return OnnxClassifier(args.model)
     from .model import load
 
     clf = load(args.model, verbose=console.verbosity)
@@ -284,7 +322,7 @@ def _check_output(path: Path | None, overwrite: bool, suffixes: tuple[str, ...])
 
 
 def _predict(args: argparse.Namespace, console: Console) -> ExitStatus:
-    from .data import collect_images
+    from .images import collect_images
 
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1. Got {args.top_k} instead.")
@@ -369,6 +407,8 @@ def _evaluate(args: argparse.Namespace, console: Console) -> ExitStatus:
     from .evaluate import format_metrics
 
     _check_output(args.output, args.overwrite, (".json",))
+    if args.model.suffix == ".onnx":
+        raise UsageError(f"evaluate takes a run folder, not {args.model}: evaluate the run it was exported from")
     clf = _load(args, console)
     metrics = clf.evaluate(args.data, tta=args.tta)
     console.result(format_metrics(metrics, title=f"{args.model} on {args.data}"))
@@ -396,4 +436,54 @@ def _cache(args: argparse.Namespace, console: Console) -> ExitStatus:
     return ExitStatus.SUCCESS
 
 
-_COMMANDS = {"train": _train, "predict": _predict, "evaluate": _evaluate, "cache": _cache}
+def _export(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from .export import export_classifier, quantize_int8
+    from .model import load
+
+    out = args.out or args.model / "model.onnx"
+    int8_out = out.with_suffix(".int8.onnx")
+    _check_output(out, args.overwrite, (".onnx",))
+    if args.int8:
+        _check_output(int8_out, args.overwrite, (".onnx",))
+    clf = load(args.model, verbose=console.verbosity)
+    val = _split_images(args.model, "val", clf.classes_)
+    if not val:
+        raise UsageError(f"no validation images of {args.model} found to check the export on "
+                         "(was the data folder moved?)")
+    export_classifier(clf, out, [p for p, _ in val[: args.check_images]], console)
+    console.result(str(out))
+    if args.int8:
+        train = _split_images(args.model, "train", clf.classes_)
+        calibration = [p for p, _ in random.Random(0).sample(train, min(len(train), args.calibration_images))]
+        quantize_int8(out, int8_out, calibration, [p for p, _ in val], [label for _, label in val],
+                      args.max_drop, console)
+        console.result(str(int8_out))
+    console.info(f"predict with: headstart predict {out} IMAGES...   (needs only onnxruntime, numpy, pillow)")
+    return ExitStatus.SUCCESS
+
+
+def _split_images(run: Path, split: str, classes: Sequence[str]) -> list[tuple[Path, int]]:
+    """(image, label) of one split of a run, from its split.csv and the data folder in run.json."""
+    from .checkpoint import RUN_FILE
+
+    split_file, run_file = run / "split.csv", run / RUN_FILE
+    if not (split_file.is_file() and run_file.is_file()):
+        return []
+    root = Path(json.loads(run_file.read_text(encoding="utf-8"))["data"])
+    with open(split_file, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == split and r["class"] in classes]
+    return [(root / r["path"], classes.index(r["class"])) for r in rows if (root / r["path"]).is_file()]
+
+
+def _serve(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from .serve import ServeConfig, serve
+
+    config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
+                         max_images=args.max_images, timeout_s=args.timeout)
+    console.info(f"serving {args.model} on http://{args.host}:{args.port}/  (API docs: /docs; Ctrl-C stops)")
+    serve(args.model, args.host, args.port, config)
+    return ExitStatus.SUCCESS
+
+
+_COMMANDS = {"train": _train, "predict": _predict, "evaluate": _evaluate, "cache": _cache, "export": _export,
+             "serve": _serve}

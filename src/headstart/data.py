@@ -13,22 +13,31 @@ its reason and left out.
 from __future__ import annotations
 
 import math
-import os
 import random
-import warnings
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from .config import Preprocessing
 from .errors import DataError
+from .images import (
+    IMAGE_EXTENSIONS,
+    CenterCropResize,
+    image_files,
+    is_hidden,
+    probe_all,
+    available_cores,
+    collect_images,
+    load_image,
+    probe_image,
+    resize_size,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -47,7 +56,6 @@ __all__ = [
     "available_cores",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
 
 
@@ -89,69 +97,8 @@ class DatasetSplit:
         return out
 
 
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
-def _walk_files(folder: Path) -> Iterable[Path]:
-    """Visible files below ``folder``, following links but never around a loop."""
-    top = os.path.realpath(folder)
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        # A link up to ``folder``'s parent is a loop that `seen` alone would enter once, and
-        # through it a class folder would take in its sibling classes' images as its own.
-        if real in seen or (seen and os.path.commonpath([real, top]) == real):
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        for name in sorted(filenames):
-            if not _is_hidden(name):
-                yield Path(dirpath) / name
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return [p for p in _walk_files(folder) if p.suffix.lower() in IMAGE_EXTENSIONS]
-
-
-def probe_image(path: Path) -> str | None:
-    """Why ``path`` cannot be used as an image, or None. Reads the header only: cheap."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return _probe(path)
-
-
-def _probe(path: Path) -> str | None:
-    """:func:`probe_image`, for callers that already turned bomb warnings into errors."""
-    try:
-        if path.stat().st_size == 0:
-            return "empty file"
-        with Image.open(path) as im:
-            width, height = im.size
-        if width < 1 or height < 1:
-            return "image has no pixels"
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return f"image too large (over {Image.MAX_IMAGE_PIXELS} pixels): refused as a possible decompression bomb"
-    except Image.UnidentifiedImageError:
-        return "not an image Pillow can read"
-    except OSError as exc:
-        return f"cannot read file: {exc.strerror or exc}"
-    return None
-
-
-def _probe_all(paths: Sequence[Path]) -> dict[Path, str]:
-    # Header reads are I/O bound: threads overlap them without any pickling. The warning
-    # filter is process-wide and not thread-safe to change, so it is set once around them.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            reasons = list(pool.map(_probe, paths))
-    return {p: r for p, r in zip(paths, reasons) if r is not None}
-
-
 def _class_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name))
+    return sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
 def _scan_classes(root: Path, classes: Sequence[str] | None = None) -> tuple[dict[str, list[Path]], list[Skipped]]:
@@ -167,8 +114,8 @@ def _scan_classes(root: Path, classes: Sequence[str] | None = None) -> tuple[dic
         unknown = sorted(p.name for p in folders if p.name not in classes)
         if unknown:
             raise DataError(f"{root} has class folder(s) not in the training split: {', '.join(unknown)}")
-    files = {p.name: _image_files(p) for p in folders}
-    bad = _probe_all([f for paths in files.values() for f in paths])
+    files = {p.name: image_files(p) for p in folders}
+    bad = probe_all([f for paths in files.values() for f in paths])
     skipped = [Skipped(p, r) for p, r in bad.items()]
     images = {name: [f for f in paths if f not in bad] for name, paths in files.items()}
     for name, paths in images.items():
@@ -241,84 +188,11 @@ def stratified_split(images: dict[str, list[Path]], classes: Sequence[str], val_
     return train, val, test
 
 
-def collect_images(paths: Iterable[str | Path]) -> list[Path]:
-    """Image files named by ``paths``: files as given, folders searched recursively."""
-    paths = [Path(p) for p in paths]
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found += _image_files(path)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise DataError(f"no such file or folder: {path}")
-    if paths and not found:
-        # Zero predictions and success would hide a wrong folder or unsupported files.
-        raise DataError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {', '.join(map(str, paths))}")
-    return found
-
-
-def load_image(path: str | Path, min_size: int | None = None) -> Image.Image:
-    """Decode ``path`` as an upright RGB image (EXIF orientation applied).
-
-    With ``min_size``, a large JPEG is decoded at a reduced scale (Pillow's
-    draft mode: 2-8x less work) that still leaves both sides at least
-    ``min_size`` pixels.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            if min_size and im.format == "JPEG":
-                im.draft("RGB", (min_size, min_size))
-            im = ImageOps.exif_transpose(im)
-            if im.mode.startswith("I"):
-                # 16-bit greyscale (PNG, TIFF) spans 0..65535, and convert() clips it at 255:
-                # nearly every pixel would turn white. Scale it to 8 bits instead.
-                im = im.convert("I").point(lambda v: v / 257).convert("L")
-            if im.mode != "RGB":
-                # Palette and LA/RGBA images carry transparency: flatten on white, as viewers do.
-                if im.mode in ("P", "PA", "LA", "RGBA") or "transparency" in im.info:
-                    rgba = im.convert("RGBA")
-                    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                    im = Image.alpha_composite(background, rgba)
-                im = im.convert("RGB")
-            im.load()
-            return im
-
-
 _INTERPOLATION = {
     "bicubic": InterpolationMode.BICUBIC,
     "bilinear": InterpolationMode.BILINEAR,
     "nearest": InterpolationMode.NEAREST,
 }
-_PIL_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
-
-
-def _resize_size(pre: Preprocessing) -> int:
-    return math.floor(pre.image_size / pre.crop_pct)
-
-
-class CenterCropResize:
-    """timm's evaluation transform, resize the shorter side to ``size / crop_pct`` then centre-crop,
-    done in one Pillow call that resamples only the cropped region.
-
-    Same pixels up to rounding at the crop border, and about twice as fast:
-    decoding runs on the same cores as the backbone, so this is throughput.
-    """
-
-    def __init__(self, pre: Preprocessing):
-        self.height, self.width = pre.input_size[1:]
-        self.scale_size = _resize_size(pre)
-        self.resample = _PIL_RESAMPLE[pre.interpolation]
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        w, h = image.size
-        scale = self.scale_size / min(w, h)  # input pixels -> resized pixels
-        box_w, box_h = self.width / scale, self.height / scale
-        left, top = (w - box_w) / 2, (h - box_h) / 2
-        return image.resize((self.width, self.height), self.resample, box=(left, top, left + box_w, top + box_h))
-
-
 # Transforms end in uint8 tensors: 4x less to pass between processes than float32.
 # Scaling and normalisation happen inside the network (:class:`headstart.head.Normalize`).
 def eval_transform(pre: Preprocessing) -> T.Compose:
@@ -362,7 +236,7 @@ class ImageDataset(torch.utils.data.Dataset):
     @classmethod
     def for_eval(cls, paths: Sequence[Path], labels: Sequence[int] | None, pre: Preprocessing) -> "ImageDataset":
         """Images as the network sees them at evaluation: resized, centre-cropped, JPEGs drafted."""
-        return cls(paths, labels, eval_transform(pre), min_size=_resize_size(pre))
+        return cls(paths, labels, eval_transform(pre), min_size=resize_size(pre))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -392,14 +266,6 @@ def collate(items) -> Batch:
     return Batch(torch.stack([x for x, _, _ in good]),
                  torch.tensor([y for _, y, _ in good], dtype=torch.long),
                  [i for _, _, i in good], failed)
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. under a container's limit)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def default_workers() -> int:

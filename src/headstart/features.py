@@ -106,16 +106,12 @@ class FeatureCache:
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            db = sqlite3.connect(self.path, timeout=60)
-            db.execute(_SCHEMA)
-            db.execute("PRAGMA journal_mode=WAL")
-            return db
+            return _open_database(self.path)
         except sqlite3.DatabaseError:
             # A damaged database file is rebuilt from scratch, never half-trusted.
-            self.path.unlink(missing_ok=True)
-            db = sqlite3.connect(self.path, timeout=60)
-            db.execute(_SCHEMA)
-            return db
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            return _open_database(self.path)
 
     def close(self) -> None:
         self._db.close()
@@ -163,6 +159,15 @@ class FeatureCache:
             records.append((name, variant, size, mtime_ns, zlib.crc32(data), data))
         with self._db:
             self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?, ?)", records)
+
+
+def _open_database(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=60)
+    # A 2.5 kB feature row fills a 4 kB page alone; 8 kB pages hold three: 35% smaller.
+    db.execute("PRAGMA page_size = 8192")
+    db.execute(_SCHEMA)
+    db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+    return db
 
 
 def cache_summary(root: str | Path) -> list[dict]:

@@ -18,7 +18,6 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +27,14 @@ from . import train as training
 from ._console import Console
 from ._io import atomic_files, csv_text, json_text
 from .backbone import build_architecture, create_backbone, resolve_architecture
-from .checkpoint import load_checkpoint
+from .checkpoint import RUN_FILE, load_checkpoint
 from .config import HeadSpec, ModelConfig, TrainingConfig, library_versions
 from .data import DatasetSplit, ImageDataset, Sample, Skipped, discover, make_loader, train_transform
 from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
 from .evaluate import classification_metrics
 from .features import default_cache_dir, extract_features
 from .head import ClassifierNet, Head
+from .runtime import Prediction, best_classes, stack_probabilities
 
 __all__ = ["ImageClassifier", "Prediction", "load", "MODEL_FILE", "CONFIG_FILE"]
 
@@ -43,15 +43,6 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 
 _TRAINING_PARAMS = tuple(f.name for f in dataclasses.fields(TrainingConfig))
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's result: class probabilities in ``classes_`` order, or why it failed."""
-
-    path: Path
-    probabilities: np.ndarray | None
-    error: str | None = None
 
 
 class ImageClassifier:
@@ -311,6 +302,22 @@ class ImageClassifier:
                 for index in sorted([*probs, *errors]):
                     yield Prediction(paths[index], probs.get(index), errors.get(index))
 
+    @property
+    def preprocessing(self):
+        """How images become the network's input (:class:`headstart.config.Preprocessing`)."""
+        self._check_fitted()
+        return self.config_.preprocessing
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities for a uint8 batch (N, 3, H, W) already resized and cropped."""
+        self._check_fitted()
+        device = training.resolve_device(self.device)
+        dtype = training.resolve_precision(self.precision, device)
+        net = training.prepare(self.net_, device).eval()
+        images = torch.from_numpy(np.ascontiguousarray(batch)).to(device, memory_format=torch.channels_last)
+        with torch.inference_mode(), training.autocast(device, dtype):
+            return torch.softmax(net(images).float(), 1).cpu().numpy()
+
     def predict_proba(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
         """Class probabilities, one row per path (columns in ``classes_`` order).
 
@@ -318,20 +325,11 @@ class ImageClassifier:
         """
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         self._check_fitted()
-        out = np.full((len(paths), len(self.classes_)), np.nan, dtype=np.float32)
-        for i, prediction in enumerate(self.iter_predict(paths, tta=tta)):
-            if prediction.probabilities is not None:
-                out[i] = prediction.probabilities
-        return out
+        return stack_probabilities(self.iter_predict(paths, tta=tta), len(paths), len(self.classes_))
 
     def predict(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
         """The most probable class name per path (None for an image that cannot be decoded)."""
-        proba = self.predict_proba(paths, tta=tta)
-        names = np.array(self.classes_, dtype=object)
-        out = np.full(len(proba), None, dtype=object)
-        ok = ~np.isnan(proba).any(axis=1)
-        out[ok] = names[proba[ok].argmax(axis=1)]
-        return out
+        return best_classes(self.predict_proba(paths, tta=tta), self.classes_)
 
     def evaluate_samples(self, samples: Sequence[Sample], tta: bool = False) -> dict:
         """Metrics (:func:`headstart.evaluate.classification_metrics`) on labelled samples."""
@@ -357,6 +355,11 @@ class ImageClassifier:
         return self.evaluate_samples([Sample(s.path, remap[s.label]) for s in samples], tta=tta)
 
     # -- persistence ------------------------------------------------------------------------
+    def run_record(self, data: str | Path) -> dict:
+        """What ``run.json`` keeps: the data folder and every setting, enough to rerun or resume."""
+        params = {k: str(v) if isinstance(v, Path) else v for k, v in self.get_params().items() if k != "verbose"}
+        return {"data": str(Path(data).resolve()), "params": params}
+
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
         """Write the model folder; refuses a non-empty folder unless ``overwrite``."""
         self._check_fitted()
@@ -377,6 +380,8 @@ class ImageClassifier:
                                            for name, samples in split.splits().items() for s in samples))
         if hasattr(self, "skipped_"):
             texts["skipped.csv"] = csv_text(("path", "reason"), ((str(s.path), s.reason) for s in self.skipped_))
+        if split is not None:
+            texts[RUN_FILE] = json_text(self.run_record(split.root))
         # All or nothing: a full disk midway leaves the previous model as it was.
         with atomic_files(directory) as new:
             save_file(state, str(new(MODEL_FILE)), metadata={"format": "pt", "headstart": "model"})

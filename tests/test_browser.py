@@ -1,0 +1,87 @@
+"""The serve page end to end in headless Chromium: a person drops a real photo and sees its class."""
+
+import os
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import shared_dataset
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Flags for a sandboxed machine with no network: no GPU, no background connections.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def browser_or_skip():
+    missing = []
+    if not os.path.exists(CHROMIUM):
+        missing.append("chromium (make test installs Debian's package when it runs as root)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing.append("playwright (the dev extra)")
+        sync_playwright = None
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must provide {' and '.join(missing)}")
+        pytest.skip(f"no headless browser here: {' and '.join(missing)}")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import uvicorn
+
+    import headstart
+    from headstart.serve import create_app
+
+    data = shared_dataset("hymenoptera_data")
+    root = tmp_path_factory.mktemp("browser")
+    run = headstart.ImageClassifier(workflow="lightweight", cache_dir=root / "cache", verbose=0).fit(data)
+    run.save(root / "run")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(root / "run"), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}", data
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_drop_a_real_photo_and_see_its_class(server):
+    sync_playwright = browser_or_skip()
+    url, data = server
+    bee = sorted((data / "val" / "bees").glob("*.jpg"))[0]
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        assert "ants, bees" in page.content()
+        page.set_input_files("#pick", str(bee))
+        page.wait_for_selector(".result .row", timeout=30000)
+        first = page.locator(".result .row").first.inner_text()
+        rendered = page.eval_on_selector(".result img", "img => img.complete && img.naturalWidth > 0")
+        bar = page.eval_on_selector(".result .bar", "b => b.getBoundingClientRect().width")
+        track = page.eval_on_selector(".result .row", "r => r.getBoundingClientRect().width")
+        if os.environ.get("HEADSTART_SCREENSHOT"):  # to look at the page: HEADSTART_SCREENSHOT=page.png
+            page.screenshot(path=os.environ["HEADSTART_SCREENSHOT"])
+        browser.close()
+    assert first.startswith("bees"), first
+    assert rendered, "the dropped photo does not render"
+    assert bar > 0.2 * track, f"the top probability bar is {bar:.0f} px wide in a {track:.0f} px row"
+    assert errors == []
