@@ -70,3 +70,11 @@ def test_predict_a_thousand_photos_writes_a_thousand_rows(hymenoptera_run, cli, 
     rows = list(csv.DictReader(open(preds)))
     assert len(rows) == 1000 == len({r["path"] for r in rows})
     assert all(r["class"] in ("ants", "bees") and not r["error"] for r in rows)
+
+
+def test_onnx_export_agrees_with_pytorch_on_real_photos(hymenoptera_run, cli, tmp_path: Path):
+    _, out, _, _ = hymenoptera_run
+    model = tmp_path / "model.onnx"
+    status, captured = cli("export", out, "--out", model, "--check-images", "153")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    assert "parity on 153 image(s)" in captured.stderr and "top-1 agreement 100.00%" in captured.stderr

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -161,7 +162,11 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: Sequence[Path],
     Written only when validation accuracy drops by at most ``max_drop`` points.
     """
     import onnx
+    import onnxruntime
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    onnxruntime.set_default_logger_severity(3)  # the quantizer's own sessions: errors only
 
     from .runtime import METADATA_KEY, OnnxClassifier
 
@@ -179,11 +184,13 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: Sequence[Path],
                     continue
             return None
 
-    with atomic_files(int8_path.parent) as new:
-        tmp = new(int8_path.name)
+    with atomic_files(int8_path.parent) as new, tempfile.TemporaryDirectory() as scratch:
+        tmp, prepared = new(int8_path.name), Path(scratch) / "prepared.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_static(str(fp32_path), str(tmp), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
+            # Shape inference and graph fusion first, as ONNX Runtime's quantizer recommends.
+            quant_pre_process(str(fp32_path), str(prepared))
+            quantize_static(str(prepared), str(tmp), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
         graph = onnx.load(str(tmp))
         if not any(p.key == METADATA_KEY for p in graph.metadata_props):

@@ -44,7 +44,9 @@ class OnnxClassifier:
         if not path.is_file():
             raise ModelFileError(f"model file not found: {path}")
         try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            options.log_severity_level = 3  # errors only: graph-cleanup notices are not the user's concern
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ModelFileError(f"{path} is not a readable ONNX model: {exc}") from None
