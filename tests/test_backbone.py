@@ -10,7 +10,6 @@ from headstart.backbone import (
     create_pretrained,
     layer_groups,
     load_weights,
-    read_state_dict,
     resolve_architecture,
     unfreeze,
 )
@@ -78,13 +77,6 @@ def test_weights_file_loads_for_any_name(tmp_path: Path, suffix: str):
     assert source.startswith("file:") and "sha256:" in source
     for key, value in reference.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
-
-
-def test_pickled_code_in_a_weights_file_is_refused(tmp_path: Path):
-    path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Path("x")}, path)
-    with pytest.raises(BackboneError, match="cannot read weights file"):
-        read_state_dict(path)
 
 
 def test_weights_that_do_not_fit_are_refused():
