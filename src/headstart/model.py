@@ -190,8 +190,13 @@ class ImageClassifier:
         self.config_ = ModelConfig(classes=split.classes, backbone=spec, head=head_spec,
                                    preprocessing=preprocessing, training=config, versions=library_versions())
         self.history_ = result.history
+        # Images that failed only when decoded were never trained or validated on: the
+        # saved split and counts leave them out, as skipped.csv lists them.
+        failed = result.failed
+        split = dataclasses.replace(split, **{name: [s for s in samples if s.path not in failed]
+                                              for name, samples in split.splits().items()})
         self.split_ = split
-        self.skipped_ = split.skipped + [Skipped(p, r) for p, r in result.failed.items()]
+        self.skipped_ = split.skipped + [Skipped(p, r) for p, r in failed.items()]
         self.metrics_ = self._final_metrics(split, result, workflow, head_metrics)
         return self
 

@@ -195,9 +195,9 @@ def check_training_run(root: Path, out: Path, captured) -> dict[str, str]:
     """Every case did what it says, in split.csv, skipped.csv and on stderr; all failures at once."""
     split = {str(root / r["path"]) for r in read_csv(out / "split.csv")}
     skipped = {r["path"]: r["reason"] for r in read_csv(out / "skipped.csv")}
-    # A file that fails only when decoded (a truncated JPEG) was split before it failed:
-    # split.csv still lists it, skipped.csv says it was left out.
-    used = split - set(skipped)
+    # Even a file that fails only when decoded (a truncated JPEG) is left out of split.csv.
+    assert not split & set(skipped), split & set(skipped)
+    used = split
     problems = []
     for case in FILE_CASES:
         path = str(root / case.path)
