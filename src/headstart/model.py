@@ -153,7 +153,7 @@ class ImageClassifier:
 
         pin = device.type == "cuda"
         batch_size = training.bounded_batch_size(config.batch_size, preprocessing.input_size, device, console)
-        loaders = {}  # built on first use: the lightweight head alone never decodes an image twice
+        loaders = {}  # built on first use: the lightweight head needs none, it reads cached features
 
         def loader(name: str):
             if name not in loaders:
