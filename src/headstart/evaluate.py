@@ -1,4 +1,4 @@
-"""Metrics as data, computed by scikit-learn: nothing here is hand-rolled."""
+"""Metrics as data, computed by scikit-learn; only the calibration error has no counterpart there."""
 
 from __future__ import annotations
 
@@ -6,24 +6,39 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    top_k_accuracy_score,
+)
 
-__all__ = ["classification_metrics", "format_metrics"]
+__all__ = ["classification_metrics", "expected_calibration_error", "format_metrics"]
+
+CALIBRATION_BINS = 15
 
 
-def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict:
-    """Accuracy, balanced accuracy, per-class precision/recall/F1/support and the confusion matrix.
+def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str]) -> dict:
+    """Every metric of a classifier's probabilities ``proba`` (one row per image) against ``y_true``.
 
-    Rows of the confusion matrix are true classes, columns predicted ones, both
-    in the order of ``classes``.
+    Accuracy, balanced accuracy, per-class precision/recall/F1/support, the
+    confusion matrix (rows: true classes, columns: predicted, in ``classes``
+    order), log loss and expected calibration error; top-k accuracy with more
+    than two classes; ROC-AUC and PR-AUC (average precision) for two classes,
+    when both occur.
     """
     labels = list(range(len(classes)))
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    y_true, proba = np.asarray(y_true), np.asarray(proba, dtype=np.float64)
+    y_pred = proba.argmax(axis=1) if len(proba) else np.zeros(0, dtype=int)
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
-    return {
+    metrics = {
         "count": int(len(y_true)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
         "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
         "per_class": {
             name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
@@ -33,6 +48,31 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "classes": list(classes),
     }
+    if not len(y_true):
+        return metrics
+    proba = proba / proba.sum(axis=1, keepdims=True)  # float32 softmax rounding: exact sums for log_loss
+    metrics["log_loss"] = float(log_loss(y_true, proba, labels=labels))
+    metrics["expected_calibration_error"] = expected_calibration_error(y_true, proba)
+    if len(classes) > 2:
+        k = min(5, len(classes) - 1)
+        metrics[f"top_{k}_accuracy"] = float(top_k_accuracy_score(y_true, proba, k=k, labels=labels))
+    elif len(np.unique(y_true)) == 2:
+        metrics["roc_auc"] = float(roc_auc_score(y_true, proba[:, 1]))
+        metrics["pr_auc"] = float(average_precision_score(y_true, proba[:, 1]))
+    return metrics
+
+
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """How far confidence is from accuracy: the gap between the top probability and the
+    hit rate in each of ``bins`` equal-width confidence bins, weighted by the bin's images."""
+    confidence = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == y_true
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    gap = 0.0
+    for b in np.unique(which):
+        inside = which == b
+        gap += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(gap)
 
 
 def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -51,6 +91,13 @@ def format_metrics(metrics: dict, title: str = "") -> str:
     lines = [title] if title else []
     lines.append(f"accuracy {metrics['accuracy']:.2%}  balanced accuracy {metrics['balanced_accuracy']:.2%}  "
                  f"({metrics['count']} images)")
+    extra = [f"{label} {metrics[key]:.4f}" for key, label in (
+        ("log_loss", "log loss"), ("expected_calibration_error", "calibration error (ECE)"),
+        ("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC")) if key in metrics]
+    extra += [f"{key.replace('_', ' ')} {value:.2%}" for key, value in metrics.items()
+              if key.startswith("top_") and key.endswith("_accuracy")]
+    if extra:
+        lines.append("  ".join(extra))
     lines.append(f"{'class':<{width}}  precision  recall     f1  support")
     for name in classes:
         m = metrics["per_class"][name]

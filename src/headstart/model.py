@@ -244,7 +244,7 @@ class ImageClassifier:
         for name in ("val", "test"):
             if keep[name].any():
                 proba = training.linear_probabilities(head.weight, head.bias, x[name][keep[name]])
-                metrics[name] = classification_metrics(y[name][keep[name]], proba.argmax(1), split.classes)
+                metrics[name] = classification_metrics(y[name][keep[name]], proba, split.classes)
                 metrics[name]["undecodable"] = int((~keep[name]).sum())
         return result, metrics
 
@@ -341,7 +341,7 @@ class ImageClassifier:
         proba = self.predict_proba([s.path for s in samples], tta=tta)
         labels = np.array([s.label for s in samples])
         ok = ~np.isnan(proba).any(axis=1)
-        metrics = classification_metrics(labels[ok], proba[ok].argmax(axis=1), self.classes_)
+        metrics = classification_metrics(labels[ok], proba[ok], self.classes_)
         metrics["undecodable"] = int((~ok).sum())
         return metrics
 
