@@ -81,8 +81,8 @@ def load(url: str, images: list[Path], clients: int, seconds: float, max_request
 
 
 def offline(model: Path, images: list[Path]) -> float:
-    code = ("import sys, time; from pathlib import Path; from headstart.serve import _load_predictor;"
-            "p = _load_predictor(sys.argv[1]); paths = [Path(x) for x in sys.argv[2:]];"
+    code = ("import sys, time; from pathlib import Path; from headstart.runtime import open_model;"
+            "p = open_model(sys.argv[1]); paths = [Path(x) for x in sys.argv[2:]];"
             "p.predict_proba(paths[:32]); t = time.perf_counter(); p.predict_proba(paths);"
             "print(len(paths) / (time.perf_counter() - t))")
     out = subprocess.run([sys.executable, "-c", code, str(model), *map(str, images)], capture_output=True,

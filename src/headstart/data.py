@@ -34,6 +34,7 @@ from .images import (
     probe_all,
     available_cores,
     collect_images,
+    decode_failure,
     load_image,
     probe_image,
     resize_size,
@@ -245,9 +246,7 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             return self.transform(load_image(self.paths[index], self.min_size)), self.labels[index], index
         except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            # Prediction never probes its files: give the reason training's probe would have given
-            # ("empty file", not "cannot identify image file ..."), so skipped.csv and predictions agree.
-            return None, probe_image(self.paths[index]) or f"cannot decode image: {exc}", index
+            return None, decode_failure(self.paths[index], exc), index
 
 
 @dataclass

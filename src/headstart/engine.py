@@ -35,6 +35,7 @@ from .data import available_cores
 from .errors import UsageError
 from .export import export_onnx
 from .head import ClassifierNet
+from .train import autocast
 
 __all__ = ["ENGINES", "TOLERANCE", "FeatureEngine", "create_engine", "engine_candidates", "feature_error",
            "PooledFeatures"]
@@ -75,7 +76,7 @@ def _torch_engine(name: str, module: nn.Module, device: torch.device, dtype: tor
 
     def run(images: torch.Tensor) -> torch.Tensor:
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with torch.inference_mode(), autocast(device, dtype):
             return module(images).float().cpu()
 
     return FeatureEngine(name, run, batch_size=256 if device.type == "cuda" else 64)

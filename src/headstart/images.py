@@ -30,6 +30,7 @@ __all__ = [
     "resize_size",
     "CenterCropResize",
     "network_input",
+    "decode_failure",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
@@ -183,3 +184,10 @@ def network_input(source, pre: Preprocessing) -> np.ndarray:
     resized and centre-cropped per ``pre``."""
     image = CenterCropResize(pre)(load_image(source, resize_size(pre)))
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def decode_failure(path: Path, exc: Exception) -> str:
+    """Why ``path`` failed to decode, in the words of the header check when it has any
+    ("empty file", not Pillow's "cannot identify image file ..."), so training's skip list
+    and prediction's error column agree."""
+    return probe_image(path) or f"cannot decode image: {exc}"

@@ -283,29 +283,27 @@ class ImageClassifier:
         With ``tta``, the probabilities of each image and of its mirror image are
         averaged (test-time augmentation: one more forward pass per image).
         """
-        self._check_fitted()
         paths = [Path(p) for p in paths]
+        runtime = self._inference()
         if not paths:
             return
-        device = training.resolve_device(self.device)
-        dtype = training.resolve_precision(self.precision, device)
-        net = training.prepare(self.net_, device).eval()
         dataset = ImageDataset.for_eval(paths, None, self.config_.preprocessing)
         loader = make_loader(dataset, batch_size or self.batch_size, workers=self.workers,
-                             pin_memory=device.type == "cuda")
-        with torch.inference_mode():
-            for batch in loader:
-                probs = {}
-                if batch.indices:
-                    images = batch.images.to(device, memory_format=torch.channels_last)
-                    with training.autocast(device, dtype):
-                        proba = torch.softmax(net(images).float(), 1)
-                        if tta:
-                            proba = (proba + torch.softmax(net(images.flip(-1)).float(), 1)) / 2
-                    probs = dict(zip(batch.indices, proba.cpu().numpy()))
-                errors = dict(batch.failed)
-                for index in sorted([*probs, *errors]):
-                    yield Prediction(paths[index], probs.get(index), errors.get(index))
+                             pin_memory=runtime[1].type == "cuda")
+        for batch in loader:
+            probs = {}
+            if batch.indices:
+                probs = dict(zip(batch.indices, _probabilities(runtime, batch.images, tta)))
+            errors = dict(batch.failed)
+            for index in sorted([*probs, *errors]):
+                yield Prediction(paths[index], probs.get(index), errors.get(index))
+
+    def _inference(self) -> tuple[ClassifierNet, torch.device, torch.dtype]:
+        """The network on its device in eval mode, with the device and the compute dtype."""
+        self._check_fitted()
+        device = training.resolve_device(self.device)
+        dtype = training.resolve_precision(self.precision, device)
+        return training.prepare(self.net_, device).eval(), device, dtype
 
     @property
     def preprocessing(self):
@@ -315,13 +313,7 @@ class ImageClassifier:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for a uint8 batch (N, 3, H, W) already resized and cropped."""
-        self._check_fitted()
-        device = training.resolve_device(self.device)
-        dtype = training.resolve_precision(self.precision, device)
-        net = training.prepare(self.net_, device).eval()
-        images = torch.from_numpy(np.ascontiguousarray(batch)).to(device, memory_format=torch.channels_last)
-        with torch.inference_mode(), training.autocast(device, dtype):
-            return torch.softmax(net(images).float(), 1).cpu().numpy()
+        return _probabilities(self._inference(), torch.from_numpy(np.ascontiguousarray(batch)))
 
     def predict_proba(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
         """Class probabilities, one row per path (columns in ``classes_`` order).
@@ -393,6 +385,18 @@ class ImageClassifier:
             for name, text in texts.items():
                 new(name).write_text(text, encoding="utf-8")
         return directory
+
+
+def _probabilities(inference: tuple[ClassifierNet, torch.device, torch.dtype], images: torch.Tensor,
+                   tta: bool = False) -> np.ndarray:
+    """Softmax of the network on a batch; with ``tta``, averaged with the mirror images'."""
+    net, device, dtype = inference
+    images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+    with torch.inference_mode(), training.autocast(device, dtype):
+        proba = torch.softmax(net(images).float(), 1)
+        if tta:
+            proba = (proba + torch.softmax(net(images.flip(-1)).float(), 1)) / 2
+    return proba.cpu().numpy()
 
 
 def choose_workflow(config: TrainingConfig, device: torch.device) -> tuple[str, int]:

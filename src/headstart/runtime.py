@@ -18,9 +18,9 @@ import numpy as np
 
 from .config import Preprocessing
 from .errors import ModelFileError, UsageError
-from .images import available_cores, network_input, probe_image
+from .images import available_cores, decode_failure, network_input
 
-__all__ = ["Prediction", "OnnxClassifier", "METADATA_KEY", "stack_probabilities", "best_classes"]
+__all__ = ["Prediction", "OnnxClassifier", "METADATA_KEY", "open_model", "stack_probabilities", "best_classes"]
 
 METADATA_KEY = "headstart"  # the ONNX metadata entry holding classes and preprocessing, as JSON
 
@@ -73,7 +73,7 @@ class OnnxClassifier:
         try:
             return self.pixels(path)
         except Exception as exc:  # Pillow raises many exception types for malformed files
-            return probe_image(path) or f"cannot decode image: {exc}"
+            return decode_failure(path, exc)
 
     def iter_predict(self, paths: Sequence[str | Path], batch_size: int | None = None, tta: bool = False
                      ) -> Iterator[Prediction]:
@@ -110,6 +110,19 @@ class OnnxClassifier:
     def predict(self, paths: Sequence[str | Path], tta: bool = False) -> np.ndarray:
         """The most probable class name per path (None for an image that cannot be decoded)."""
         return best_classes(self.predict_proba(paths, tta=tta), self.classes_)
+
+
+def open_model(path: str | Path, verbose: int = 0):
+    """An exported ``.onnx`` file as :class:`OnnxClassifier`; a run folder as ``ImageClassifier``.
+
+    Only the run folder imports PyTorch.
+    """
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return OnnxClassifier(path)
+    from .model import load
+
+    return load(path, verbose=verbose)
 
 
 def stack_probabilities(predictions: Iterator[Prediction], rows: int, classes: int) -> np.ndarray:

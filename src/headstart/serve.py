@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import UsageError
 from .images import network_input
+from .runtime import open_model
 
 __all__ = ["ServeConfig", "create_app", "serve"]
 
@@ -76,24 +77,13 @@ class _Batcher:
                         future.set_exception(exc)
 
 
-def _load_predictor(model: str | Path):
-    model = Path(model)
-    if model.suffix == ".onnx":
-        from .runtime import OnnxClassifier
-
-        return OnnxClassifier(model)
-    from .model import load
-
-    return load(model, verbose=0)
-
-
 def create_app(model: str | Path, config: ServeConfig | None = None):
     """The FastAPI application serving ``model`` (a run folder or an exported ``.onnx`` file)."""
     from fastapi import FastAPI, File, HTTPException, Request, UploadFile
     from fastapi.responses import HTMLResponse, JSONResponse
 
     config = config or ServeConfig()
-    predictor = _load_predictor(model)
+    predictor = open_model(model)
     batcher = _Batcher(predictor, config)
     classes = list(predictor.classes_)
     info = {"model": str(model), "classes": classes, **_describe(predictor)}

@@ -287,8 +287,8 @@ def train_stage(net: ClassifierNet, stage: str, train_loader: DataLoader, val_lo
             state = {"stage": stage, "epoch": epoch, "complete": False, "history": result.history,
                      "best_loss": best_loss, "best_epoch": best_epoch, "best_val": _stats_dict(best_val),
                      "optimizer": optim_state, "schedule": schedule.state_dict(), **carry["state"]}
-            tensors = {**{f"net.{k}": v for k, v in net.state_dict().items()}, **optim_tensors,
-                       **{f"best.{k}": v for k, v in (best_state or {}).items()},
+            tensors = {**_prefixed("net.", net.state_dict()), **optim_tensors,
+                       **_prefixed("best.", best_state or {}),
                        "rng.torch": torch.get_rng_state(), "rng.loader": train_loader.generator.get_state(),
                        **carry["tensors"]}
             save_checkpoint(checkpointing.run_dir, state, tensors)
@@ -303,16 +303,24 @@ def train_stage(net: ClassifierNet, stage: str, train_loader: DataLoader, val_lo
     stage_result = StageResult(best_val, epoch, best_epoch, epoch < epochs)
     if checkpointing.run_dir is not None:
         state = {"stage": stage, "epoch": epoch, "complete": True, "history": result.history,
-                 "result": {"val": _stats_dict(best_val), "epochs_run": epoch, "best_epoch": best_epoch,
-                            "stopped_early": epoch < epochs}, **carry["state"]}
-        save_checkpoint(checkpointing.run_dir, state,
-                        {**{f"net.{k}": v for k, v in net.state_dict().items()}, **carry["tensors"]})
+                 "result": _stage_dict(stage_result), **carry["state"]}
+        save_checkpoint(checkpointing.run_dir, state, {**_prefixed("net.", net.state_dict()), **carry["tensors"]})
     return stage_result
 
 
-def _stage_from(saved: dict) -> StageResult:
-    r = saved["result"]
-    return StageResult(_stats_from(r["val"]), r["epochs_run"], r["best_epoch"], r["stopped_early"])
+def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors renamed under ``prefix``: the inverse of :meth:`Checkpointing.tensors_with`."""
+    return {prefix + k: v for k, v in state.items()}
+
+
+def _stage_dict(stage: StageResult) -> dict:
+    return {"val": _stats_dict(stage.val), "epochs_run": stage.epochs_run, "best_epoch": stage.best_epoch,
+            "stopped_early": stage.stopped_early}
+
+
+def _stage_from(data: dict) -> StageResult:
+    """The inverse of :func:`_stage_dict`."""
+    return StageResult(_stats_from(data["val"]), data["epochs_run"], data["best_epoch"], data["stopped_early"])
 
 
 def _class_weights(loader: DataLoader, config: TrainingConfig, device: torch.device) -> torch.Tensor | None:
@@ -351,10 +359,10 @@ def fit(net: ClassifierNet, train_loader: DataLoader, val_loader: DataLoader | N
         result.history = list(saved["history"])
         if saved["stage"] == "frozen":
             net.load_state_dict(checkpointing.tensors_with("net."))
-            result.stage1 = _stage_from(saved)
+            result.stage1 = _stage_from(saved["result"])
         else:
             net.load_state_dict(checkpointing.tensors_with("stage1."))
-            result.stage1 = _stage_from({"result": saved["stage1"]})
+            result.stage1 = _stage_from(saved["stage1"])
         return result
     result.stage1 = train_stage(net, "frozen", train_loader, val_loader, config.epochs, config.lr,
                                 config, device, dtype, result, console, on_epoch, checkpointing)
@@ -377,7 +385,7 @@ def fine_tune(net: ClassifierNet, train_loader: DataLoader, val_loader: DataLoad
         before = _stats_from(saved["stage1_val"])
         before_state = checkpointing.tensors_with("stage1.")
         result.history = list(saved["history"])
-        result.stage1 = _stage_from({"result": saved["stage1"]})
+        result.stage1 = _stage_from(saved["stage1"])
     else:
         if before is None and val_loader is not None:
             before = run_epoch(net, val_loader, device, dtype, nn.CrossEntropyLoss(), console=console,
@@ -387,14 +395,11 @@ def fine_tune(net: ClassifierNet, train_loader: DataLoader, val_loader: DataLoad
     which = "all blocks" if config.unfreeze_last is None else f"last {config.unfreeze_last} block(s)"
     console.info(f"fine-tuning {which} of the backbone ({trainable:,} parameters) "
                  f"at lr {config.fine_tune_lr:g}, BatchNorm kept in inference mode")
-    stage1 = result.stage1
-    carry = {"state": {"stage1_val": _stats_dict(before),
-                       "stage1": {"val": _stats_dict(stage1.val), "epochs_run": stage1.epochs_run,
-                                  "best_epoch": stage1.best_epoch, "stopped_early": stage1.stopped_early}},
-             "tensors": {f"stage1.{k}": v for k, v in before_state.items()}}
+    carry = {"state": {"stage1_val": _stats_dict(before), "stage1": _stage_dict(result.stage1)},
+             "tensors": _prefixed("stage1.", before_state)}
     if saved is not None and saved["complete"]:  # interrupted after the last epoch: nothing to redo
         net.load_state_dict(checkpointing.tensors_with("net."))
-        result.fine_tune = _stage_from(saved)
+        result.fine_tune = _stage_from(saved["result"])
     else:
         result.fine_tune = train_stage(net, "fine-tune", train_loader, val_loader, epochs, config.fine_tune_lr,
                                        config, device, dtype, result, console, on_epoch, checkpointing, carry)
