@@ -166,3 +166,17 @@ def test_python_api_follows_scikit_learn_conventions(tiny_data: Path, tiny_weigh
     assert proba.shape == (2, 2) and np.isclose(proba[0].sum(), 1) and np.isnan(proba[1]).all()
     assert clf.predict([tiny_data / "red" / "red_000.png", broken])[1] is None
     assert "epochs=2" in repr(clf)
+
+
+def test_option_defaults_are_the_configuration_defaults():
+    import dataclasses
+
+    from headstart.cli import build_parser
+    from headstart.config import TrainingConfig
+
+    args = vars(build_parser().parse_args(["train", "data"]))
+    config = TrainingConfig()
+    shared = [f.name for f in dataclasses.fields(TrainingConfig) if f.name in args]
+    assert len(shared) >= 20
+    assert {name: args[name] for name in shared} == {name: getattr(config, name) for name in shared}
+    assert headstart.ImageClassifier().training_config() == config

@@ -21,9 +21,13 @@ from pathlib import Path
 
 from . import __version__
 from ._console import Console
+from .config import AUGMENTATIONS, CLASS_WEIGHTS, ENGINES, PRECISIONS, WORKFLOWS, TrainingConfig
 from .errors import ExitStatus, HeadstartError, UsageError
 
 __all__ = ["main", "run", "build_parser"]
+
+
+_DEFAULT = TrainingConfig()  # the options' defaults are the configuration's: one place
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,45 +66,46 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", type=Path, metavar="RUN", help="finish an interrupted run, from its last "
                    "completed epoch, with the settings it was started with")
     g = t.add_argument_group("backbone")
-    g.add_argument("--backbone", default="efficientnet_lite0",
+    g.add_argument("--backbone", default=_DEFAULT.backbone,
                    help="efficientnet_lite0/1/2 (embedded weights, no download) or any timm model name")
     g.add_argument("--weights", metavar="FILE", help="local weights (.safetensors, or a .pth state_dict)")
     g.add_argument("--image-size", type=int, metavar="PX", help="input size (default: the backbone's own)")
     g = t.add_argument_group("stage 1: the head on the frozen backbone")
-    g.add_argument("--workflow", choices=("auto", "standard", "lightweight"), default="auto",
+    g.add_argument("--workflow", choices=WORKFLOWS, default=_DEFAULT.workflow,
                    help="lightweight: backbone features computed once (cached), head fitted on them in "
                    "seconds; standard: the whole model runs on every batch, with augmentation; "
                    "auto (default): lightweight, plus fine-tuning on a GPU")
-    g.add_argument("--engine", choices=("auto", "eager", "bf16", "fp16", "compile", "onnx"), default="auto",
+    g.add_argument("--engine", choices=ENGINES, default=_DEFAULT.engine,
                    help="lightweight: what runs the backbone (auto: ONNX Runtime on a CPU, "
                    "mixed precision on a GPU)")
     g.add_argument("--flip-features", action="store_true",
                    help="lightweight: add the mirror images' features as training samples")
-    g.add_argument("--class-weight", choices=("balanced",), default=None,
+    g.add_argument("--class-weight", choices=[w for w in CLASS_WEIGHTS if w], default=_DEFAULT.class_weight,
                    help="weight classes inversely to their frequency, for imbalanced data")
     g.add_argument("--cache-dir", type=Path, help="where features are cached (default: the user cache folder)")
-    g.add_argument("--epochs", type=int, default=5, help="standard workflow: epochs of stage 1")
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--label-smoothing", type=float, default=0.0)
-    g.add_argument("--augment", choices=("none", "light", "strong"), default="light")
-    g.add_argument("--dropout", type=float, default=0.2)
-    g.add_argument("--patience", type=int, default=3, help="early stopping on validation loss (0: off)")
+    g.add_argument("--epochs", type=int, default=_DEFAULT.epochs, help="standard workflow: epochs of stage 1")
+    g.add_argument("--lr", type=float, default=_DEFAULT.lr)
+    g.add_argument("--weight-decay", type=float, default=_DEFAULT.weight_decay)
+    g.add_argument("--batch-size", type=int, default=_DEFAULT.batch_size)
+    g.add_argument("--label-smoothing", type=float, default=_DEFAULT.label_smoothing)
+    g.add_argument("--augment", choices=AUGMENTATIONS, default=_DEFAULT.augment)
+    g.add_argument("--dropout", type=float, default=_DEFAULT.dropout)
+    g.add_argument("--patience", type=int, default=_DEFAULT.patience, help="early stopping on validation loss (0: off)")
     g = t.add_argument_group("stage 2: fine-tuning (kept only if validation improves)")
-    g.add_argument("--fine-tune-epochs", type=int, default=None, metavar="N",
+    g.add_argument("--fine-tune-epochs", type=int, default=_DEFAULT.fine_tune_epochs, metavar="N",
                    help="0 skips it (default: 2 on a GPU with --workflow auto, else 0)")
-    g.add_argument("--fine-tune-lr", type=float, default=1e-5)
-    g.add_argument("--unfreeze-last", type=_unfreeze, default=None, metavar="K|all",
+    g.add_argument("--fine-tune-lr", type=float, default=_DEFAULT.fine_tune_lr)
+    g.add_argument("--unfreeze-last", type=_unfreeze, default=_DEFAULT.unfreeze_last, metavar="K|all",
                    help="unfreeze the last K blocks of the backbone, or all (default)")
     g = t.add_argument_group("data and hardware")
-    g.add_argument("--val-fraction", type=float, default=0.2, help="used when DATA has no val/ folder")
-    g.add_argument("--test-fraction", type=float, default=0.0, help="used when DATA has no test/ folder")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--val-fraction", type=float, default=_DEFAULT.val_fraction, help="used when DATA has no val/ folder")
+    g.add_argument("--test-fraction", type=float, default=_DEFAULT.test_fraction, help="used when DATA has no test/ folder")
+    g.add_argument("--seed", type=int, default=_DEFAULT.seed)
     _add_hardware(g)
 
     p = commands.add_parser("predict", help="classify images with a trained model")
-    p.add_argument("model", type=Path, metavar="RUN", help="a run folder written by 'headstart train'")
+    p.add_argument("model", type=Path, metavar="RUN|MODEL.onnx",
+                   help="a run folder written by 'headstart train', or a file written by 'headstart export'")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (recursive)")
     p.add_argument("--top-k", type=int, default=1, metavar="K")
     p.add_argument("--output", type=Path, metavar="FILE", help="write predictions to FILE (.csv or .json)")
@@ -149,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_hardware(group) -> None:
-    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    group.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    group.add_argument("--device", default=_DEFAULT.device, help="auto (CUDA when present), cpu, cuda or cuda:N")
+    group.add_argument("--precision", default=_DEFAULT.precision, choices=PRECISIONS,
                        help="auto: bf16 where the hardware runs it natively, else fp32 (fp16 on older GPUs)")
     group.add_argument("--workers", type=int, default=None, help="image decoding processes "
                        "(default: one per core, at most 4)")
@@ -175,10 +180,9 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> E
         console.error("interrupted")
         return ExitStatus.INTERRUPTED
     except ModuleNotFoundError as exc:
-        if exc.name not in _EXTRAS_MODULES or show_traceback:
+        if exc.name not in _EXTRA_OF or show_traceback:
             raise
-        extra = "serve" if exc.name in ("fastapi", "uvicorn", "multipart") else "train"
-        console.error(f"this command needs {exc.name}: pip install 'headstart[{extra}]'")
+        console.error(f"this command needs {exc.name}: pip install 'headstart[{_EXTRA_OF[exc.name]}]'")
         return ExitStatus.USAGE
     except OSError as exc:  # a full disk, a read-only folder: the user's to fix, not a bug
         if show_traceback:
@@ -190,8 +194,10 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> E
         return ExitStatus(exc.code or 0)
 
 
-_EXTRAS_MODULES = {"torch", "torchvision", "timm", "sklearn", "safetensors", "onnx", "platformdirs",
-                   "fastapi", "uvicorn", "multipart"}
+# The modules an install may lack, and the extra of pyproject.toml that brings each.
+_EXTRA_OF = {**dict.fromkeys(("torch", "torchvision", "timm", "sklearn", "safetensors", "onnx", "platformdirs"),
+                             "train"),
+             **dict.fromkeys(("fastapi", "uvicorn", "multipart"), "serve")}
 
 
 def run() -> None:
@@ -299,14 +305,11 @@ def _summary(clf, out: Path) -> str:
 
 
 def _load(args: argparse.Namespace, console: Console):
-    if args.model.suffix == ".onnx":  # an exported model: ONNX Runtime alone, no PyTorch
-        from .runtime import OnnxClassifier
+    from .runtime import OnnxClassifier, open_model
 
-        return OnnxClassifier(args.model)
-    from .model import load
-
-    clf = load(args.model, verbose=console.verbosity)
-    clf.set_params(device=args.device, precision=args.precision, workers=args.workers)
+    clf = open_model(args.model, verbose=console.verbosity)
+    if not isinstance(clf, OnnxClassifier):  # an exported model runs on ONNX Runtime: no such settings
+        clf.set_params(device=args.device, precision=args.precision, workers=args.workers)
     return clf
 
 
