@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
@@ -27,6 +26,7 @@ from torchvision.transforms import v2 as T
 from .config import Preprocessing
 from .errors import DataError
 from .images import (
+    DECODE_ERRORS,
     IMAGE_EXTENSIONS,
     CenterCropResize,
     image_files,
@@ -245,7 +245,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         try:
             return self.transform(load_image(self.paths[index], self.min_size)), self.labels[index], index
-        except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        except DECODE_ERRORS as exc:
             return None, decode_failure(self.paths[index], exc), index
 
 

@@ -31,9 +31,12 @@ __all__ = [
     "CenterCropResize",
     "network_input",
     "decode_failure",
+    "DECODE_ERRORS",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+# What decoding a bad file raises (load_image turns Pillow's bomb warning into an error).
+DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def is_hidden(name: str) -> bool:
