@@ -1,4 +1,5 @@
-"""The serve page end to end in headless Chromium: a person drops a real photo and sees its class."""
+"""Pages in headless Chromium: a person drops a real photo on the serve page and sees its class;
+a training run's report.html opens offline with every plot and thumbnail rendered."""
 
 import os
 import shutil
@@ -34,20 +35,27 @@ def browser_or_skip():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    import uvicorn
-
+def trained(tmp_path_factory):
+    """A run folder trained on real photos, and their folder."""
     import headstart
-    from headstart.serve import create_app
 
     data = shared_dataset("hymenoptera_data")
     root = tmp_path_factory.mktemp("browser")
-    run = headstart.ImageClassifier(workflow="lightweight", cache_dir=root / "cache", verbose=0).fit(data)
-    run.save(root / "run")
+    clf = headstart.ImageClassifier(workflow="lightweight", cache_dir=root / "cache", verbose=0).fit(data)
+    return clf.save(root / "run"), data
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    import uvicorn
+
+    from headstart.serve import create_app
+
+    run, data = trained
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(root / "run"), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(run), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -85,3 +93,36 @@ def test_drop_a_real_photo_and_see_its_class(server):
     assert rendered, "the dropped photo does not render"
     assert bar > 0.2 * track, f"the top probability bar is {bar:.0f} px wide in a {track:.0f} px row"
     assert errors == []
+
+
+def test_report_opens_offline_with_every_image_rendered(trained):
+    sync_playwright = browser_or_skip()
+    run, _ = trained
+    report = run / "report.html"
+    errors, fetched = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: fetched.append(r.url))
+        page.goto(report.as_uri())
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all(
+            "img", "imgs => imgs.map(i => ({alt: i.alt, ok: i.complete && i.naturalWidth > 0}))")
+        text = page.inner_text("body")
+        if os.environ.get("HEADSTART_SCREENSHOT"):
+            page.screenshot(path=os.environ["HEADSTART_SCREENSHOT"].replace(".png", "-report.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    # Self-contained: the page itself, then only inline data, never a file or server beside it.
+    assert [u for u in fetched if not u.startswith("data:")] == [report.as_uri()]
+    alts = [i["alt"] for i in images]
+    for plot in ("learning curves", "confusion counts", "confusion normalised", "per class f1", "reliability",
+                 "most confidently wrong images"):
+        assert plot in alts
+    assert len(images) > 6 + 10, "the top losses table shows a thumbnail per image"
+    assert [i["alt"] for i in images if not i["ok"]] == []
+    for heading in ("Data", "Settings", "Training: stage 1 and fine-tuning", "Metrics", "Top losses", "Timings"):
+        assert heading in text
+    assert "ants" in text and "bees" in text and "validation" in text

@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average with the mirror image's prediction")
     _add_hardware(p)
 
+    r = commands.add_parser("report", help="rebuild a run's report.html (metrics, plots, mistakes) from its files")
+    r.add_argument("run", type=Path, metavar="RUN", help="a run folder written by 'headstart train'")
+
     c = commands.add_parser("cache", help="show or clear the lightweight workflow's feature cache")
     c.add_argument("action", choices=("info", "clear"))
     c.add_argument("--cache-dir", type=Path, help="the cache folder (default: the user cache folder)")
@@ -195,7 +198,8 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> E
 
 
 # The modules an install may lack, and the extra of pyproject.toml that brings each.
-_EXTRA_OF = {**dict.fromkeys(("torch", "torchvision", "timm", "sklearn", "safetensors", "onnx", "platformdirs"),
+_EXTRA_OF = {**dict.fromkeys(("torch", "torchvision", "timm", "sklearn", "safetensors", "onnx", "platformdirs",
+                              "matplotlib"),
                              "train"),
              **dict.fromkeys(("fastapi", "uvicorn", "multipart"), "serve")}
 
@@ -300,6 +304,7 @@ def _summary(clf, out: Path) -> str:
     if m["skipped"]:
         lines.append(f"  {m['skipped']} file(s) skipped: see {out / 'skipped.csv'}")
     lines.append(f"  training time {m['train_seconds']:.0f} s; model saved in {out}")
+    lines.append(f"  see what it learned: {out / 'report.html'}")
     lines.append(f"  predict with: headstart predict {out} IMAGES...")
     return "\n".join(lines)
 
@@ -421,6 +426,13 @@ def _evaluate(args: argparse.Namespace, console: Console) -> ExitStatus:
     return ExitStatus.SUCCESS
 
 
+def _report(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from .report import write_report
+
+    console.result(str(write_report(args.run)))
+    return ExitStatus.SUCCESS
+
+
 def _cache(args: argparse.Namespace, console: Console) -> ExitStatus:
     from .features import cache_summary, clear_cache, default_cache_dir
 
@@ -488,5 +500,5 @@ def _serve(args: argparse.Namespace, console: Console) -> ExitStatus:
     return ExitStatus.SUCCESS
 
 
-_COMMANDS = {"train": _train, "predict": _predict, "evaluate": _evaluate, "cache": _cache, "export": _export,
-             "serve": _serve}
+_COMMANDS = {"train": _train, "predict": _predict, "evaluate": _evaluate, "cache": _cache, "report": _report,
+             "export": _export, "serve": _serve}

@@ -17,7 +17,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-__all__ = ["classification_metrics", "expected_calibration_error", "format_metrics"]
+__all__ = ["classification_metrics", "calibration_bins", "expected_calibration_error", "format_metrics"]
 
 CALIBRATION_BINS = 15
 
@@ -62,17 +62,24 @@ def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Se
     return metrics
 
 
+def calibration_bins(y_true: np.ndarray, proba: np.ndarray, bins: int = CALIBRATION_BINS
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images, accuracy and mean confidence (top probability) in each of ``bins``
+    equal-width confidence bins; accuracy and confidence are 0 in an empty bin."""
+    confidence = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == np.asarray(y_true)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    accuracy = np.bincount(which, weights=correct, minlength=bins) / np.maximum(counts, 1)
+    mean_confidence = np.bincount(which, weights=confidence, minlength=bins) / np.maximum(counts, 1)
+    return counts, accuracy, mean_confidence
+
+
 def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
     """How far confidence is from accuracy: the gap between the top probability and the
     hit rate in each of ``bins`` equal-width confidence bins, weighted by the bin's images."""
-    confidence = proba.max(axis=1)
-    correct = proba.argmax(axis=1) == y_true
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    gap = 0.0
-    for b in np.unique(which):
-        inside = which == b
-        gap += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
-    return float(gap)
+    counts, accuracy, confidence = calibration_bins(y_true, proba, bins)
+    return float(np.sum(counts / max(counts.sum(), 1) * np.abs(accuracy - confidence)))
 
 
 def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:

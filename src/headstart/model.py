@@ -6,8 +6,9 @@
 >>> clf = headstart.load("runs/pets")
 
 A saved model is a folder: ``model.safetensors`` (weights) and ``config.json``
-(everything else), plus ``metrics.json``, ``history.csv``, ``split.csv`` and
-``skipped.csv`` for a model trained in this session. Loading reads only
+(everything else), plus ``metrics.json``, ``history.csv``, ``split.csv``,
+``predictions.csv`` and ``skipped.csv`` for a model trained in this session,
+and its ``report.html``. Loading reads only
 safetensors and JSON: nothing is ever unpickled.
 """
 
@@ -41,6 +42,7 @@ __all__ = ["ImageClassifier", "Prediction", "load", "MODEL_FILE", "CONFIG_FILE"]
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
 
 _TRAINING_PARAMS = tuple(f.name for f in dataclasses.fields(TrainingConfig))
 
@@ -54,7 +56,8 @@ class ImageClassifier:
 
     Attributes set by :meth:`fit` (or :func:`load`) end in ``_``:
     ``classes_``, ``config_``, ``net_``, ``metrics_``, ``history_``,
-    ``split_`` and ``skipped_``. ``cache_dir`` is where the lightweight workflow
+    ``split_``, ``skipped_`` and ``predictions_`` (the final model's
+    probabilities for the val and test images, in ``split_`` order). ``cache_dir`` is where the lightweight workflow
     keeps features (default: the user's cache folder); it is not saved with the model.
     """
 
@@ -127,13 +130,16 @@ class ImageClassifier:
         checkpoint found there is resumed from: an interrupted run, rerun the
         same way, finishes as if it had never stopped.
         """
+        started = time.perf_counter()
         config = self.training_config()
         console = console or Console(self.verbose)
         resolve_architecture(config.backbone)  # a misspelt name fails before any work
         torch.manual_seed(config.seed)
+        clock = time.perf_counter()
         split = data if isinstance(data, DatasetSplit) else discover(
             data, config.val_fraction, config.test_fraction, config.seed)
         _report_data(split, console)
+        timings = {"data": time.perf_counter() - clock}
         device = training.resolve_device(config.device)
         workflow, fine_tune_epochs = choose_workflow(config, device)
         if fine_tune_epochs and not split.val:
@@ -173,16 +179,19 @@ class ImageClassifier:
                 checkpointing.state, checkpointing.tensors = found
         start = time.perf_counter()
         if workflow == "lightweight":
-            result, head_metrics = self._fit_head_on_features(net, spec, preprocessing, split, config, device,
-                                                              console, on_epoch)
+            result, head_info, head_proba = self._fit_head_on_features(net, spec, preprocessing, split, config,
+                                                                       device, console, on_epoch)
         else:
-            result, head_metrics = training.fit(net, loader("train"), loader("val") if split.val else None,
-                                                config, device, dtype, console, on_epoch, checkpointing), {}
+            result = training.fit(net, loader("train"), loader("val") if split.val else None,
+                                  config, device, dtype, console, on_epoch, checkpointing)
+            head_info, head_proba = {}, {}
+        timings["stage1"] = time.perf_counter() - start
         if fine_tune_epochs:
             training.fine_tune(net, loader("train"), loader("val"), config, fine_tune_epochs, device, dtype,
                                result, console, on_epoch,
                                before=result.stage1.val if workflow == "standard" else None,
                                checkpointing=checkpointing)
+            timings["fine_tune"] = time.perf_counter() - start - timings["stage1"]
         result.seconds = time.perf_counter() - start
 
         self.net_ = net.eval()
@@ -193,17 +202,29 @@ class ImageClassifier:
         # Images that failed only when decoded were never trained or validated on: the
         # saved split and counts leave them out, as skipped.csv lists them.
         failed = result.failed
-        split = dataclasses.replace(split, **{name: [s for s in samples if s.path not in failed]
+        usable = {name: np.array([s.path not in failed for s in samples], dtype=bool)
+                  for name, samples in split.splits().items()}
+        split = dataclasses.replace(split, **{name: [s for s, ok in zip(samples, usable[name]) if ok]
                                               for name, samples in split.splits().items()})
+        head_proba = {name: proba[usable[name]] for name, proba in head_proba.items()}
         self.split_ = split
         self.skipped_ = split.skipped + [Skipped(p, r) for p, r in failed.items()]
-        self.metrics_ = self._final_metrics(split, result, workflow, head_metrics)
+        clock = time.perf_counter()
+        self.metrics_ = self._final_metrics(split, result, workflow, head_info, head_proba)
+        timings["evaluation"] = time.perf_counter() - clock
+        self.metrics_["timings"] = {**timings, "total": time.perf_counter() - started}
         return self
 
     def _fit_head_on_features(self, net: ClassifierNet, spec, preprocessing, split: DatasetSplit,
                               config: TrainingConfig, device: torch.device, console: Console,
-                              on_epoch: Callable[[dict], None] | None) -> tuple[training.TrainResult, dict]:
-        """The lightweight workflow's stage 1: features once (cached), then a linear head in seconds."""
+                              on_epoch: Callable[[dict], None] | None
+                              ) -> tuple[training.TrainResult, dict, dict[str, np.ndarray]]:
+        """The lightweight workflow's stage 1: features once (cached), then a linear head in seconds.
+
+        Returns the training result, what the features and the head took, and the
+        head's probabilities for the val and test images (NaN rows where an image
+        could not be decoded).
+        """
         samples = split.train + split.val + split.test
         features = extract_features([s.path for s in samples], net, spec, preprocessing,
                                     self.cache_dir or default_cache_dir(), engine=config.engine, device=device,
@@ -238,18 +259,18 @@ class ImageClassifier:
         val_text = f", val loss {head.val.loss:.4f} acc {head.val.accuracy:.2%}" if head.val else ""
         console.info(f"head fitted on features in {head.seconds:.1f} s (L2 C={head.C:g}): "
                      f"train acc {head.train.accuracy:.2%}{val_text}")
-        metrics = {"features": {"engine": features.engine, "computed": features.computed,
-                                "cached": len(samples) - features.computed, "seconds": features.seconds},
-                   "head": {"C": head.C, "seconds": head.seconds}}
+        info = {"features": {"engine": features.engine, "computed": features.computed,
+                             "cached": len(samples) - features.computed, "seconds": features.seconds},
+                "head": {"C": head.C, "seconds": head.seconds}}
+        proba = {}
         for name in ("val", "test"):
-            if keep[name].any():
-                proba = training.linear_probabilities(head.weight, head.bias, x[name][keep[name]])
-                metrics[name] = classification_metrics(y[name][keep[name]], proba, split.classes)
-                metrics[name]["undecodable"] = int((~keep[name]).sum())
-        return result, metrics
+            proba[name] = np.full((len(x[name]), len(split.classes)), np.nan)
+            proba[name][keep[name]] = training.linear_probabilities(head.weight, head.bias, x[name][keep[name]])
+        return result, info, proba
 
     def _final_metrics(self, split: DatasetSplit, result: training.TrainResult, workflow: str,
-                       head_metrics: dict) -> dict:
+                       head_info: dict, head_proba: dict[str, np.ndarray]) -> dict:
+        """The run's metrics; sets ``predictions_``, the final model's probabilities per split."""
         metrics: dict = {
             "workflow": workflow,
             "train_seconds": result.seconds,
@@ -257,18 +278,21 @@ class ImageClassifier:
             "skipped": len(self.skipped_),
             "stage1": _stage_summary(result.stage1),
             "fine_tune": None,
-            **{k: v for k, v in head_metrics.items() if k in ("features", "head")},
+            **head_info,
         }
         if result.fine_tune is not None:
             metrics["fine_tune"] = {**_stage_summary(result.fine_tune), "kept": result.fine_tune_kept}
         stage1_only = result.fine_tune is None or not result.fine_tune_kept
+        self.predictions_ = {}
         for name, samples in (("val", split.val), ("test", split.test)):
             if not samples:
                 continue
-            # The lightweight head's metrics come straight from the cached features,
+            # The lightweight head's probabilities come straight from the cached features,
             # unless fine-tuning changed the backbone they came from.
-            metrics[name] = head_metrics[name] if stage1_only and name in head_metrics \
-                else self.evaluate_samples(samples)
+            proba = head_proba[name] if stage1_only and name in head_proba \
+                else self.predict_proba([s.path for s in samples])
+            self.predictions_[name] = proba
+            metrics[name] = self._metrics_of(samples, proba)
         return metrics
 
     # -- prediction -------------------------------------------------------------------------
@@ -330,7 +354,9 @@ class ImageClassifier:
 
     def evaluate_samples(self, samples: Sequence[Sample], tta: bool = False) -> dict:
         """Metrics (:func:`headstart.evaluate.classification_metrics`) on labelled samples."""
-        proba = self.predict_proba([s.path for s in samples], tta=tta)
+        return self._metrics_of(samples, self.predict_proba([s.path for s in samples], tta=tta))
+
+    def _metrics_of(self, samples: Sequence[Sample], proba: np.ndarray) -> dict:
         labels = np.array([s.label for s in samples])
         ok = ~np.isnan(proba).any(axis=1)
         metrics = classification_metrics(labels[ok], proba[ok], self.classes_)
@@ -357,8 +383,11 @@ class ImageClassifier:
         params = {k: str(v) if isinstance(v, Path) else v for k, v in self.get_params().items() if k != "verbose"}
         return {"data": str(Path(data).resolve()), "params": params}
 
-    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
-        """Write the model folder; refuses a non-empty folder unless ``overwrite``."""
+    def save(self, directory: str | Path, overwrite: bool = False, report: bool = True) -> Path:
+        """Write the model folder; refuses a non-empty folder unless ``overwrite``.
+
+        A model trained in this session also gets its ``report.html`` (with ``report``).
+        """
         self._check_fitted()
         directory = prepare_output_dir(directory, overwrite)
         from safetensors.torch import save_file
@@ -375,6 +404,8 @@ class ImageClassifier:
             texts["split.csv"] = csv_text(("path", "class", "split"),
                                           ((_relative(s.path, split.root), self.classes_[s.label], name)
                                            for name, samples in split.splits().items() for s in samples))
+        if split is not None and getattr(self, "predictions_", None):
+            texts[PREDICTIONS_FILE] = predictions_csv(self.predictions_, split, self.classes_)
         if hasattr(self, "skipped_"):
             texts["skipped.csv"] = csv_text(("path", "reason"), ((str(s.path), s.reason) for s in self.skipped_))
         if split is not None:
@@ -384,7 +415,27 @@ class ImageClassifier:
             save_file(state, str(new(MODEL_FILE)), metadata={"format": "pt", "headstart": "model"})
             for name, text in texts.items():
                 new(name).write_text(text, encoding="utf-8")
+        if report and METRICS_FILE in texts:
+            from .report import write_report
+
+            write_report(directory)
         return directory
+
+
+def predictions_csv(predictions: dict[str, np.ndarray], split: DatasetSplit, classes: Sequence[str]) -> str:
+    """One row per evaluated image: its split, true and predicted class, and every class's probability
+    (empty where the image could not be decoded), so a report can be rebuilt without the model."""
+    header = ("path", "split", "class", "predicted", *(f"p_{c}" for c in classes))
+
+    def rows():
+        for name, proba in predictions.items():
+            for sample, row in zip(split.splits()[name], proba):
+                decoded = not np.isnan(row).any()
+                yield (_relative(sample.path, split.root), name, classes[sample.label],
+                       classes[int(row.argmax())] if decoded else "",
+                       *(f"{p:.6g}" if decoded else "" for p in row))
+
+    return csv_text(header, rows())
 
 
 def _probabilities(inference: tuple[ClassifierNet, torch.device, torch.dtype], images: torch.Tensor,

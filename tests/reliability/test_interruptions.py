@@ -107,7 +107,8 @@ def test_kill_leaves_a_consistent_run_that_resumes(data, tiny_weights, tmp_path:
 def test_a_full_disk_keeps_the_previous_model(cli, data, tiny_args, tmp_path: Path, monkeypatch):
     run = tmp_path / "run"
     assert cli(*train_args(data, run, tiny_args, "--fine-tune-epochs", "0"))[0] == ExitStatus.SUCCESS
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    before = _files(run)
+    assert "report.html" in before and "plots/learning_curves.png" in before
     import safetensors.torch
 
     def disk_full(tensors, filename, metadata=None):
@@ -119,8 +120,12 @@ def test_a_full_disk_keeps_the_previous_model(cli, data, tiny_args, tmp_path: Pa
                                        "--fine-tune-epochs", "0"))
     assert status == ExitStatus.IO
     assert "No space left on device" in captured.stderr and "Traceback" not in captured.stderr
-    after = {p.name: p.read_bytes() for p in run.iterdir() if p.name != RUN_FILE}
-    assert {k: v for k, v in before.items() if k != RUN_FILE} == after
+    after = _files(run)
+    assert {k: v for k, v in before.items() if k != RUN_FILE} == {k: v for k, v in after.items() if k != RUN_FILE}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 def test_same_seed_same_split_and_metrics(data, tiny_weights, tmp_path: Path):

@@ -1,0 +1,131 @@
+"""Every run's report: predictions.csv, the plots and report.html, on tiny images and a tiny backbone.
+
+The browser test (tests/test_browser.py) opens a real run's report in Chromium.
+"""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headstart import plots
+from headstart.errors import ExitStatus
+from headstart.evaluate import calibration_bins, expected_calibration_error
+
+PLOTS = {"learning_curves.png", "confusion_counts.png", "confusion_normalised.png", "per_class_f1.png",
+         "reliability.png"}
+
+
+@pytest.fixture
+def run(cli, tiny_data: Path, tiny_args, tmp_path: Path) -> Path:
+    """Stage 1 then one fine-tuning epoch, with val and test splits."""
+    out = tmp_path / "run"
+    status, captured = cli("train", tiny_data, "--out", out, *tiny_args, "--fine-tune-epochs", "1",
+                           "--val-fraction", "0.25", "--test-fraction", "0.25")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    assert str(out / "report.html") in captured.stderr
+    return out
+
+
+def _embedded_images(page: str) -> list[str]:
+    return re.findall(r'<img class="(\w+)" alt="([^"]*)" src="data:image/(?:png|jpeg);base64,', page)
+
+
+def test_training_leaves_predictions_plots_and_a_self_contained_report(run: Path):
+    with open(run / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [r["split"] for r in rows].count("val") == metrics["val"]["count"]
+    assert [r["split"] for r in rows].count("test") == metrics["test"]["count"]
+    for row in rows:
+        p = np.array([float(row["p_blue"]), float(row["p_red"])])
+        assert abs(p.sum() - 1) < 1e-4
+        assert row["predicted"] == ("blue", "red")[int(p.argmax())]
+        assert row["class"] in row["path"]  # paths are relative to the data folder: red/red_001.png
+    # The saved probabilities are the ones the metrics were computed from.
+    test_rows = [r for r in rows if r["split"] == "test"]
+    assert np.mean([r["class"] == r["predicted"] for r in test_rows]) == pytest.approx(metrics["test"]["accuracy"])
+    assert set(metrics["timings"]) >= {"data", "stage1", "fine_tune", "evaluation", "total"}
+
+    assert PLOTS <= {p.name for p in (run / "plots").iterdir()}
+    page = (run / "report.html").read_text()
+    assert "src=\"http" not in page and "href=\"http" not in page and "<script" not in page
+    alts = {alt for _, alt in _embedded_images(page)}
+    assert {"learning curves", "confusion counts", "confusion normalised", "per class f1", "reliability"} <= alts
+    for text in ("fine-tuning", "Top losses", "Timings", "test accuracy", "blue", "red"):
+        assert text in page
+
+
+def test_report_command_rebuilds_the_page_and_plots(cli, run: Path):
+    first = (run / "report.html").read_text()
+    (run / "report.html").unlink()
+    for png in (run / "plots").iterdir():
+        png.unlink()
+    status, captured = cli("report", run)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    assert captured.stdout.strip() == str(run / "report.html")
+    assert PLOTS <= {p.name for p in (run / "plots").iterdir()}
+    assert len(_embedded_images((run / "report.html").read_text())) == len(_embedded_images(first))
+
+
+def test_report_of_a_run_saved_before_predictions_existed(cli, run: Path):
+    (run / "predictions.csv").unlink()
+    status, captured = cli("report", run)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    page = (run / "report.html").read_text()
+    assert "predictions.csv is missing" in page and "Top losses" not in page
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: (run / "metrics.json").unlink(), "metrics.json is missing"),
+    (lambda run: (run / "config.json").write_text("{"), "config.json is not valid JSON"),
+])
+def test_report_errors_name_the_file(cli, run: Path, damage, message):
+    damage(run)
+    status, captured = cli("report", run)
+    assert status == ExitStatus.MODEL
+    assert message in captured.stderr and len(captured.stderr.strip().splitlines()) == 1
+
+
+def test_report_of_a_missing_folder(cli, tmp_path: Path):
+    status, captured = cli("report", tmp_path / "nowhere")
+    assert status == ExitStatus.MODEL and "no such run folder" in captured.stderr
+
+
+def test_learning_curves_mark_where_fine_tuning_starts():
+    history = [{"stage": "frozen", "train_loss": 1.0, "val_loss": 0.9, "train_accuracy": 0.5,
+                "val_accuracy": 0.6}] * 3 + [{"stage": "fine-tune", "train_loss": 0.5, "val_loss": 0.6,
+                                               "train_accuracy": 0.8, "val_accuracy": 0.7}] * 2
+    figure = plots.learning_curves(history, fine_tune_kept=False)
+    loss, accuracy = figure.axes
+    assert [t.get_text() for t in loss.texts] == ["fine-tuning (not kept)"]
+    assert loss.lines[-1].get_xdata()[0] == pytest.approx(3.5)  # between epoch 3 (stage 1) and 4
+    assert [list(line.get_ydata()) for line in accuracy.lines[:2]] == [[0.5] * 3 + [0.8] * 2,
+                                                                        [0.6] * 3 + [0.7] * 2]
+
+
+def test_confusion_matrix_normalised_by_true_class():
+    figure = plots.confusion([[3, 1], [0, 4]], ["cat", "dog"], normalize=True)
+    assert [t.get_text() for t in figure.axes[0].texts] == ["75%", "25%", "0%", "100%"]
+
+
+def test_reliability_bins_agree_with_the_calibration_error():
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet([1, 1, 1], size=500)
+    y = rng.integers(0, 3, size=500)
+    counts, accuracy, confidence = calibration_bins(y, proba)
+    assert counts.sum() == 500
+    assert np.sum(counts / 500 * np.abs(accuracy - confidence)) == pytest.approx(expected_calibration_error(y, proba))
+    figure = plots.reliability_diagram(y, proba)
+    assert f"ECE {expected_calibration_error(y, proba):.3f}" in figure.axes[0].get_title()
+
+
+def test_mistakes_grid_survives_an_unreadable_image(tmp_path: Path):
+    broken = tmp_path / "gone.jpg"
+    broken.write_bytes(b"")
+    figure = plots.confident_mistakes([plots.Mistake(broken, "cat", "dog", 0.9)])
+    assert "cannot read the image" in [t.get_text() for t in figure.axes[0].texts]
+    assert "predicted: dog (0.90)" in figure.axes[0].get_title()
