@@ -2,7 +2,9 @@
 
 import csv
 import json
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +30,12 @@ def trained(cli, tiny_data: Path, tiny_args, tmp_path: Path) -> Path:
 def test_train_writes_a_complete_run_folder(trained: Path):
     names = {p.name for p in trained.iterdir()}
     assert {"model.safetensors", "config.json", "metrics.json", "history.csv", "split.csv",
-            "skipped.csv"} <= names
+            "skipped.csv", "predictions.csv", "report.html", "plots"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
+    umask = os.umask(0)
+    os.umask(umask)
+    # Written through temporary files, yet with the user's usual mode: a shared run stays readable.
+    assert {stat.S_IMODE(p.stat().st_mode) for p in trained.rglob("*") if p.is_file()} == {0o666 & ~umask}
     config = json.loads((trained / "config.json").read_text())
     assert config["classes"] == ["blue", "red"]
     assert config["backbone"]["weights"].startswith("file:")

@@ -21,6 +21,16 @@ from typing import Any
 __all__ = ["atomic_path", "atomic_files", "write_text", "write_json", "json_text", "csv_text"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import: setting the umask to read it is not thread-safe.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _temporary(target: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -52,6 +62,10 @@ def atomic_files(directory: str | Path) -> Iterator[Callable[[str], Path]]:
         yield new
         for tmp, _ in pending:
             _fsync(tmp)
+            # A temporary file is private (0600, or whatever a writer like safetensors
+            # chose): give the result the mode the user's other files get, so a shared
+            # model folder stays readable.
+            os.chmod(tmp, _FILE_MODE)
         for tmp, target in pending:
             os.replace(tmp, target)
     except BaseException:
