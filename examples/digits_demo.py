@@ -47,7 +47,8 @@ def demo(workdir: Path) -> int:
     examples = sorted(data.glob("*/000*.png"))[:3]
     print("\npredicting a few of them:", file=sys.stderr)
     status = main(["predict", str(run), *map(str, examples), "--top-k", "2"])
-    print(f"\nnext: headstart predict {run} YOUR_IMAGES...   |   headstart evaluate {run} {data}")
+    print(f"\nsee what it learned: open {run / 'report.html'} in a browser")
+    print(f"next: headstart predict {run} YOUR_IMAGES...   |   headstart evaluate {run} {data}")
     return int(status)
 
 

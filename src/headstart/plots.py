@@ -31,14 +31,14 @@ _COLORS = {"train": "#1f77b4", "val": "#d62728"}
 def save(figure: Figure, path: Path, dpi: int = 110) -> Path:
     """Write ``figure`` as a PNG, atomically."""
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        figure.savefig(tmp, format="png", dpi=dpi)
     return path
 
 
 def learning_curves(history: Sequence[dict], fine_tune_kept: bool | None = None) -> Figure:
     """Loss and accuracy per epoch, train and validation, for both stages; the start of
     fine-tuning marked, and whether its result was kept."""
-    figure = Figure(figsize=(10, 4))
+    figure = Figure(figsize=(10, 4), layout="constrained")
     axes = figure.subplots(1, 2)
     epochs = np.arange(1, len(history) + 1)
     for ax, metric, label in ((axes[0], "loss", "cross-entropy loss"), (axes[1], "accuracy", "accuracy")):
@@ -78,7 +78,7 @@ def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], normalize
     values = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalize else counts
     n = len(classes)
     side = min(max(4.5, 0.45 * n + 2.5), 24)
-    figure = Figure(figsize=(side + 1, side))
+    figure = Figure(figsize=(side + 1, side), layout="constrained")
     ax = figure.subplots()
     shown = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else max(values.max(), 1))
     figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
@@ -104,7 +104,7 @@ def per_class_f1(metrics: dict, split: str = "validation") -> Figure:
     per_class = metrics["per_class"]
     names = sorted(per_class, key=lambda c: per_class[c]["f1"])
     f1 = [per_class[c]["f1"] for c in names]
-    figure = Figure(figsize=(7, min(max(2.5, 0.32 * len(names) + 1.2), 30)))
+    figure = Figure(figsize=(7, min(max(2.5, 0.32 * len(names) + 1.2), 30)), layout="constrained")
     ax = figure.subplots()
     bars = ax.barh(np.arange(len(names)), f1, color="#4c72b0")
     ax.set_yticks(np.arange(len(names)), [_short(c) for c in names])
@@ -126,7 +126,7 @@ def reliability_diagram(y_true: np.ndarray, proba: np.ndarray, bins: int = CALIB
     ece = expected_calibration_error(y_true, proba, bins)
     edges = np.linspace(0, 1, bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
-    figure = Figure(figsize=(5.5, 6))
+    figure = Figure(figsize=(5.5, 6), layout="constrained")
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     filled = counts > 0
     top.bar(centres[filled], accuracy[filled], width=1 / bins, edgecolor="#333", color="#4c72b0", label="accuracy")
@@ -159,7 +159,7 @@ def confident_mistakes(mistakes: Sequence[Mistake], split: str = "validation", c
     """A grid of misclassified images, most confident first, each titled with its true class,
     predicted class and probability."""
     rows = max(1, math.ceil(len(mistakes) / columns))
-    figure = Figure(figsize=(2.6 * columns, 2.9 * rows))
+    figure = Figure(figsize=(2.6 * columns, 2.9 * rows), layout="constrained")
     axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
     for ax in axes:
         ax.axis("off")
