@@ -13,9 +13,10 @@ from headstart.backbone import create_backbone
 from headstart.config import HeadSpec
 from headstart.engine import TOLERANCE, create_engine, feature_error
 from headstart.errors import ExitStatus
-from headstart.features import extract_features
+from headstart import features
+from headstart.features import FeatureMatrix, Rows, extract_features
 from headstart.head import ClassifierNet, Head
-from headstart.train import fit_linear_head, linear_probabilities
+from headstart.linear import fit_linear_head, fit_logistic, linear_probabilities
 from headstart._console import Console
 
 from conftest import TINY_BACKBONE, make_folder, make_image
@@ -36,11 +37,11 @@ def extract(paths, tiny_net, cache_dir, **kwargs):
 def test_features_are_computed_once_then_read_back(tmp_path: Path, tiny_net):
     paths = sorted(make_folder(tmp_path / "d", per_class=6).rglob("*.png"))
     first = extract(paths, tiny_net, tmp_path / "cache")
-    assert first.computed == 12 and first.features.shape == (12, 256) and first.engine == "onnx"
+    assert first.computed == 12 and first.to_array().shape == (12, 256) and first.engine == "onnx"
     again = extract(paths, tiny_net, tmp_path / "cache")
     assert again.computed == 0
     # float16 storage: equal to what was computed, to half precision
-    np.testing.assert_allclose(again.features, first.features, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(again.to_array(), first.to_array(), rtol=1e-3, atol=1e-3)
 
 
 def test_a_changed_or_added_image_is_recomputed_alone(tmp_path: Path, tiny_net):
@@ -51,8 +52,8 @@ def test_a_changed_or_added_image_is_recomputed_alone(tmp_path: Path, tiny_net):
     added = make_image(tmp_path / "d" / "red" / "new.png", (200, 40, 40), seed=42)
     after = extract([*paths, added], tiny_net, tmp_path / "cache")
     assert after.computed == 2
-    assert not np.allclose(after.features[0], before.features[0])
-    np.testing.assert_allclose(after.features[1:8], before.features[1:], rtol=1e-3, atol=1e-3)
+    assert not np.allclose(after.to_array()[0], before.to_array()[0])
+    np.testing.assert_allclose(after.to_array()[1:8], before.to_array()[1:], rtol=1e-3, atol=1e-3)
 
 
 def test_a_corrupted_entry_is_detected_and_rebuilt(tmp_path: Path, tiny_net):
@@ -68,7 +69,7 @@ def test_a_corrupted_entry_is_detected_and_rebuilt(tmp_path: Path, tiny_net):
     db.close()
     again = extract(paths, tiny_net, tmp_path / "cache")
     assert again.computed == 2
-    np.testing.assert_allclose(again.features, good.features, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(again.to_array(), good.to_array(), rtol=1e-3, atol=1e-3)
 
 
 def test_a_damaged_cache_database_is_rebuilt(tmp_path: Path, tiny_net):
@@ -91,17 +92,20 @@ def test_another_extractor_gets_another_cache(tmp_path: Path, tiny_net):
 def test_mirror_features_are_cached_too(tmp_path: Path, tiny_net):
     paths = sorted(make_folder(tmp_path / "d", per_class=2).rglob("*.png"))
     flipped = extract(paths, tiny_net, tmp_path / "cache", flip=True)
-    assert flipped.flipped.shape == flipped.features.shape
-    assert not np.allclose(flipped.flipped, flipped.features)
+    mirrored = flipped.flipped.read(np.arange(4))
+    assert mirrored.shape == flipped.to_array().shape
+    assert not np.allclose(mirrored, flipped.to_array())
     assert extract(paths, tiny_net, tmp_path / "cache", flip=True).computed == 0
 
 
-def test_undecodable_images_get_nan_rows(tmp_path: Path, tiny_net):
+def test_undecodable_images_are_marked(tmp_path: Path, tiny_net):
     paths = sorted(make_folder(tmp_path / "d", per_class=2).rglob("*.png"))
     broken = tmp_path / "broken.png"
     broken.write_bytes(paths[0].read_bytes()[:60])
     result = extract([*paths, broken], tiny_net, tmp_path / "cache")
-    assert np.isnan(result.features[-1]).all() and not np.isnan(result.features[:-1]).any()
+    assert result.ok.tolist() == [True] * 4 + [False]
+    array = result.to_array()
+    assert np.isnan(array[-1]).all() and not np.isnan(array[:-1]).any()
     assert broken in result.failed
 
 
@@ -127,7 +131,7 @@ def gaussian_classes(n_per_class, shift, seed=0, counts=None):
 def test_linear_head_picks_l2_on_validation_and_applies_to_raw_features():
     x, y = gaussian_classes(100, 0.8)
     xv, yv = gaussian_classes(100, 0.8, seed=1)
-    head = fit_linear_head(x * 10 + 3, y, xv * 10 + 3, yv, num_classes=2)
+    head = fit_linear_head(Rows.from_array(x * 10 + 3, y), Rows.from_array(xv * 10 + 3, yv), num_classes=2)
     assert head.weight.shape == (2, 8) and head.val.accuracy > 0.85
     proba = linear_probabilities(head.weight, head.bias, xv * 10 + 3)
     assert np.allclose(proba.sum(1), 1) and (proba.argmax(1) == yv).mean() == pytest.approx(head.val.accuracy)
@@ -135,17 +139,59 @@ def test_linear_head_picks_l2_on_validation_and_applies_to_raw_features():
 
 def test_linear_head_cross_validates_without_a_validation_split():
     x, y = gaussian_classes(30, 1.5)
-    head = fit_linear_head(x, y, None, None, num_classes=2)
+    head = fit_linear_head(Rows.from_array(x, y), None, num_classes=2)
     assert head.val is None and head.train.accuracy > 0.85 and head.C in (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
 def test_balanced_class_weight_raises_minority_recall():
     x, y = gaussian_classes(0, 1.0, counts=[400, 20])
     xv, yv = gaussian_classes(0, 1.0, seed=1, counts=[200, 200])
-    plain = fit_linear_head(x, y, None, None, num_classes=2)
-    balanced = fit_linear_head(x, y, None, None, num_classes=2, class_weight="balanced")
+    plain = fit_linear_head(Rows.from_array(x, y), None, num_classes=2)
+    balanced = fit_linear_head(Rows.from_array(x, y), None, num_classes=2, class_weight="balanced")
     recall = lambda h: (linear_probabilities(h.weight, h.bias, xv).argmax(1)[yv == 1] == 1).mean()  # noqa: E731
     assert recall(balanced) > recall(plain) + 0.2
+
+
+@pytest.mark.parametrize("class_weight", [None, "balanced"])
+def test_logistic_head_minimises_scikit_learns_objective(class_weight):
+    """Same objective as LogisticRegression (multinomial, L2 on the weights, standardised features)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(300, 6)) * [1, 2, 5, 0.5, 1, 3] + 4).astype(np.float32)
+    y = np.concatenate([np.zeros(150, int), np.ones(100, int), np.full(50, 2)])
+    x[y == 1, 0] += 1.5
+    x[y == 2, 1] += 3
+    scaler = StandardScaler().fit(x)
+    reference = LogisticRegression(C=0.05, class_weight=class_weight, tol=1e-10, max_iter=10_000)
+    reference.fit(scaler.transform(x), y)
+    weight, bias = fit_logistic(Rows.from_array(x, y), 3, C=0.05, class_weight=class_weight)
+    ours = linear_probabilities(weight, bias, x)
+    np.testing.assert_allclose(ours, reference.predict_proba(scaler.transform(x)), atol=2e-3)
+
+
+def test_streamed_rows_give_the_same_head_as_resident_rows(monkeypatch):
+    x, y = gaussian_classes(300, 0.8)
+    resident = fit_linear_head(Rows.from_array(x, y), None, num_classes=2)
+    # Nothing kept in memory, and chunks of 64 rows: the head must not change.
+    monkeypatch.setattr(features, "RESIDENT_BYTES", 0)
+    monkeypatch.setattr(features, "CHUNK_ROWS", 64)
+    rows = Rows.from_array(x, y)
+    assert rows._resident is None and len(list(rows.chunks())) == 10
+    streamed = fit_linear_head(rows, None, num_classes=2)
+    assert streamed.C == resident.C
+    np.testing.assert_allclose(streamed.weight, resident.weight, rtol=1e-4, atol=1e-5)
+
+
+def test_rows_select_across_matrices():
+    a = FeatureMatrix.from_array(np.arange(20, dtype=np.float32).reshape(10, 2))
+    b = FeatureMatrix.from_array(-np.arange(20, dtype=np.float32).reshape(10, 2))
+    rows = Rows([(a, np.array([1, 3, 4])), (b, np.array([0, 9]))], np.array([0, 1, 0, 1, 1]))
+    np.testing.assert_array_equal(rows.to_array()[:, 0], [2, 6, 8, 0, -18])
+    part = rows.subset(np.array([1, 3, 4]))
+    np.testing.assert_array_equal(part.to_array()[:, 0], [6, 0, -18])
+    assert part.labels.tolist() == [1, 1, 1]
 
 
 def test_lightweight_fit_saves_the_same_end_to_end_model(tmp_path: Path, tiny_weights: Path):

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
+import tempfile
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +47,8 @@ __all__ = [
     "file_identity",
     "cache_summary",
     "clear_cache",
+    "FeatureMatrix",
+    "Rows",
     "FeatureSet",
     "extract_features",
 ]
@@ -122,33 +126,27 @@ class FeatureCache:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def lookup(self, paths: Sequence[Path], variant: int = ORIGINAL) -> tuple[np.ndarray, list[int]]:
-        """Cached features for ``paths`` (float16, one row each) and the indices still to compute.
-
-        A row whose file changed, or whose bytes fail their checksum, counts as missing.
+    def lookup(self, paths: Sequence[Path], out: FeatureMatrix, variant: int = ORIGINAL) -> list[int]:
+        """Copy the cached features of ``paths`` into the rows of ``out``; returns the indices
+        still to compute. A row whose file changed, or whose bytes fail their checksum, counts
+        as missing. Read 500 rows at a time, so memory does not grow with ``paths``.
         """
         dim = self.key.num_features
-        out = np.zeros((len(paths), dim), dtype=np.float16)
         missing = []
-        identities = [file_identity(p) for p in paths]
-        rows = {}
         query = "SELECT path, size, mtime_ns, crc, data FROM features WHERE variant = ? AND path IN ({})"
-        names = [i[0] for i in identities]
-        for start in range(0, len(names), 500):  # SQLite caps the number of bound parameters
-            chunk = names[start:start + 500]
-            for row in self._db.execute(query.format(",".join("?" * len(chunk))), (variant, *chunk)):
-                rows[row[0]] = row[1:]
-        for i, (name, size, mtime_ns) in enumerate(identities):
-            row = rows.get(name)
-            if row is None or row[0] != size or row[1] != mtime_ns:
-                missing.append(i)
-                continue
-            crc, data = row[2], row[3]
-            if len(data) != dim * 2 or zlib.crc32(data) != crc:
-                missing.append(i)
-                continue
-            out[i] = np.frombuffer(data, dtype=np.float16)
-        return out, missing
+        for start in range(0, len(paths), 500):  # SQLite caps the number of bound parameters
+            identities = [file_identity(p) for p in paths[start:start + 500]]
+            names = [i[0] for i in identities]
+            rows = {row[0]: row[1:] for row in
+                    self._db.execute(query.format(",".join("?" * len(names))), (variant, *names))}
+            for i, (name, size, mtime_ns) in enumerate(identities, start):
+                row = rows.get(name)
+                if row is None or row[0] != size or row[1] != mtime_ns or len(row[3]) != dim * 2 \
+                        or zlib.crc32(row[3]) != row[2]:
+                    missing.append(i)
+                    continue
+                out.write_bytes(i, row[3])
+        return missing
 
     def store(self, paths: Sequence[Path], features: np.ndarray, variant: int = ORIGINAL) -> None:
         """Save one batch of features in one transaction."""
@@ -205,16 +203,139 @@ def clear_cache(root: str | Path) -> int:
 
 
 
+class FeatureMatrix:
+    """Rows of float16 features in an anonymous temporary file, read back in bounded chunks.
+
+    The lightweight head makes hundreds of passes over the training features.
+    Held in memory they would make it grow with the dataset (2.5 kB per image
+    for Lite0 in float16, 10 kB in the float64 copy scikit-learn's solver
+    makes); here they stay in the file (in the OS page cache while it has room)
+    and a pass holds one chunk at a time. The file is unlinked at creation: it
+    disappears with the process, even after a crash.
+    """
+
+    def __init__(self, rows: int, dim: int, folder: str | Path | None = None):
+        self.rows, self.dim = rows, dim
+        self._row_bytes = dim * 2
+        self._file = tempfile.TemporaryFile(dir=folder)
+        self._file.truncate(rows * self._row_bytes)
+        self._fd = self._file.fileno()
+
+    @classmethod
+    def from_array(cls, array: np.ndarray, folder: str | Path | None = None) -> "FeatureMatrix":
+        matrix = cls(*array.shape, folder)
+        for start in range(0, len(array), 4096):
+            block = np.ascontiguousarray(array[start:start + 4096], dtype=np.float16)
+            os.pwrite(matrix._fd, block.tobytes(), start * matrix._row_bytes)
+        return matrix
+
+    def write(self, row: int, values: np.ndarray) -> None:
+        self.write_bytes(row, np.asarray(values, dtype=np.float16).tobytes())
+
+    def write_bytes(self, row: int, data: bytes) -> None:
+        os.pwrite(self._fd, data, row * self._row_bytes)
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """The rows at ``indices`` (ascending), as float32; reads the span they cover."""
+        indices = np.asarray(indices)
+        if not len(indices):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        first, last = int(indices[0]), int(indices[-1])
+        span = np.empty((last - first + 1, self.dim), dtype=np.float16)
+        os.preadv(self._fd, [memoryview(span).cast("B")], first * self._row_bytes)
+        return span[indices - first].astype(np.float32)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# Rows per chunk when streaming features: 4096 x 1280 float32 is 21 MB.
+CHUNK_ROWS = 4096
+# Below this many float32 bytes, a set of rows is read once and kept in memory:
+# small datasets skip the file reads on every pass, and memory stays bounded.
+RESIDENT_BYTES = 64 << 20
+
+
+class Rows:
+    """Some rows of feature matrices, with their labels: a training, validation or fold set.
+
+    ``chunks()`` yields the rows as float32 arrays of at most :data:`CHUNK_ROWS`
+    rows, in order; rows are read from disk on each pass, unless all of them fit in
+    :data:`RESIDENT_BYTES`, when they are read once and kept.
+    """
+
+    def __init__(self, parts: Sequence[tuple[FeatureMatrix, np.ndarray]], labels: np.ndarray):
+        self.parts = [(matrix, np.asarray(indices, dtype=np.int64)) for matrix, indices in parts]
+        self.labels = np.asarray(labels)
+        assert sum(len(i) for _, i in self.parts) == len(self.labels)
+        self.dim = self.parts[0][0].dim if self.parts else 0
+        self._resident: list[np.ndarray] | None = None
+        if len(self) * self.dim * 4 <= RESIDENT_BYTES:
+            self._resident = list(self._read_chunks())
+
+    @classmethod
+    def from_array(cls, features: np.ndarray, labels: np.ndarray) -> "Rows":
+        return cls([(FeatureMatrix.from_array(features), np.arange(len(features)))], labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        return iter(self._resident) if self._resident is not None else self._read_chunks()
+
+    def _read_chunks(self) -> Iterator[np.ndarray]:
+        for matrix, indices in self.parts:
+            blocks = indices // CHUNK_ROWS
+            bounds = np.flatnonzero(np.diff(blocks)) + 1
+            for group in np.split(indices, bounds):
+                if len(group):
+                    yield matrix.read(group)
+
+    def subset(self, positions: np.ndarray) -> "Rows":
+        """The rows at ``positions`` (ascending, counted across parts)."""
+        positions = np.asarray(positions)
+        parts, offset = [], 0
+        for matrix, indices in self.parts:
+            inside = positions[(positions >= offset) & (positions < offset + len(indices))]
+            parts.append((matrix, indices[inside - offset]))
+            offset += len(indices)
+        return Rows(parts, self.labels[positions])
+
+    def to_array(self) -> np.ndarray:
+        return np.concatenate(list(self.chunks())) if len(self) else np.zeros((0, self.dim), np.float32)
+
+
 @dataclass
 class FeatureSet:
-    """Pooled features of a list of images, in order; NaN rows for images that failed to decode."""
+    """Pooled features of a list of images, in order, in float16 files."""
 
-    features: np.ndarray  # float32 (N, num_features)
-    flipped: np.ndarray | None  # the mirror images' features, when asked for
+    matrix: FeatureMatrix  # (N, num_features); a row is zeros where ``ok`` is False
+    flipped: FeatureMatrix | None  # the mirror images' features, when asked for
+    ok: np.ndarray  # bool (N,): False for images that failed to decode
     failed: dict[Path, str]
     engine: str
     computed: int  # images that went through the backbone (the rest came from the cache)
     seconds: float
+
+    def rows(self, indices: np.ndarray, labels: np.ndarray, with_flipped: bool = False) -> Rows:
+        """The images at ``indices`` (ascending) with their labels; with ``with_flipped``, their
+        mirror images too, as more rows."""
+        parts = [(self.matrix, indices)]
+        if with_flipped and self.flipped is not None:
+            parts.append((self.flipped, indices))
+            labels = np.concatenate([labels, labels])
+        return Rows(parts, labels)
+
+    def to_array(self) -> np.ndarray:
+        """Every row in memory, float32, NaN where an image failed: for small sets and tests."""
+        out = self.matrix.read(np.arange(self.matrix.rows))
+        out[~self.ok] = np.nan
+        return out
+
+    def close(self) -> None:
+        self.matrix.close()
+        if self.flipped is not None:
+            self.flipped.close()
 
 
 def extract_features(paths: Sequence[Path], net, spec: BackboneSpec, preprocessing: Preprocessing,
@@ -240,7 +361,8 @@ def extract_features(paths: Sequence[Path], net, spec: BackboneSpec, preprocessi
     # The first candidate engine is the one used unless it fails: look there first, so a
     # warm run never builds an engine at all.
     cache = FeatureCache(cache_dir, key_for(names[0]))
-    found, todo = _lookup(cache, paths, variants)
+    found = {v: FeatureMatrix(len(paths), spec.num_features, cache.folder) for v in variants}
+    todo = _lookup(cache, paths, found)
     used = names[0]
     failed: dict[Path, str] = {}
     if todo:
@@ -252,7 +374,7 @@ def extract_features(paths: Sequence[Path], net, spec: BackboneSpec, preprocessi
         if used != names[0]:
             cache.close()
             cache = FeatureCache(cache_dir, key_for(used))
-            found, todo = _lookup(cache, paths, variants)
+            todo = _lookup(cache, paths, found)
         console.info(f"extracting features of {len(todo)} image(s) with engine {used} "
                      f"({len(paths) - len(todo)} cached)")
         dataset = ImageDataset.for_eval([paths[i] for i in todo], todo, preprocessing)
@@ -271,22 +393,20 @@ def extract_features(paths: Sequence[Path], net, spec: BackboneSpec, preprocessi
                 images = batch.images.flip(-1) if variant == FLIPPED else batch.images
                 features = runner(images).numpy()
                 cache.store(batch_paths, features, variant)
-                found[variant][rows] = features.astype(np.float16)
+                for row, feature in zip(rows, features):
+                    found[variant].write(row, feature)
     cache.close()
-    out = {v: found[v].astype(np.float32) for v in variants}
-    for path in failed:
-        for v in variants:
-            out[v][paths.index(path)] = np.nan
-    return FeatureSet(out[ORIGINAL], out.get(FLIPPED), failed, used, len(todo), time.perf_counter() - start)
+    ok = np.ones(len(paths), dtype=bool)
+    ok[[paths.index(path) for path in failed]] = False
+    return FeatureSet(found[ORIGINAL], found.get(FLIPPED), ok, failed, used, len(todo),
+                      time.perf_counter() - start)
 
 
-def _lookup(cache: FeatureCache, paths: Sequence[Path], variants: Sequence[int]
-            ) -> tuple[dict[int, np.ndarray], list[int]]:
-    found, missing = {}, set()
-    for variant in variants:
-        found[variant], absent = cache.lookup(paths, variant)
-        missing.update(absent)
-    return found, sorted(missing)
+def _lookup(cache: FeatureCache, paths: Sequence[Path], found: dict[int, FeatureMatrix]) -> list[int]:
+    missing = set()
+    for variant, matrix in found.items():
+        missing.update(cache.lookup(paths, matrix, variant))
+    return sorted(missing)
 
 
 def _sample_batch(paths: Sequence[Path], todo: Sequence[int], preprocessing: Preprocessing,

@@ -35,6 +35,7 @@ from .errors import BackboneError, DataError, ModelFileError, NotFittedError, Us
 from .evaluate import classification_metrics
 from .features import default_cache_dir, extract_features
 from .head import ClassifierNet, Head
+from .linear import fit_linear_head, probabilities
 from .runtime import Prediction, best_classes, stack_probabilities
 
 __all__ = ["ImageClassifier", "Prediction", "load", "MODEL_FILE", "CONFIG_FILE"]
@@ -232,18 +233,14 @@ class ImageClassifier:
         for path, reason in features.failed.items():
             console.warn(f"skipping {path}: {reason}")
         labels = np.array([s.label for s in samples])
-        ok = ~np.isnan(features.features).any(axis=1)
-        parts = np.cumsum([0, len(split.train), len(split.val), len(split.test)])
-        x = {name: features.features[parts[i]:parts[i + 1]] for i, name in enumerate(("train", "val", "test"))}
-        y = {name: labels[parts[i]:parts[i + 1]] for i, name in enumerate(("train", "val", "test"))}
-        keep = {name: ok[parts[i]:parts[i + 1]] for i, name in enumerate(("train", "val", "test"))}
-        x_train, y_train = x["train"][keep["train"]], y["train"][keep["train"]]
-        if features.flipped is not None:
-            x_train = np.concatenate([x_train, features.flipped[:len(split.train)][keep["train"]]])
-            y_train = np.concatenate([y_train, y_train])
-        x_val = x["val"][keep["val"]] if split.val else None
-        head = training.fit_linear_head(x_train, y_train, x_val, y["val"][keep["val"]] if split.val else None,
-                                        len(split.classes), config.class_weight, config.seed)
+        bounds = np.cumsum([0, len(split.train), len(split.val), len(split.test)])
+        # Positions of each split's decodable images in `samples`.
+        usable = {name: np.flatnonzero(features.ok[bounds[i]:bounds[i + 1]]) + bounds[i]
+                  for i, name in enumerate(("train", "val", "test"))}
+        rows = {name: features.rows(index, labels[index], with_flipped=name == "train")
+                for name, index in usable.items()}
+        head = fit_linear_head(rows["train"], rows["val"] if len(rows["val"]) else None, len(split.classes),
+                               config.class_weight, config.seed)
         with torch.no_grad():
             net.head.fc.weight.copy_(torch.from_numpy(head.weight))
             net.head.fc.bias.copy_(torch.from_numpy(head.bias))
@@ -263,9 +260,10 @@ class ImageClassifier:
                              "cached": len(samples) - features.computed, "seconds": features.seconds},
                 "head": {"C": head.C, "seconds": head.seconds}}
         proba = {}
-        for name in ("val", "test"):
-            proba[name] = np.full((len(x[name]), len(split.classes)), np.nan)
-            proba[name][keep[name]] = training.linear_probabilities(head.weight, head.bias, x[name][keep[name]])
+        for i, name in enumerate(("val", "test"), start=1):
+            proba[name] = np.full((bounds[i + 1] - bounds[i], len(split.classes)), np.nan)
+            proba[name][usable[name] - bounds[i]] = probabilities(rows[name], head.weight, head.bias)
+        features.close()
         return result, info, proba
 
     def _final_metrics(self, split: DatasetSplit, result: training.TrainResult, workflow: str,

@@ -42,9 +42,6 @@ __all__ = [
     "fit",
     "fine_tune",
     "Checkpointing",
-    "LinearHead",
-    "fit_linear_head",
-    "linear_probabilities",
 ]
 
 HISTORY_COLUMNS = ("epoch", "stage", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -415,98 +412,3 @@ def fine_tune(net: ClassifierNet, train_loader: DataLoader, val_loader: DataLoad
         net.load_state_dict(before_state)
         console.info(f"fine-tuning did not improve validation ({before.accuracy:.2%} -> {after.accuracy:.2%}): "
                      "keeping the stage-1 weights")
-
-
-# Inverse L2 strengths tried for the lightweight head: from strong regularisation,
-# which few hundred images need, to almost none.
-C_GRID = tuple(float(c) for c in np.logspace(-4, 1, 6))
-
-
-@dataclass
-class LinearHead:
-    """A fitted linear head: logits = features @ weight.T + bias."""
-
-    weight: np.ndarray  # (num_classes, num_features)
-    bias: np.ndarray  # (num_classes,)
-    C: float
-    train: EpochStats
-    val: EpochStats | None
-    seconds: float
-
-
-def fit_linear_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
-                    y_val: np.ndarray | None, num_classes: int, class_weight: str | None = None,
-                    seed: int = 0) -> LinearHead:
-    """Multinomial logistic regression on pooled features, full-batch L-BFGS (scikit-learn).
-
-    The L2 strength is the one with the lowest validation log loss; without a
-    validation split, the lowest stratified cross-validated log loss on the
-    training features. Features are standardised for the solver, and the
-    scaling is folded back into the weights, so the head applies to raw pooled
-    features.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.preprocessing import StandardScaler
-
-    start = time.perf_counter()
-    has_val = x_val is not None and len(x_val) > 0
-    present = np.bincount(y_train, minlength=num_classes)
-    present = present[present > 0]
-    if has_val:
-        folds = [(x_train, y_train, x_val, y_val)]
-    elif present.min() >= 2:
-        splitter = StratifiedKFold(n_splits=int(min(5, present.min())), shuffle=True, random_state=seed)
-        folds = [(x_train[a], y_train[a], x_train[b], y_train[b]) for a, b in splitter.split(x_train, y_train)]
-    else:  # a class with a single image: nothing to validate on, take a middle strength
-        folds = []
-    losses = np.zeros(len(C_GRID))
-    for xa, ya, xb, yb in folds:
-        losses += _path_losses(xa, ya, xb, yb, num_classes, class_weight)
-    c = C_GRID[int(np.argmin(losses))] if folds else 0.1
-
-    scaler = StandardScaler().fit(x_train)
-    model = LogisticRegression(C=c, max_iter=500, class_weight=class_weight).fit(scaler.transform(x_train), y_train)
-    coef, intercept = model.coef_, model.intercept_
-    if coef.shape[0] == 1:  # scikit-learn keeps one row for two classes: split it symmetrically
-        coef = np.concatenate([-coef / 2, coef / 2])
-        intercept = np.concatenate([-intercept / 2, intercept / 2])
-    weight = (coef / scaler.scale_).astype(np.float32)
-    bias = (intercept - weight @ scaler.mean_).astype(np.float32)
-    labels = list(range(num_classes))
-    return LinearHead(weight, bias, c, _linear_stats(weight, bias, x_train, y_train, labels),
-                      _linear_stats(weight, bias, x_val, y_val, labels) if has_val else None,
-                      time.perf_counter() - start)
-
-
-def _path_losses(x_train, y_train, x_val, y_val, num_classes: int, class_weight: str | None) -> np.ndarray:
-    """Validation log loss for each C of the grid, fitted from strong to weak L2 with warm starts."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(x_train)
-    a_train, a_val = scaler.transform(x_train), scaler.transform(x_val)
-    model = LogisticRegression(max_iter=500, warm_start=True, class_weight=class_weight)
-    losses = []
-    for c in C_GRID:
-        model.set_params(C=c).fit(a_train, y_train)
-        proba = np.zeros((len(x_val), num_classes))
-        proba[:, model.classes_] = model.predict_proba(a_val)
-        proba /= proba.sum(axis=1, keepdims=True)  # float32 rounding: log_loss wants exact sums
-        losses.append(log_loss(y_val, proba, labels=list(range(num_classes))))
-    return np.array(losses)
-
-
-def linear_probabilities(weight: np.ndarray, bias: np.ndarray, x: np.ndarray) -> np.ndarray:
-    logits = np.asarray(x, dtype=np.float64) @ np.asarray(weight, dtype=np.float64).T + bias
-    logits -= logits.max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    return p / p.sum(axis=1, keepdims=True)
-
-
-def _linear_stats(weight, bias, x, y, labels) -> EpochStats:
-    from sklearn.metrics import log_loss
-
-    p = linear_probabilities(weight, bias, x)
-    return EpochStats(float(log_loss(y, p, labels=labels)), float((p.argmax(1) == y).mean()), len(y))
