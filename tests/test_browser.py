@@ -126,3 +126,28 @@ def test_report_opens_offline_with_every_image_rendered(trained):
     for heading in ("Data", "Settings", "Training: stage 1 and fine-tuning", "Metrics", "Top losses", "Timings"):
         assert heading in text
     assert "ants" in text and "bees" in text and "validation" in text
+
+
+def test_inspect_page_opens_offline_with_every_thumbnail_rendered(trained, tmp_path):
+    sync_playwright = browser_or_skip()
+    from headstart.cli import main
+
+    run, data = trained
+    out = tmp_path / "inspect"
+    # The features the training run cached are reused: this takes seconds.
+    assert main(["-q", "inspect", str(data), "--out", str(out), "--cache-dir", str(run.parent / "cache")]) == 0
+    page_path = out / "inspect.html"
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(page_path.as_uri())
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")
+        text = page.inner_text("body")
+        browser.close()
+    assert errors == []
+    assert images and all(images), "a flagged image's thumbnail does not render"
+    assert "Likely label errors" in text and "Images per class" in text

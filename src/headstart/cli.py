@@ -153,6 +153,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="allow replacing an existing --output")
     e.add_argument("--tta", action="store_true", help="average with the mirror image's prediction")
     _add_hardware(e)
+
+    from .inspection import InspectSettings  # light: the options' defaults live there, in one place
+
+    i_default = InspectSettings()
+    i = commands.add_parser("inspect", help="find unreadable, duplicated, leaked and likely mislabelled images")
+    i.add_argument("data", type=Path, metavar="DATA", help="image folder: one subfolder per class, or "
+                   "train/ and val/ (or validation/) split folders, optionally test/")
+    i.add_argument("--out", type=Path, help="folder for inspect.csv and inspect.html "
+                   "(default: runs/inspect-<timestamp>; never inside DATA)")
+    i.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    i.add_argument("--backbone", default=i_default.backbone,
+                   help="the features compared (same as training's to reuse its cached features)")
+    i.add_argument("--weights", metavar="FILE", help="local weights (.safetensors, or a .pth state_dict)")
+    i.add_argument("--image-size", type=int, metavar="PX", help="input size (default: the backbone's own)")
+    i.add_argument("--engine", choices=ENGINES, default=i_default.engine, help="what runs the backbone")
+    i.add_argument("--cache-dir", type=Path, help="where features are cached (default: the user cache folder)")
+    i.add_argument("--near-duplicate", type=float, default=i_default.near_duplicate, metavar="SIM",
+                   help=f"cosine similarity of features from which two images count as near-duplicates "
+                   f"(default: {i_default.near_duplicate})")
+    i.add_argument("--folds", type=int, default=i_default.folds,
+                   help="cross-validation folds for the out-of-fold probabilities behind label errors")
+    _add_hardware(i)
     return parser
 
 
@@ -198,9 +220,8 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> E
 
 
 # The modules an install may lack, and the extra of pyproject.toml that brings each.
-_EXTRA_OF = {**dict.fromkeys(("torch", "torchvision", "timm", "sklearn", "safetensors", "onnx", "platformdirs",
-                              "matplotlib"),
-                             "train"),
+_EXTRA_OF = {**dict.fromkeys(("torch", "torchvision", "timm", "sklearn", "scipy", "threadpoolctl", "safetensors",
+                              "onnx", "platformdirs", "matplotlib"), "train"),
              **dict.fromkeys(("fastapi", "uvicorn", "multipart"), "serve")}
 
 
@@ -216,8 +237,8 @@ def _training_kwargs(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k in names and k != "verbose"}
 
 
-def _default_run_dir() -> Path:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+def _default_run_dir(prefix: str = "") -> Path:
+    stamp = prefix + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path, n = Path("runs") / stamp, 1
     while path.exists():
         n += 1
@@ -433,6 +454,34 @@ def _report(args: argparse.Namespace, console: Console) -> ExitStatus:
     return ExitStatus.SUCCESS
 
 
+def _inspect(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from .backbone import resolve_architecture
+    from .inspection import InspectSettings, inspect_folder, load_split, summary_lines, write_inspection
+    from .model import prepare_output_dir
+
+    settings = InspectSettings(backbone=args.backbone, weights=args.weights, image_size=args.image_size,
+                               engine=args.engine, near_duplicate=args.near_duplicate, folds=args.folds,
+                               device=args.device, workers=args.workers)
+    resolve_architecture(settings.backbone)  # a misspelt name fails before any work
+    split = load_split(args.data)
+    out = args.out or _default_run_dir("inspect-")
+    if out.resolve().is_relative_to(split.root.resolve()):
+        raise UsageError(f"--out {out} is inside DATA ({args.data}): its files would be inspected next "
+                         "time; choose a folder outside it")
+    out = prepare_output_dir(out, args.overwrite)
+    result = inspect_folder(split, settings, cache_dir=args.cache_dir, console=console)
+    leaks = [f for f in result.findings if f.leak]
+    for finding in leaks[:10]:
+        console.warn(f"{finding.kind.replace('_', ' ')} {finding.path}: {finding.detail}")
+    if len(leaks) > 10:
+        console.warn(f"{len(leaks) - 10} more duplicate(s) across splits or with conflicting labels")
+    for line in summary_lines(result):
+        console.result(line)
+    for path in write_inspection(result, out):
+        console.result(str(path))
+    return ExitStatus.SUCCESS
+
+
 def _cache(args: argparse.Namespace, console: Console) -> ExitStatus:
     from .features import cache_summary, clear_cache, default_cache_dir
 
@@ -501,4 +550,4 @@ def _serve(args: argparse.Namespace, console: Console) -> ExitStatus:
 
 
 _COMMANDS = {"train": _train, "predict": _predict, "evaluate": _evaluate, "cache": _cache, "report": _report,
-             "export": _export, "serve": _serve}
+             "export": _export, "serve": _serve, "inspect": _inspect}
