@@ -36,7 +36,8 @@ finally:
 sys.exit(int(status))
 """
 
-_HEADSTART = "from headstart.cli import main; status = main(sys.argv[1:])"
+# The console script's own entry point, exit included, as a user runs `headstart`.
+_HEADSTART = "from headstart.cli import run; run()"
 
 _BASELINE = r"""
 import time, torch, timm, torchvision

@@ -1,6 +1,7 @@
 """Pages in headless Chromium: a person drops a real photo on the serve page and sees its class;
 a training run's report.html opens offline with every plot and thumbnail rendered."""
 
+import contextlib
 import os
 import shutil
 import socket
@@ -32,6 +33,23 @@ def browser_or_skip():
             pytest.fail(f"CI must provide {' and '.join(missing)}")
         pytest.skip(f"no headless browser here: {' and '.join(missing)}")
     return sync_playwright
+
+
+@contextlib.contextmanager
+def browser_page():
+    """A headless Chromium page recording console errors, uncaught exceptions and every request."""
+    sync_playwright = browser_or_skip()
+    errors, fetched = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: fetched.append(r.url))
+        try:
+            yield page, errors, fetched
+        finally:
+            browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +87,9 @@ def server(trained):
 
 
 def test_drop_a_real_photo_and_see_its_class(server):
-    sync_playwright = browser_or_skip()
     url, data = server
     bee = sorted((data / "val" / "bees").glob("*.jpg"))[0]
-    errors = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page()
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
+    with browser_page() as (page, errors, _):
         page.goto(url)
         assert "ants, bees" in page.content()
         page.set_input_files("#pick", str(bee))
@@ -88,7 +100,6 @@ def test_drop_a_real_photo_and_see_its_class(server):
         track = page.eval_on_selector(".result .row", "r => r.getBoundingClientRect().width")
         if os.environ.get("HEADSTART_SCREENSHOT"):  # to look at the page: HEADSTART_SCREENSHOT=page.png
             page.screenshot(path=os.environ["HEADSTART_SCREENSHOT"])
-        browser.close()
     assert first.startswith("bees"), first
     assert rendered, "the dropped photo does not render"
     assert bar > 0.2 * track, f"the top probability bar is {bar:.0f} px wide in a {track:.0f} px row"
@@ -96,16 +107,9 @@ def test_drop_a_real_photo_and_see_its_class(server):
 
 
 def test_report_opens_offline_with_every_image_rendered(trained):
-    sync_playwright = browser_or_skip()
     run, _ = trained
     report = run / "report.html"
-    errors, fetched = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page()
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: fetched.append(r.url))
+    with browser_page() as (page, errors, fetched):
         page.goto(report.as_uri())
         page.wait_for_load_state("load")
         images = page.eval_on_selector_all(
@@ -113,7 +117,6 @@ def test_report_opens_offline_with_every_image_rendered(trained):
         text = page.inner_text("body")
         if os.environ.get("HEADSTART_SCREENSHOT"):
             page.screenshot(path=os.environ["HEADSTART_SCREENSHOT"].replace(".png", "-report.png"), full_page=True)
-        browser.close()
     assert errors == []
     # Self-contained: the page itself, then only inline data, never a file or server beside it.
     assert [u for u in fetched if not u.startswith("data:")] == [report.as_uri()]
@@ -129,25 +132,20 @@ def test_report_opens_offline_with_every_image_rendered(trained):
 
 
 def test_inspect_page_opens_offline_with_every_thumbnail_rendered(trained, tmp_path):
-    sync_playwright = browser_or_skip()
     from headstart.cli import main
 
+    browser_or_skip()
     run, data = trained
     out = tmp_path / "inspect"
     # The features the training run cached are reused: this takes seconds.
     assert main(["-q", "inspect", str(data), "--out", str(out), "--cache-dir", str(run.parent / "cache")]) == 0
     page_path = out / "inspect.html"
-    errors = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page()
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
+    with browser_page() as (page, errors, fetched):
         page.goto(page_path.as_uri())
         page.wait_for_load_state("load")
         images = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")
         text = page.inner_text("body")
-        browser.close()
     assert errors == []
+    assert [u for u in fetched if not u.startswith("data:")] == [page_path.as_uri()]
     assert images and all(images), "a flagged image's thumbnail does not render"
     assert "Likely label errors" in text and "Images per class" in text
