@@ -175,14 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default: {i_default.near_duplicate})")
     i.add_argument("--folds", type=int, default=i_default.folds,
                    help="cross-validation folds for the out-of-fold probabilities behind label errors")
-    _add_hardware(i)
+    _add_hardware(i, precision=False)  # the engine sets the precision of feature extraction
     return parser
 
 
-def _add_hardware(group) -> None:
+def _add_hardware(group, precision: bool = True) -> None:
     group.add_argument("--device", default=_DEFAULT.device, help="auto (CUDA when present), cpu, cuda or cuda:N")
-    group.add_argument("--precision", default=_DEFAULT.precision, choices=PRECISIONS,
-                       help="auto: bf16 where the hardware runs it natively, else fp32 (fp16 on older GPUs)")
+    if precision:
+        group.add_argument("--precision", default=_DEFAULT.precision, choices=PRECISIONS,
+                           help="auto: bf16 where the hardware runs it natively, else fp32 (fp16 on older GPUs)")
     group.add_argument("--workers", type=int, default=None, help="image decoding processes "
                        "(default: one per core, at most 4)")
 
