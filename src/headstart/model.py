@@ -200,16 +200,9 @@ class ImageClassifier:
         self.config_ = ModelConfig(classes=split.classes, backbone=spec, head=head_spec,
                                    preprocessing=preprocessing, training=config, versions=library_versions())
         self.history_ = result.history
-        # Images that failed only when decoded were never trained or validated on: the
-        # saved split and counts leave them out, as skipped.csv lists them.
-        failed = result.failed
-        usable = {name: np.array([s.path not in failed for s in samples], dtype=bool)
-                  for name, samples in split.splits().items()}
-        split = dataclasses.replace(split, **{name: [s for s, ok in zip(samples, usable[name]) if ok]
-                                              for name, samples in split.splits().items()})
-        head_proba = {name: proba[usable[name]] for name, proba in head_proba.items()}
+        split, head_proba = _without_failed(split, result.failed, head_proba)
         self.split_ = split
-        self.skipped_ = split.skipped + [Skipped(p, r) for p, r in failed.items()]
+        self.skipped_ = split.skipped + [Skipped(p, r) for p, r in result.failed.items()]
         clock = time.perf_counter()
         self.metrics_ = self._final_metrics(split, result, workflow, head_info, head_proba)
         timings["evaluation"] = time.perf_counter() - clock
@@ -522,6 +515,20 @@ def _load_state(net: ClassifierNet, path: Path) -> None:
         raise ModelFileError(f"{path} does not match its config.json: {len(missing)} missing, "
                              f"{len(unexpected)} unexpected, {len(wrong)} wrong-shape tensors (e.g. {first})")
     net.load_state_dict(state)
+
+
+def _without_failed(split: DatasetSplit, failed: dict[Path, str], proba: dict[str, np.ndarray]
+                    ) -> tuple[DatasetSplit, dict[str, np.ndarray]]:
+    """The split, and the per-split probability rows, without the images that failed to decode.
+
+    Those were never trained or validated on: the saved split and counts leave them
+    out, as skipped.csv lists them.
+    """
+    decoded = {name: np.array([s.path not in failed for s in samples], dtype=bool)
+               for name, samples in split.splits().items()}
+    kept = dataclasses.replace(split, **{name: [s for s, ok in zip(samples, decoded[name]) if ok]
+                                         for name, samples in split.splits().items()})
+    return kept, {name: rows[decoded[name]] for name, rows in proba.items()}
 
 
 def _dataset(samples: Sequence[Sample], transform) -> ImageDataset:
