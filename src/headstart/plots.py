@@ -63,7 +63,8 @@ def learning_curves(history: Sequence[dict], fine_tune_kept: bool | None = None)
         for ax in axes:
             ax.axvline(starts[0] + 0.5, color="#555", linestyle="--", linewidth=1)
             ax.text(starts[0] + 0.6, 0.98, f"fine-tuning{kept}", transform=ax.get_xaxis_transform(),
-                    va="top", fontsize=9, color="#555")
+                    va="top", fontsize=9, color="#555",
+                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
     stages = dict.fromkeys(row.get("stage") for row in history)
     figure.suptitle("Learning curves: " + ", then ".join(_STAGE_NAMES.get(s, str(s)) for s in stages))
     axes[1].legend(loc="lower right")
