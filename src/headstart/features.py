@@ -267,7 +267,8 @@ class Rows:
     def __init__(self, parts: Sequence[tuple[FeatureMatrix, np.ndarray]], labels: np.ndarray):
         self.parts = [(matrix, np.asarray(indices, dtype=np.int64)) for matrix, indices in parts]
         self.labels = np.asarray(labels)
-        assert sum(len(i) for _, i in self.parts) == len(self.labels)
+        if sum(len(i) for _, i in self.parts) != len(self.labels):
+            raise ValueError(f"{sum(len(i) for _, i in self.parts)} rows but {len(self.labels)} labels")
         self.dim = self.parts[0][0].dim if self.parts else 0
         self._resident: list[np.ndarray] | None = None
         if len(self) * self.dim * 4 <= RESIDENT_BYTES:

@@ -102,9 +102,9 @@ class _Objective:
     def __init__(self, rows: Rows, num_classes: int, class_weight: str | None):
         self.rows, self.k, self.d = rows, num_classes, rows.dim
         counts = np.bincount(rows.labels, minlength=num_classes).astype(np.float64)
-        # "balanced" as scikit-learn defines it: n / (classes present x images of the class).
-        per_class = len(rows) / (np.count_nonzero(counts) * np.maximum(counts, 1)) if class_weight else np.ones(
-            num_classes)
+        per_class = np.ones(num_classes)
+        if class_weight == "balanced":  # as scikit-learn defines it: n / (classes present x images of the class)
+            per_class = len(rows) / (np.count_nonzero(counts) * np.maximum(counts, 1))
         self.sample_weight = per_class[rows.labels]
         self.total_weight = float(self.sample_weight.sum())
         total, squares = np.zeros(self.d), np.zeros(self.d)
