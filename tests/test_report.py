@@ -129,3 +129,12 @@ def test_mistakes_grid_survives_an_unreadable_image(tmp_path: Path):
     figure = plots.confident_mistakes([plots.Mistake(broken, "cat", "dog", 0.9)])
     assert "cannot read the image" in [t.get_text() for t in figure.axes[0].texts]
     assert "predicted: dog (0.90)" in figure.axes[0].get_title()
+
+
+def test_per_class_f1_shows_the_worst_classes_first_and_at_most_forty():
+    f1 = {f"c{i:03d}": {"f1": i / 100, "support": 5} for i in range(100)}
+    figure = plots.per_class_f1({"per_class": f1})
+    ax = figure.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(labels) == 40 and labels[0] == "c000" and labels[-1] == "c039"
+    assert ax.yaxis_inverted() and "the 40 worst of 100 classes" in ax.get_title()

@@ -83,9 +83,11 @@ def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], normalize
     ax = figure.subplots()
     shown = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else max(values.max(), 1))
     figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
-    ticks = np.arange(n)
-    ax.set_xticks(ticks, [_short(c) for c in classes], rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
-    ax.set_yticks(ticks, [_short(c) for c in classes])
+    # Beyond 60 classes every name would overlap its neighbours: name every k-th one.
+    ticks = np.arange(0, n, math.ceil(n / 60))
+    names = [_short(classes[i]) for i in ticks]
+    ax.set_xticks(ticks, names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
+    ax.set_yticks(ticks, names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     if n <= 30:  # beyond that the numbers are unreadable; the colours still tell
@@ -100,21 +102,25 @@ def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], normalize
     return figure
 
 
-def per_class_f1(metrics: dict, split: str = "validation") -> Figure:
-    """F1 per class, worst first, with each class's number of images."""
+def per_class_f1(metrics: dict, split: str = "validation", most: int = 40) -> Figure:
+    """F1 per class, worst first, with each class's number of images; the ``most`` worst
+    classes when there are more (a bar chart of hundreds is unreadable; the report's table
+    has them all)."""
     per_class = metrics["per_class"]
-    names = sorted(per_class, key=lambda c: per_class[c]["f1"])
+    names = sorted(per_class, key=lambda c: per_class[c]["f1"])[:most]
     f1 = [per_class[c]["f1"] for c in names]
-    figure = Figure(figsize=(7, min(max(2.5, 0.32 * len(names) + 1.2), 30)), layout="constrained")
+    figure = Figure(figsize=(7, max(2.5, 0.32 * len(names) + 1.2)), layout="constrained")
     ax = figure.subplots()
     bars = ax.barh(np.arange(len(names)), f1, color="#4c72b0")
     ax.set_yticks(np.arange(len(names)), [_short(c) for c in names])
+    ax.invert_yaxis()  # the worst class on top, where the eye starts
     ax.set_xlim(0, 1.12)
     ax.set_xlabel("F1 score")
     for bar, name in zip(bars, names):
         ax.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2,
                 f"{per_class[name]['f1']:.3f} (n={per_class[name]['support']})", va="center", fontsize=8)
-    ax.set_title(f"F1 per class, {split}")
+    shown = f", the {len(names)} worst of {len(per_class)} classes" if len(names) < len(per_class) else ""
+    ax.set_title(f"F1 per class, {split}{shown}")
     ax.grid(axis="x", alpha=0.3)
     return figure
 
