@@ -138,3 +138,12 @@ def test_per_class_f1_shows_the_worst_classes_first_and_at_most_forty():
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert len(labels) == 40 and labels[0] == "c000" and labels[-1] == "c039"
     assert ax.yaxis_inverted() and "the 40 worst of 100 classes" in ax.get_title()
+
+
+def test_class_names_are_drawn_as_written():
+    from matplotlib.cbook import is_math_text
+
+    figure = plots.confusion([[1, 2], [3, 4]], ["$5 bill$", "x_y^z"])
+    labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    # "$5 bill$" would be typeset as a formula: its dollars are escaped, so it is drawn as written.
+    assert labels == ["\\$5 bill\\$", "x_y^z"] and not any(is_math_text(t) for t in labels)

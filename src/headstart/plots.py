@@ -184,4 +184,7 @@ def confident_mistakes(mistakes: Sequence[Mistake], split: str = "validation", c
 
 
 def _short(text: str, width: int = 20) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """A class or file name for a plot: shortened, and with ``$`` escaped, which matplotlib
+    would otherwise read as the start of a formula (a class named "$5 bill")."""
+    text = text if len(text) <= width else text[: width - 1] + "…"
+    return text.replace("$", r"\$")
