@@ -18,7 +18,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_files", "write_text", "write_json", "json_text", "csv_text"]
+from .errors import ModelFileError
+
+__all__ = ["atomic_path", "atomic_files", "write_text", "write_json", "json_text", "csv_text", "read_json"]
 
 
 def _umask() -> int:
@@ -103,6 +105,14 @@ def write_text(target: str | Path, text: str) -> None:
 
 def write_json(target: str | Path, data: Any) -> None:
     write_text(target, json_text(data))
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file headstart wrote; a damaged one is a :class:`ModelFileError` naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path} is not valid JSON: {exc}") from None
 
 
 def _nan_to_none(value: Any) -> Any:

@@ -15,7 +15,6 @@ safetensors and JSON: nothing is ever unpickled.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +25,7 @@ import torch
 
 from . import train as training
 from ._console import Console
-from ._io import atomic_files, csv_text, json_text
+from ._io import atomic_files, csv_text, json_text, read_json
 from .backbone import build_architecture, create_backbone, resolve_architecture
 from .checkpoint import RUN_FILE, load_checkpoint
 from .config import HeadSpec, ModelConfig, TrainingConfig, library_versions
@@ -473,10 +472,7 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
     for path in (config_path, model_path):
         if not path.is_file():
             raise ModelFileError(f"not a headstart model folder: {path} is missing")
-    try:
-        raw = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{config_path} is not valid JSON: {exc}") from None
+    raw = read_json(config_path)
     try:
         config = ModelConfig.from_dict(raw)
     except UsageError as exc:
@@ -494,7 +490,7 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
     clf.classes_ = config.classes
     clf.config_ = config
     metrics_path = directory / METRICS_FILE
-    clf.metrics_ = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else None
+    clf.metrics_ = read_json(metrics_path) if metrics_path.is_file() else None
     return clf
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import numpy as np
 from . import _html as h
 from . import plots
 from ._console import Console
-from ._io import write_text
+from ._io import read_json, write_text
 from .errors import ModelFileError
 
 __all__ = ["REPORT_FILE", "PLOTS_DIR", "RunRecord", "read_run", "write_report"]
@@ -89,10 +88,7 @@ def _read_json(path: Path, required: bool = True) -> dict | None:
         if required:
             raise ModelFileError(f"not a run folder: {path} is missing")
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{path} is not valid JSON: {exc}") from None
+    return read_json(path)
 
 
 def _read_csv(path: Path, required: bool = True) -> list[dict] | None:
