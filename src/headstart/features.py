@@ -366,6 +366,7 @@ def extract_features(paths: Sequence[Path], net, spec: BackboneSpec, preprocessi
     todo = _lookup(cache, paths, found)
     used = names[0]
     failed: dict[Path, str] = {}
+    ok = np.ones(len(paths), dtype=bool)
     if todo:
         sample = _sample_batch(paths, todo, preprocessing)
         runner = create_engine(engine, net, preprocessing.input_size, device,
@@ -386,6 +387,7 @@ def extract_features(paths: Sequence[Path], net, spec: BackboneSpec, preprocessi
         for batch in console.progress(loader, total=len(loader), desc="features"):
             for index, reason in batch.failed:
                 failed[dataset.paths[index]] = reason
+                ok[todo[index]] = False
             if not batch.indices:
                 continue
             batch_paths = [dataset.paths[i] for i in batch.indices]
@@ -397,8 +399,6 @@ def extract_features(paths: Sequence[Path], net, spec: BackboneSpec, preprocessi
                 for row, feature in zip(rows, features):
                     found[variant].write(row, feature)
     cache.close()
-    ok = np.ones(len(paths), dtype=bool)
-    ok[[paths.index(path) for path in failed]] = False
     return FeatureSet(found[ORIGINAL], found.get(FLIPPED), ok, failed, used, len(todo),
                       time.perf_counter() - start)
 
