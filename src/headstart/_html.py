@@ -12,7 +12,7 @@ import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .images import DECODE_ERRORS, decode_failure, load_image
+from .images import DECODE_ERRORS, decode_failure, load_thumbnail
 
 __all__ = ["Raw", "page", "data_uri", "image", "thumbnail", "table", "escape"]
 
@@ -58,8 +58,7 @@ def image(path: Path, alt: str, css: str = "plot") -> Raw:
 def thumbnail(path: Path, alt: str, size: int = 224) -> Raw:
     """A small JPEG of the image at ``path``, upright; the reason in text when it cannot be decoded."""
     try:
-        picture = load_image(path, min_size=size)
-        picture.thumbnail((size, size))
+        picture = load_thumbnail(path, size)
         buffer = io.BytesIO()
         picture.save(buffer, "JPEG", quality=85)
     except DECODE_ERRORS as exc:

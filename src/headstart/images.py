@@ -32,6 +32,7 @@ __all__ = [
     "network_input",
     "decode_failure",
     "DECODE_ERRORS",
+    "load_thumbnail",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
@@ -146,6 +147,14 @@ def load_image(path: str | Path, min_size: int | None = None) -> Image.Image:
                 im = im.convert("RGB")
             im.load()
             return im
+
+
+def load_thumbnail(path: str | Path, size: int) -> Image.Image:
+    """The image at ``path``, upright, shrunk to fit ``size`` x ``size`` (decoded at reduced
+    scale when it is a large JPEG)."""
+    image = load_image(path, min_size=size)
+    image.thumbnail((size, size))
+    return image
 
 
 _PIL_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}

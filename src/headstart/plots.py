@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from ._io import atomic_path
 from .evaluate import CALIBRATION_BINS, calibration_bins, expected_calibration_error
-from .images import DECODE_ERRORS, load_image
+from .images import DECODE_ERRORS, load_thumbnail
 
 __all__ = ["learning_curves", "confusion", "per_class_f1", "reliability_diagram", "Mistake",
            "confident_mistakes", "save"]
@@ -172,9 +172,7 @@ def confident_mistakes(mistakes: Sequence[Mistake], split: str = "validation", c
         ax.axis("off")
     for ax, mistake in zip(axes, mistakes):
         try:
-            image = load_image(mistake.path, min_size=thumbnail)
-            image.thumbnail((thumbnail, thumbnail))
-            ax.imshow(np.asarray(image))
+            ax.imshow(np.asarray(load_thumbnail(mistake.path, thumbnail)))
         except DECODE_ERRORS:
             ax.text(0.5, 0.5, "cannot read the image", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(f"true: {_short(mistake.true, 18)}\npredicted: {_short(mistake.predicted, 18)} "
