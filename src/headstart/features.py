@@ -380,10 +380,12 @@ def extract_features(paths: Sequence[Path], net, spec: BackboneSpec, preprocessi
         console.info(f"extracting features of {len(todo)} image(s) with engine {used} "
                      f"({len(paths) - len(todo)} cached)")
         dataset = ImageDataset.for_eval([paths[i] for i in todo], todo, preprocessing)
-        # Decoding costs about a fifth of the backbone: half the usual workers keep it fed
-        # and leave the cores to the engine.
-        workers = max(1, default_workers() // 2) if workers is None else workers
-        loader = make_loader(dataset, runner.batch_size, workers=workers)
+        gpu = device.type == "cuda"
+        # On a CPU, decoding costs about a fifth of the backbone: half the usual workers keep
+        # it fed and leave the cores to the engine. Beside a GPU, decoding is the bottleneck.
+        if workers is None:
+            workers = default_workers(gpu) if gpu else max(1, default_workers() // 2)
+        loader = make_loader(dataset, runner.batch_size, workers=workers, gpu=gpu)
         for batch in console.progress(loader, total=len(loader), desc="features"):
             for index, reason in batch.failed:
                 failed[dataset.paths[index]] = reason

@@ -157,7 +157,6 @@ class ImageClassifier:
         console.info(f"{workflow} workflow on {device.type} ({str(dtype).removeprefix('torch.')}), "
                      f"{len(split.train)} train / {len(split.val)} val / {len(split.test)} test images")
 
-        pin = device.type == "cuda"
         batch_size = training.bounded_batch_size(config.batch_size, preprocessing.input_size, device, console)
         loaders = {}  # built on first use: the lightweight head needs none, it reads cached features
 
@@ -168,7 +167,7 @@ class ImageClassifier:
                            else ImageDataset.for_eval([s.path for s in samples], [s.label for s in samples],
                                                       preprocessing))
                 loaders[name] = make_loader(dataset, batch_size, shuffle=name == "train",
-                                            workers=config.workers, seed=config.seed, pin_memory=pin)
+                                            workers=config.workers, seed=config.seed, gpu=device.type == "cuda")
             return loaders[name]
 
         checkpointing = training.Checkpointing()
@@ -303,7 +302,7 @@ class ImageClassifier:
             return
         dataset = ImageDataset.for_eval(paths, None, self.config_.preprocessing)
         loader = make_loader(dataset, batch_size or self.batch_size, workers=self.workers,
-                             pin_memory=runtime[1].type == "cuda")
+                             gpu=runtime[1].type == "cuda")
         for batch in loader:
             probs = {}
             if batch.indices:

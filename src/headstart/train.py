@@ -243,7 +243,7 @@ def train_stage(net: ClassifierNet, stage: str, train_loader: DataLoader, val_lo
         best_loss, best_epoch = saved["best_loss"], saved["best_epoch"]
         best_val = _stats_from(saved["best_val"])
         best_state = checkpointing.tensors_with("best.") or None
-        torch.set_rng_state(tensors["rng.torch"])
+        _restore_rng(tensors, device)
         train_loader.generator.set_state(tensors["rng.loader"])
         first = saved["epoch"] + 1
         result.history[:] = saved["history"]
@@ -286,7 +286,7 @@ def train_stage(net: ClassifierNet, stage: str, train_loader: DataLoader, val_lo
                      "optimizer": optim_state, "schedule": schedule.state_dict(), **carry["state"]}
             tensors = {**_prefixed("net.", net.state_dict()), **optim_tensors,
                        **_prefixed("best.", best_state or {}),
-                       "rng.torch": torch.get_rng_state(), "rng.loader": train_loader.generator.get_state(),
+                       **_rng_tensors(device), "rng.loader": train_loader.generator.get_state(),
                        **carry["tensors"]}
             save_checkpoint(checkpointing.run_dir, state, tensors)
         if on_epoch is not None:
@@ -318,6 +318,21 @@ def _stage_dict(stage: StageResult) -> dict:
 def _stage_from(data: dict) -> StageResult:
     """The inverse of :func:`_stage_dict`."""
     return StageResult(_stats_from(data["val"]), data["epochs_run"], data["best_epoch"], data["stopped_early"])
+
+
+def _rng_tensors(device: torch.device) -> dict[str, torch.Tensor]:
+    """The random state a resumed epoch must continue from: on a GPU, dropout draws from CUDA's generator."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return tensors
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    # A checkpoint written on another kind of device carries no state for this one's generator.
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
 
 
 def _class_weights(loader: DataLoader, config: TrainingConfig, device: torch.device) -> torch.Tensor | None:

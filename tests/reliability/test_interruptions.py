@@ -139,4 +139,4 @@ def test_same_seed_same_split_and_metrics(data, tiny_weights, tmp_path: Path):
     assert [s.path for s in a.split_.val] != [s.path for s in c.split_.val]
     assert comparable(a.metrics_) == comparable(b.metrics_)
     for key, value in a.net_.state_dict().items():
-        assert np.array_equal(value.numpy(), b.net_.state_dict()[key].numpy()), key
+        assert np.array_equal(value.cpu().numpy(), b.net_.state_dict()[key].cpu().numpy()), key
