@@ -35,7 +35,7 @@ from .data import available_cores
 from .errors import UsageError
 from .export import export_onnx
 from .head import ClassifierNet
-from .train import autocast
+from .train import autocast, prepare, to_device
 
 __all__ = ["ENGINES", "TOLERANCE", "FeatureEngine", "create_engine", "engine_candidates", "feature_error",
            "PooledFeatures"]
@@ -70,12 +70,12 @@ class FeatureEngine:
 
 def _torch_engine(name: str, module: nn.Module, device: torch.device, dtype: torch.dtype,
                   compile_: bool = False) -> FeatureEngine:
-    module = module.to(device=device, memory_format=torch.channels_last).eval()
+    module = prepare(module, device).eval()
     if compile_:
         module = torch.compile(module)
 
     def run(images: torch.Tensor) -> torch.Tensor:
-        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+        images = to_device(images, device)
         with torch.inference_mode(), autocast(device, dtype):
             return module(images).float().cpu()
 

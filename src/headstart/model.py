@@ -431,7 +431,7 @@ def _probabilities(inference: tuple[ClassifierNet, torch.device, torch.dtype], i
                    tta: bool = False) -> np.ndarray:
     """Softmax of the network on a batch; with ``tta``, averaged with the mirror images'."""
     net, device, dtype = inference
-    images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+    images = training.to_device(images, device)
     with torch.inference_mode(), training.autocast(device, dtype):
         proba = torch.softmax(net(images).float(), 1)
         if tta:

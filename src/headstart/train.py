@@ -35,6 +35,7 @@ __all__ = [
     "resolve_precision",
     "autocast",
     "prepare",
+    "to_device",
     "EpochStats",
     "TrainResult",
     "run_epoch",
@@ -112,9 +113,26 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def memory_format(device: torch.device) -> torch.memory_format:
+    """Channels-last on a CPU, where oneDNN's convolutions run faster that way; the default on a GPU.
+
+    Measured on an H200 with EfficientNet-Lite0 (batch 32, bf16): channels-last
+    cost 2-5 s of one-time kernel set-up before the first forward pass and 6-11 s
+    before the first training step, in every process, against 0.3 s for the
+    default layout, while steady-state steps differed by under 5 ms. At a few
+    thousand images the set-up is the larger cost.
+    """
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def prepare(net: nn.Module, device: torch.device) -> nn.Module:
-    """Move ``net`` to ``device``; convolutions run faster channels-last on both CPU and GPU."""
-    return net.to(device=device, memory_format=torch.channels_last)
+    """Move ``net`` to ``device``, in the memory layout its convolutions run fastest in there."""
+    return net.to(device=device, memory_format=memory_format(device))
+
+
+def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch of images moved to ``device`` (asynchronously from pinned memory), laid out as ``prepare``'s net."""
+    return images.to(device, non_blocking=True, memory_format=memory_format(device))
 
 
 @dataclass
@@ -140,7 +158,7 @@ def run_epoch(net: ClassifierNet, loader: DataLoader, device: torch.device, dtyp
             failed += batch.failed
             if not batch.indices:
                 continue
-            images = batch.images.to(device, non_blocking=True, memory_format=torch.channels_last)
+            images = to_device(batch.images, device)
             labels = batch.labels.to(device, non_blocking=True)
             with autocast(device, dtype):
                 logits = net(images)
