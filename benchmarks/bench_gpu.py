@@ -27,7 +27,7 @@ import torch
 from headstart._console import Console
 from headstart.backbone import create_backbone
 from headstart.config import HeadSpec
-from headstart.data import ImageDataset
+from headstart.loader import ImageDataset
 from headstart.images import collect_images
 from headstart.engine import create_engine, feature_error
 from headstart.head import ClassifierNet, Head

@@ -114,7 +114,8 @@ def throughput(data: Path, batches: int, compile_: bool) -> dict:
     from headstart._console import Console
     from headstart.backbone import create_backbone
     from headstart.config import HeadSpec
-    from headstart.data import ImageDataset, collect_images, make_loader
+    from headstart.images import collect_images
+    from headstart.loader import ImageDataset, make_loader
     from headstart.engine import create_engine, feature_error
     from headstart.head import ClassifierNet, Head
 

@@ -13,7 +13,7 @@ from headstart.backbone import (
     resolve_architecture,
     unfreeze,
 )
-from headstart.data import eval_transform
+from headstart.loader import eval_transform
 from headstart.head import Normalize
 from headstart.errors import BackboneError
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from headstart.data import ImageDataset, collate, collect_images, discover, eval_transform, load_image, probe_image
+from headstart.data import collect_images, discover, load_image, probe_image
+from headstart.loader import ImageDataset, collate, eval_transform
 from headstart.config import Preprocessing
 from headstart.errors import DataError
 

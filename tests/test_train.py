@@ -10,7 +10,8 @@ from headstart.backbone import create_backbone, freeze, unfreeze
 from headstart.config import HeadSpec, TrainingConfig
 from headstart.errors import UsageError
 from headstart.head import ClassifierNet, Head
-from headstart.train import fine_tune_improved, EpochStats, resolve_device, resolve_precision
+from headstart.results import EpochStats
+from headstart.train import fine_tune_improved, resolve_device, resolve_precision
 
 from conftest import TINY_BACKBONE
 

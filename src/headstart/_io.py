@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Any
 
 from .errors import ModelFileError
 
-__all__ = ["atomic_path", "atomic_files", "write_text", "write_json", "json_text", "csv_text", "read_json"]
+__all__ = ["atomic_path", "atomic_files", "write_text", "write_json", "json_text", "csv_text", "read_json", "file_digest"]
 
 
 def _umask() -> int:
@@ -123,3 +124,9 @@ def _nan_to_none(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_nan_to_none(v) for v in value]
     return value
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

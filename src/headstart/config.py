@@ -21,6 +21,7 @@ __all__ = [
     "TrainingConfig",
     "ModelConfig",
     "library_versions",
+    "from_json",
 ]
 
 FORMAT_VERSION = 1
@@ -29,6 +30,8 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 AUGMENTATIONS = ("none", "light", "strong")
 WORKFLOWS = ("auto", "standard", "lightweight")
 ENGINES = ("auto", "eager", "bf16", "fp16", "compile", "onnx")
+# What --engine auto tries first on a CPU (headstart.engine measures why).
+CPU_ENGINE = "onnx"
 CLASS_WEIGHTS = (None, "balanced")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -198,11 +201,12 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: Any) -> "ModelConfig":
         """Build and validate from parsed JSON; raises :class:`UsageError` naming the bad field."""
-        return _from_dict(cls, data, "config")
+        return from_json(cls, data, "config")
 
 
-def _from_dict(cls: type, data: Any, where: str) -> Any:
-    """Recursively build dataclass ``cls`` from JSON data, checking keys and basic types."""
+def from_json(cls: type, data: Any, where: str) -> Any:
+    """Recursively build dataclass ``cls`` from JSON data, checking keys and basic types;
+    raises :class:`UsageError` naming the bad field (``where`` is its path)."""
     if not isinstance(data, dict):
         raise UsageError(f"'{where}' must be an object. Got {type(data).__name__} instead.")
     hints = get_type_hints(cls)
@@ -229,7 +233,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     """Turn a JSON value into the annotated type, or raise :class:`UsageError`."""
     origin, args = get_origin(hint), get_args(hint)
     if dataclasses.is_dataclass(hint):
-        return _from_dict(hint, value, where)
+        return from_json(hint, value, where)
     if args and type(None) in args:  # X | None
         if value is None:
             return None
@@ -260,15 +264,17 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 
 def library_versions() -> dict[str, str]:
-    """Versions recorded with every model, to explain differences between runs."""
-    import timm
-    import torch
+    """Versions recorded with every model, to explain differences between runs.
+
+    Read from the installed packages' metadata: nothing is imported.
+    """
+    from importlib.metadata import version
 
     from . import __version__
 
     return {
         "headstart": __version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
+        "torch": version("torch"),
+        "timm": version("timm"),
         "python": platform.python_version(),
     }

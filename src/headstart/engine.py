@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from ._console import Console
-from .config import ENGINES
-from .data import available_cores
+from .config import CPU_ENGINE, ENGINES
+from .images import available_cores
 from .errors import UsageError
 from .export import export_onnx
 from .head import ClassifierNet
@@ -125,7 +125,7 @@ def engine_candidates(name: str, device: torch.device) -> list[str]:
     if device.type == "cuda":
         return ["bf16" if torch.cuda.is_bf16_supported() else "fp16", "eager"]
     native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return ["onnx", *(["bf16"] if native_bf16 else []), "eager"]
+    return [CPU_ENGINE, *(["bf16"] if native_bf16 else []), "eager"]
 
 
 def create_engine(name: str, net: ClassifierNet, input_size: tuple[int, int, int], device: torch.device,

@@ -35,7 +35,7 @@ import torch
 
 from ._console import Console
 from .config import BackboneSpec, Preprocessing
-from .data import ImageDataset, default_workers, make_loader
+from .loader import ImageDataset, default_workers, make_loader
 from .engine import create_engine, engine_candidates
 
 __all__ = [

@@ -19,7 +19,6 @@ costs seconds.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ import numpy as np
 
 from . import _html
 from ._console import Console
-from ._io import atomic_files, csv_text
+from ._io import atomic_files, csv_text, file_digest
 from .config import ENGINES
 from .errors import UsageError
 
@@ -158,13 +157,9 @@ def load_split(data: str | Path) -> DatasetSplit:
 def file_digests(paths: Sequence[Path]) -> list[str]:
     """SHA-256 of each file's bytes."""
 
-    def digest(path: Path) -> str:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-
     # Reading is I/O bound, and hashlib releases the GIL on large buffers: threads overlap both.
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(digest, paths))
+        return list(pool.map(file_digest, paths))
 
 
 def find_exact_duplicates(digests: Sequence[str]) -> list[list[int]]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .features import Rows
-from .train import EpochStats
+from .results import EpochStats
 
 __all__ = ["C_GRID", "LinearHead", "fit_linear_head", "fit_logistic", "linear_probabilities", "probabilities"]
 

@@ -29,12 +29,14 @@ from ._io import atomic_files, csv_text, json_text, read_json
 from .backbone import build_architecture, create_backbone, resolve_architecture
 from .checkpoint import RUN_FILE, load_checkpoint
 from .config import HeadSpec, ModelConfig, TrainingConfig, library_versions
-from .data import DatasetSplit, ImageDataset, Sample, Skipped, discover, make_loader, train_transform
+from .data import DatasetSplit, Sample, Skipped, discover
+from .loader import ImageDataset, make_loader, train_transform
 from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
 from .evaluate import classification_metrics
 from .features import default_cache_dir, extract_features
 from .head import ClassifierNet, Head
 from .linear import fit_linear_head, probabilities
+from .results import HISTORY_COLUMNS
 from .runtime import Prediction, best_classes, stack_probabilities
 
 __all__ = ["ImageClassifier", "Prediction", "load", "MODEL_FILE", "CONFIG_FILE"]
@@ -386,8 +388,8 @@ class ImageClassifier:
         if getattr(self, "metrics_", None) is not None:
             texts[METRICS_FILE] = json_text(self.metrics_)
         if getattr(self, "history_", None):
-            texts["history.csv"] = csv_text(training.HISTORY_COLUMNS,
-                                            ([row[c] for c in training.HISTORY_COLUMNS] for row in self.history_))
+            texts["history.csv"] = csv_text(HISTORY_COLUMNS,
+                                            ([row[c] for c in HISTORY_COLUMNS] for row in self.history_))
         split = getattr(self, "split_", None)
         if split is not None:
             texts["split.csv"] = csv_text(("path", "class", "split"),

@@ -28,6 +28,7 @@ from .backbone import freeze, unfreeze
 from .checkpoint import optimizer_tensors, restore_optimizer, save_checkpoint
 from .config import TrainingConfig
 from .errors import UsageError
+from .results import EpochStats, StageResult, TrainResult
 from .head import ClassifierNet
 
 __all__ = [
@@ -36,18 +37,12 @@ __all__ = [
     "autocast",
     "prepare",
     "to_device",
-    "EpochStats",
-    "TrainResult",
     "run_epoch",
     "train_stage",
     "fit",
     "fine_tune",
     "Checkpointing",
 ]
-
-HISTORY_COLUMNS = ("epoch", "stage", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                   "lr", "seconds")
-
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` is the first CUDA GPU when there is one, else the CPU."""
@@ -135,14 +130,6 @@ def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device, non_blocking=True, memory_format=memory_format(device))
 
 
-@dataclass
-class EpochStats:
-    loss: float
-    accuracy: float
-    count: int
-    failed: list[tuple[int, str]] = field(default_factory=list)  # (dataset index, reason)
-
-
 def run_epoch(net: ClassifierNet, loader: DataLoader, device: torch.device, dtype: torch.dtype,
               criterion: nn.Module, optimizer: torch.optim.Optimizer | None = None,
               scaler: torch.amp.GradScaler | None = None, console: Console | None = None,
@@ -179,24 +166,6 @@ def run_epoch(net: ClassifierNet, loader: DataLoader, device: torch.device, dtyp
     if count == 0:
         return EpochStats(math.nan, math.nan, 0, failed)
     return EpochStats(total_loss / count, correct / count, count, failed)
-
-
-@dataclass
-class StageResult:
-    val: EpochStats | None
-    epochs_run: int
-    best_epoch: int
-    stopped_early: bool
-
-
-@dataclass
-class TrainResult:
-    history: list[dict] = field(default_factory=list)
-    stage1: StageResult | None = None
-    fine_tune: StageResult | None = None
-    fine_tune_kept: bool | None = None  # None: no fine-tuning was asked for
-    failed: dict[Path, str] = field(default_factory=dict)  # images that could not be decoded
-    seconds: float = 0.0
 
 
 def _trainable(net: nn.Module) -> list[nn.Parameter]:

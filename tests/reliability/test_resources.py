@@ -5,10 +5,11 @@ from pathlib import Path
 import torch
 
 import headstart
-from headstart import data as data_module
+from headstart import loader as loader_module
 from headstart import train as train_module
 from headstart._console import Console
-from headstart.data import ImageDataset, available_cores, make_loader
+from headstart.images import available_cores
+from headstart.loader import ImageDataset, make_loader
 
 from conftest import make_folder
 
@@ -20,8 +21,8 @@ def test_predict_streams_batch_by_batch(tmp_path: Path, tiny_weights: Path, monk
                                     verbose=0).fit(data)
     many = sorted(make_folder(tmp_path / "many", per_class=20).rglob("*.png"))
     decoded = []
-    real_load = data_module.load_image
-    monkeypatch.setattr(data_module, "load_image", lambda *a, **k: decoded.append(a[0]) or real_load(*a, **k))
+    real_load = loader_module.load_image
+    monkeypatch.setattr(loader_module, "load_image", lambda *a, **k: decoded.append(a[0]) or real_load(*a, **k))
     predictions = clf.iter_predict(many, batch_size=4)
     first = next(predictions)
     assert first.path == many[0] and len(decoded) == 4  # one batch decoded, not forty images
