@@ -1,7 +1,11 @@
 """The lightweight workflow: feature cache, engines, and the linear head."""
 
+import csv
+import json
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +214,85 @@ def test_lightweight_fit_saves_the_same_end_to_end_model(tmp_path: Path, tiny_we
     assert agree == pytest.approx(clf.metrics_["val"]["accuracy"])
     again = headstart.ImageClassifier(**{**clf.get_params(), "class_weight": "balanced"}).fit(data)
     assert again.metrics_["features"]["computed"] == 0
+
+
+# `headstart ARGV` in a fresh process, as a user runs it, saying which heavy libraries it imported.
+_HEADSTART = """
+import sys
+from headstart.cli import main
+status = main(sys.argv[1:])
+print("imported:", [m for m in ("torch", "torchvision", "timm") if m in sys.modules])
+sys.exit(status)
+"""
+
+
+def _same_tensors(a: Path, b: Path) -> bool:
+    """Same names, dtypes and values (the files' bytes may differ: the metadata's order varies)."""
+    from safetensors.numpy import load_file
+
+    first, second = load_file(str(a)), load_file(str(b))
+    return first.keys() == second.keys() and all(
+        first[k].dtype == second[k].dtype and np.array_equal(first[k], second[k]) for k in first)
+
+
+def _comparable(run: Path) -> dict:
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("timings", "train_seconds", "features"):
+        metrics.pop(key)
+    metrics["head"].pop("seconds")
+    with open(run / "history.csv") as f:
+        metrics["history"] = [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+    return metrics
+
+
+def test_a_rerun_with_every_feature_cached_needs_no_pytorch(cli, tmp_path: Path, tiny_args):
+    data = make_folder(tmp_path / "d", per_class=8)
+    args = [data, *tiny_args, "--workflow", "lightweight", "--device", "cpu", "--cache-dir", tmp_path / "cache"]
+    status, captured = cli("train", *args, "--out", tmp_path / "first")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    rerun = subprocess.run([sys.executable, "-c", _HEADSTART, "train", *map(str, args), "--out",
+                            str(tmp_path / "again")], capture_output=True, text=True)
+    assert rerun.returncode == ExitStatus.SUCCESS, rerun.stderr
+    assert "imported: []" in rerun.stdout
+    assert "the head is fitted without loading the backbone" in rerun.stderr
+    # What it wrote is what the run through the network wrote.
+    assert _same_tensors(tmp_path / "again" / "model.safetensors", tmp_path / "first" / "model.safetensors")
+    for name in ("config.json", "split.csv", "predictions.csv"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "first" / name).read_bytes(), name
+    assert _comparable(tmp_path / "again") == _comparable(tmp_path / "first")
+    features = json.loads((tmp_path / "again" / "metrics.json").read_text())["features"]
+    assert features["computed"] == 0 and features["cached"] == 16 and features["engine"] == "onnx"
+    assert (tmp_path / "again" / "report.html").is_file()
+
+
+def test_a_model_fitted_from_cached_features_predicts_like_one_fitted_through_the_network(
+        tmp_path: Path, tiny_weights: Path):
+    data = make_folder(tmp_path / "d", per_class=8)
+    params = dict(backbone=TINY_BACKBONE, weights=str(tiny_weights), image_size=32, workflow="lightweight",
+                  engine="eager", device="cpu", precision="fp32", workers=0, cache_dir=tmp_path / "cache",
+                  verbose=0)
+    first = headstart.ImageClassifier(**params).fit(data)
+    again = headstart.ImageClassifier(**params).fit(data)
+    assert again.metrics_["features"]["computed"] == 0
+    assert again._net is None  # fitted from the cache: the network is built when first needed
+    images = sorted(data.rglob("*.png"))
+    np.testing.assert_allclose(again.predict_proba(images), first.predict_proba(images), atol=1e-6)
+
+
+def test_a_damaged_backbone_record_is_never_used(cli, tmp_path: Path, tiny_args):
+    data = make_folder(tmp_path / "d", per_class=8)
+    args = [data, *tiny_args, "--workflow", "lightweight", "--device", "cpu", "--cache-dir", tmp_path / "cache"]
+    status, captured = cli("train", *args, "--out", tmp_path / "first")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    [record] = (tmp_path / "cache" / "backbones").iterdir()
+    tensors = record / "tensors.safetensors"
+    intact = tensors.read_bytes()
+    tensors.write_bytes(intact[:-4] + bytes(4))  # the last weights zeroed: the file still parses
+    status, captured = cli("train", *args, "--out", tmp_path / "again")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    assert "without loading the backbone" not in captured.stderr
+    assert _same_tensors(tmp_path / "again" / "model.safetensors", tmp_path / "first" / "model.safetensors")
+    assert tensors.read_bytes() == intact  # rewritten by the run through the network
 
 
 def test_cache_command_shows_and_clears(cli, tmp_path: Path, tiny_net):

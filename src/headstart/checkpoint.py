@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # run.json's name is needed by runs that never load PyTorch
+    import torch
 
 from ._io import atomic_path
 from .errors import ModelFileError
@@ -51,6 +52,8 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tens
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """An optimiser's state_dict split into JSON (hyper-parameters) and named tensors (moments)."""
+    import torch
+
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
     for index, values in state["state"].items():

@@ -14,6 +14,10 @@ feature back; a changed or added image is recomputed alone. Features are
 stored as float16 in SQLite (one transaction per batch, so an interrupted
 extraction keeps what it did) with a CRC32 of each row: a damaged entry is
 detected, recomputed and never silently used.
+
+Beside the features, the cache keeps a :class:`BackboneRecord` of each
+pretrained backbone (its spec, preprocessing and tensors): a rerun whose
+features are all cached fits its head and writes its model without PyTorch.
 """
 
 from __future__ import annotations
@@ -30,13 +34,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from ._console import Console
-from .config import BackboneSpec, Preprocessing
-from .loader import ImageDataset, default_workers, make_loader
-from .engine import create_engine, engine_candidates
+from ._io import atomic_path, file_digest, write_json
+from .config import BackboneSpec, Preprocessing, from_json
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "ORIGINAL",
@@ -50,6 +58,11 @@ __all__ = [
     "FeatureMatrix",
     "Rows",
     "FeatureSet",
+    "BackboneRecord",
+    "backbone_request",
+    "remember_backbone",
+    "recall_backbone",
+    "cached_features",
     "extract_features",
 ]
 
@@ -191,10 +204,10 @@ def cache_summary(root: str | Path) -> list[dict]:
 
 
 def clear_cache(root: str | Path) -> int:
-    """Delete every cached feature and exported engine under ``root``; returns the bytes freed."""
+    """Delete every cached feature, exported engine and backbone record under ``root``; returns the bytes freed."""
     root = Path(root)
     freed = 0
-    for name in ("features", "engines"):
+    for name in ("features", "engines", "backbones"):
         folder = root / name
         if folder.is_dir():
             freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
@@ -339,6 +352,97 @@ class FeatureSet:
             self.flipped.close()
 
 
+def _variants(flip: bool) -> list[int]:
+    return [ORIGINAL, FLIPPED] if flip else [ORIGINAL]
+
+
+def cached_features(paths: Sequence[Path], key: ExtractorKey, cache_dir: str | Path,
+                    flip: bool = False) -> FeatureSet | None:
+    """Every image's features from the cache when all of them are there, else None.
+
+    Needs neither PyTorch nor the backbone: this is what a rerun with another
+    head setting reads.
+    """
+    start = time.perf_counter()
+    paths = [Path(p) for p in paths]
+    with FeatureCache(cache_dir, key) as cache:
+        found = {v: FeatureMatrix(len(paths), key.num_features, cache.folder) for v in _variants(flip)}
+        missing = _lookup(cache, paths, found)
+    if missing:
+        for matrix in found.values():
+            matrix.close()
+        return None
+    return FeatureSet(found[ORIGINAL], found.get(FLIPPED), np.ones(len(paths), dtype=bool), {}, key.engine, 0,
+                      time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class BackboneRecord:
+    """What the cache remembers of a pretrained backbone it holds features of.
+
+    With it, a rerun whose features are all cached writes the same model file
+    as a full run without importing PyTorch or timm: the backbone's tensors
+    are copied from here, the head's are new.
+    """
+
+    spec: BackboneSpec
+    preprocessing: Preprocessing
+    tensors: Path  # safetensors: every tensor of the network but the head's
+
+
+def backbone_request(name: str, weights: str | Path | None, image_size: int | None) -> dict | None:
+    """What identifies a backbone before it is built: the name and image size asked for, the
+    weights (by digest or package version) and the versions that build it. None for weights
+    from the hub, which only timm can name."""
+    from importlib.metadata import version
+
+    from . import __version__
+    from .weights import weights_source
+
+    source = weights_source(name, weights)
+    if source is None:
+        return None
+    return {"name": name, "weights": source, "image_size": image_size, "timm": version("timm"),
+            "headstart": __version__}
+
+
+def _record_folder(root: str | Path, request: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:20]
+    return Path(root) / "backbones" / digest
+
+
+def recall_backbone(root: str | Path, request: dict) -> BackboneRecord | None:
+    """The record of ``request``, if the cache has an intact one: its tensors' SHA-256 is checked,
+    so a damaged record is never used (it is rewritten by the next full run)."""
+    folder = _record_folder(root, request)
+    tensors = folder / "tensors.safetensors"
+    try:
+        saved = json.loads((folder / "backbone.json").read_text(encoding="utf-8"))
+        if saved["request"] != request or saved["sha256"] != file_digest(tensors):
+            return None
+        return BackboneRecord(from_json(BackboneSpec, saved["spec"], "spec"),
+                              from_json(Preprocessing, saved["preprocessing"], "preprocessing"), tensors)
+    except (OSError, ValueError, KeyError, TypeError, UsageError):
+        return None
+
+
+def remember_backbone(root: str | Path, request: dict, spec: BackboneSpec, preprocessing: Preprocessing,
+                      tensors: dict[str, np.ndarray]) -> None:
+    """Record what ``request`` built, unless an intact record is there (once per backbone: 13 MB
+    for Lite0). The tensors are written first: a record never points to a partial file."""
+    if recall_backbone(root, request) is not None:
+        return
+    from safetensors.numpy import save_file
+
+    folder = _record_folder(root, request)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "tensors.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_json(folder / "backbone.json", {"request": request, "spec": asdict(spec),
+                                          "preprocessing": asdict(preprocessing),
+                                          "sha256": file_digest(folder / "tensors.safetensors")})
+
+
 def extract_features(paths: Sequence[Path], net, spec: BackboneSpec, preprocessing: Preprocessing,
                      cache_dir: str | Path, engine: str = "auto", device: torch.device | None = None,
                      flip: bool = False, workers: int | None = None,
@@ -349,11 +453,16 @@ def extract_features(paths: Sequence[Path], net, spec: BackboneSpec, preprocessi
     both cores are busy; large JPEGs are decoded at reduced size (Pillow's
     draft mode) when that cannot change the network's input.
     """
+    import torch
+
+    from .engine import create_engine, engine_candidates
+    from .loader import ImageDataset, default_workers, make_loader
+
     start = time.perf_counter()
     console = console or Console(0)
     device = device or torch.device("cpu")
     paths = [Path(p) for p in paths]
-    variants = [ORIGINAL, FLIPPED] if flip else [ORIGINAL]
+    variants = _variants(flip)
     names = engine_candidates(engine, device)
 
     def key_for(name: str) -> ExtractorKey:
@@ -415,6 +524,10 @@ def _lookup(cache: FeatureCache, paths: Sequence[Path], found: dict[int, Feature
 def _sample_batch(paths: Sequence[Path], todo: Sequence[int], preprocessing: Preprocessing,
                   size: int = 8) -> torch.Tensor | None:
     """A few decodable images to check an engine's features against eager fp32."""
+    import torch
+
+    from .loader import ImageDataset
+
     dataset = ImageDataset.for_eval([paths[i] for i in todo[:4 * size]], None, preprocessing)
     images = [x for x, _, _ in (dataset[i] for i in range(len(dataset))) if x is not None][:size]
     return torch.stack(images) if images else None

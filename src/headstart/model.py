@@ -16,28 +16,34 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from . import train as training
 from ._console import Console
 from ._io import atomic_files, csv_text, json_text, read_json
-from .backbone import build_architecture, create_backbone, resolve_architecture
-from .checkpoint import RUN_FILE, load_checkpoint
-from .config import HeadSpec, ModelConfig, TrainingConfig, library_versions
+from .checkpoint import CHECKPOINT_FILE, RUN_FILE
+from .config import CPU_ENGINE, BackboneSpec, HeadSpec, ModelConfig, Preprocessing, TrainingConfig, library_versions
 from .data import DatasetSplit, Sample, Skipped, discover
-from .loader import ImageDataset, make_loader, train_transform
 from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
 from .evaluate import classification_metrics
-from .features import default_cache_dir, extract_features
-from .head import ClassifierNet, Head
-from .linear import fit_linear_head, probabilities
-from .results import HISTORY_COLUMNS
+from .features import (BackboneRecord, ExtractorKey, FeatureSet, backbone_request, cached_features,
+                       default_cache_dir, extract_features, recall_backbone, remember_backbone)
+from .linear import LinearHead, fit_linear_head, probabilities
+from .results import HISTORY_COLUMNS, StageResult, TrainResult
 from .runtime import Prediction, best_classes, stack_probabilities
+
+# PyTorch, timm and the network are imported where they are used: a rerun whose
+# features are all cached fits its head and writes its model without them (about
+# 5 s of imports on a 2-core machine).
+if TYPE_CHECKING:
+    import torch
+
+    from .head import ClassifierNet
 
 __all__ = ["ImageClassifier", "Prediction", "load", "MODEL_FILE", "CONFIG_FILE"]
 
@@ -99,6 +105,10 @@ class ImageClassifier:
         self.cache_dir = cache_dir
         self.verbose = verbose
 
+    # Set by fit and load: the network, or after a fit from cached features alone, its tensors.
+    _net: ClassifierNet | None = None
+    _state: dict[str, np.ndarray] | None = None
+
     # -- scikit-learn's parameter protocol -------------------------------------------------
     def get_params(self, deep: bool = True) -> dict:
         return {name: getattr(self, name) for name in (*_TRAINING_PARAMS, "cache_dir", "verbose")}
@@ -135,29 +145,91 @@ class ImageClassifier:
         started = time.perf_counter()
         config = self.training_config()
         console = console or Console(self.verbose)
-        resolve_architecture(config.backbone)  # a misspelt name fails before any work
-        torch.manual_seed(config.seed)
+        cache_dir = Path(self.cache_dir or default_cache_dir())
+        record = _record_for_cached_fit(config, cache_dir, checkpoint_dir)
+        if record is None:
+            from .backbone import resolve_architecture
+
+            resolve_architecture(config.backbone)  # a misspelt name fails before any work
         clock = time.perf_counter()
         split = data if isinstance(data, DatasetSplit) else discover(
             data, config.val_fraction, config.test_fraction, config.seed)
         _report_data(split, console)
         timings = {"data": time.perf_counter() - clock}
+        head_spec = HeadSpec(num_classes=len(split.classes), dropout=config.dropout)
+        start = time.perf_counter()  # the network path restarts the clock once the backbone is built
+        fitted = None
+        if record is not None:
+            fitted = self._fit_from_cache(record, split, config, cache_dir, console, on_epoch)
+        if fitted is None:
+            fitted = self._fit_network(split, head_spec, config, cache_dir, console, on_epoch, checkpoint_dir,
+                                       timings)
+        timings.setdefault("stage1", time.perf_counter() - start)
+        result = fitted.result
+        result.seconds = timings["stage1"] + timings.get("fine_tune", 0.0)
+
+        self.classes_ = split.classes
+        self.config_ = ModelConfig(classes=split.classes, backbone=fitted.spec, head=head_spec,
+                                   preprocessing=fitted.preprocessing, training=config,
+                                   versions=library_versions())
+        self.history_ = result.history
+        split, head_proba = _without_failed(split, result.failed, fitted.head_proba)
+        self.split_ = split
+        self.skipped_ = split.skipped + [Skipped(p, r) for p, r in result.failed.items()]
+        clock = time.perf_counter()
+        self.metrics_ = self._final_metrics(split, result, fitted.workflow, fitted.head_info, head_proba)
+        timings["evaluation"] = time.perf_counter() - clock
+        self.metrics_["timings"] = {**timings, "total": time.perf_counter() - started}
+        return self
+
+    def _fit_from_cache(self, record: BackboneRecord, split: DatasetSplit, config: TrainingConfig,
+                        cache_dir: Path, console: Console, on_epoch: Callable[[dict], None] | None
+                        ) -> _Fitted | None:
+        """The lightweight head fitted on cached features, without PyTorch; None unless every
+        image's features are cached."""
+        spec = record.spec
+        engine = CPU_ENGINE if config.engine == "auto" else config.engine
+        key = ExtractorKey(spec.architecture, spec.weights, record.preprocessing, engine, spec.num_features)
+        features = cached_features([s.path for s in _all_samples(split)], key, cache_dir, config.flip_features)
+        if features is None:
+            return None
+        from safetensors.numpy import load_file
+
+        _report_backbone(config, spec, record.preprocessing, console)
+        console.info(f"lightweight workflow on cpu, {_split_sizes(split)}: every image's features are cached "
+                     f"(engine {engine}), so the head is fitted without loading the backbone")
+        result, info, proba, head = self._head_from_features(features, split, config, console, on_epoch)
+        self._net = None
+        self._state = {**load_file(str(record.tensors)), "head.fc.weight": head.weight, "head.fc.bias": head.bias}
+        return _Fitted("lightweight", spec, record.preprocessing, result, info, proba)
+
+    def _fit_network(self, split: DatasetSplit, head_spec: HeadSpec, config: TrainingConfig, cache_dir: Path,
+                     console: Console, on_epoch: Callable[[dict], None] | None,
+                     checkpoint_dir: str | Path | None, timings: dict) -> _Fitted:
+        """Stage 1 through the network (or on features it extracts), then the guarded fine-tune."""
+        import torch
+
+        from . import train as training
+        from .backbone import create_backbone
+        from .checkpoint import load_checkpoint
+        from .head import ClassifierNet, Head
+        from .loader import ImageDataset, make_loader, train_transform
+
+        torch.manual_seed(config.seed)
         device = training.resolve_device(config.device)
-        workflow, fine_tune_epochs = choose_workflow(config, device)
+        workflow, fine_tune_epochs = choose_workflow(config, device.type)
         if fine_tune_epochs and not split.val:
             raise UsageError("fine-tuning is guarded by the validation split, and there is none: "
                              "set --val-fraction above 0 or add a val/ folder")
 
         backbone, spec, preprocessing = create_backbone(config.backbone, config.weights,
                                                         image_size=config.image_size)
-        console.info(f"backbone {config.backbone} ({spec.weights}), {spec.num_features} features, "
-                     f"input {preprocessing.image_size} px")
-        head_spec = HeadSpec(num_classes=len(split.classes), dropout=config.dropout)
+        _report_backbone(config, spec, preprocessing, console)
         net = ClassifierNet(backbone, Head(spec.num_features, head_spec), preprocessing)
         dtype = training.resolve_precision(config.precision, device)
         training.prepare(net, device)
         console.info(f"{workflow} workflow on {device.type} ({str(dtype).removeprefix('torch.')}), "
-                     f"{len(split.train)} train / {len(split.val)} val / {len(split.test)} test images")
+                     f"{_split_sizes(split)}")
 
         batch_size = training.bounded_batch_size(config.batch_size, preprocessing.input_size, device, console)
         loaders = {}  # built on first use: the lightweight head needs none, it reads cached features
@@ -165,9 +237,10 @@ class ImageClassifier:
         def loader(name: str):
             if name not in loaders:
                 samples = split.train if name == "train" else split.val
-                dataset = (_dataset(samples, train_transform(preprocessing, config.augment)) if name == "train"
-                           else ImageDataset.for_eval([s.path for s in samples], [s.label for s in samples],
-                                                      preprocessing))
+                labels = [s.label for s in samples]
+                dataset = (ImageDataset([s.path for s in samples], labels,
+                                        train_transform(preprocessing, config.augment)) if name == "train"
+                           else ImageDataset.for_eval([s.path for s in samples], labels, preprocessing))
                 loaders[name] = make_loader(dataset, batch_size, shuffle=name == "train",
                                             workers=config.workers, seed=config.seed, gpu=device.type == "cuda")
             return loaders[name]
@@ -180,8 +253,18 @@ class ImageClassifier:
                 checkpointing.state, checkpointing.tensors = found
         start = time.perf_counter()
         if workflow == "lightweight":
-            result, head_info, head_proba = self._fit_head_on_features(net, spec, preprocessing, split, config,
-                                                                       device, console, on_epoch)
+            request = backbone_request(config.backbone, config.weights, config.image_size)
+            if request is not None:
+                backbone_tensors = {k: v.numpy() for k, v in _tensors(net).items() if not k.startswith("head.")}
+                remember_backbone(cache_dir, request, spec, preprocessing, backbone_tensors)
+            features = extract_features([s.path for s in _all_samples(split)], net, spec, preprocessing, cache_dir,
+                                        engine=config.engine, device=device, flip=config.flip_features,
+                                        workers=config.workers, console=console)
+            result, head_info, head_proba, head = self._head_from_features(features, split, config, console,
+                                                                           on_epoch)
+            with torch.no_grad():
+                net.head.fc.weight.copy_(torch.from_numpy(head.weight))
+                net.head.fc.bias.copy_(torch.from_numpy(head.bias))
         else:
             result = training.fit(net, loader("train"), loader("val") if split.val else None,
                                   config, device, dtype, console, on_epoch, checkpointing)
@@ -193,38 +276,22 @@ class ImageClassifier:
                                before=result.stage1.val if workflow == "standard" else None,
                                checkpointing=checkpointing)
             timings["fine_tune"] = time.perf_counter() - start - timings["stage1"]
-        result.seconds = time.perf_counter() - start
+        self._net, self._state = net.eval(), None
+        return _Fitted(workflow, spec, preprocessing, result, head_info, head_proba)
 
-        self.net_ = net.eval()
-        self.classes_ = split.classes
-        self.config_ = ModelConfig(classes=split.classes, backbone=spec, head=head_spec,
-                                   preprocessing=preprocessing, training=config, versions=library_versions())
-        self.history_ = result.history
-        split, head_proba = _without_failed(split, result.failed, head_proba)
-        self.split_ = split
-        self.skipped_ = split.skipped + [Skipped(p, r) for p, r in result.failed.items()]
-        clock = time.perf_counter()
-        self.metrics_ = self._final_metrics(split, result, workflow, head_info, head_proba)
-        timings["evaluation"] = time.perf_counter() - clock
-        self.metrics_["timings"] = {**timings, "total": time.perf_counter() - started}
-        return self
+    def _head_from_features(self, features: FeatureSet, split: DatasetSplit, config: TrainingConfig,
+                            console: Console, on_epoch: Callable[[dict], None] | None
+                            ) -> tuple[TrainResult, dict, dict[str, np.ndarray], LinearHead]:
+        """The lightweight workflow's stage 1 on the features of ``_all_samples(split)``: a linear
+        head in seconds.
 
-    def _fit_head_on_features(self, net: ClassifierNet, spec, preprocessing, split: DatasetSplit,
-                              config: TrainingConfig, device: torch.device, console: Console,
-                              on_epoch: Callable[[dict], None] | None
-                              ) -> tuple[training.TrainResult, dict, dict[str, np.ndarray]]:
-        """The lightweight workflow's stage 1: features once (cached), then a linear head in seconds.
-
-        Returns the training result, what the features and the head took, and the
+        Returns the training result, what the features and the head took, the
         head's probabilities for the val and test images (NaN rows where an image
-        could not be decoded).
+        could not be decoded), and the head.
         """
-        samples = split.train + split.val + split.test
-        features = extract_features([s.path for s in samples], net, spec, preprocessing,
-                                    self.cache_dir or default_cache_dir(), engine=config.engine, device=device,
-                                    flip=config.flip_features, workers=config.workers, console=console)
         for path, reason in features.failed.items():
             console.warn(f"skipping {path}: {reason}")
+        samples = _all_samples(split)
         labels = np.array([s.label for s in samples])
         bounds = np.cumsum([0, len(split.train), len(split.val), len(split.test)])
         # Positions of each split's decodable images in `samples`.
@@ -234,10 +301,7 @@ class ImageClassifier:
                 for name, index in usable.items()}
         head = fit_linear_head(rows["train"], rows["val"] if len(rows["val"]) else None, len(split.classes),
                                config.class_weight, config.seed)
-        with torch.no_grad():
-            net.head.fc.weight.copy_(torch.from_numpy(head.weight))
-            net.head.fc.bias.copy_(torch.from_numpy(head.bias))
-        result = training.TrainResult(failed=dict(features.failed))
+        result = TrainResult(failed=dict(features.failed))
         row = {"epoch": 1, "stage": "head", "train_loss": head.train.loss, "train_accuracy": head.train.accuracy,
                "val_loss": head.val.loss if head.val else math.nan,
                "val_accuracy": head.val.accuracy if head.val else math.nan, "lr": math.nan,
@@ -245,7 +309,7 @@ class ImageClassifier:
         result.history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        result.stage1 = training.StageResult(head.val, 1, 1, False)
+        result.stage1 = StageResult(head.val, 1, 1, False)
         val_text = f", val loss {head.val.loss:.4f} acc {head.val.accuracy:.2%}" if head.val else ""
         console.info(f"head fitted on features in {head.seconds:.1f} s (L2 C={head.C:g}): "
                      f"train acc {head.train.accuracy:.2%}{val_text}")
@@ -257,9 +321,9 @@ class ImageClassifier:
             proba[name] = np.full((bounds[i + 1] - bounds[i], len(split.classes)), np.nan)
             proba[name][usable[name] - bounds[i]] = probabilities(rows[name], head.weight, head.bias)
         features.close()
-        return result, info, proba
+        return result, info, proba, head
 
-    def _final_metrics(self, split: DatasetSplit, result: training.TrainResult, workflow: str,
+    def _final_metrics(self, split: DatasetSplit, result: TrainResult, workflow: str,
                        head_info: dict, head_proba: dict[str, np.ndarray]) -> dict:
         """The run's metrics; sets ``predictions_``, the final model's probabilities per split."""
         metrics: dict = {
@@ -288,8 +352,21 @@ class ImageClassifier:
 
     # -- prediction -------------------------------------------------------------------------
     def _check_fitted(self) -> None:
-        if not hasattr(self, "net_"):
+        if not hasattr(self, "config_"):
             raise NotFittedError("this ImageClassifier is not fitted yet: call fit() or headstart.load() first")
+
+    @property
+    def net_(self) -> ClassifierNet:
+        """The network. After a fit from cached features alone, it is built from the fitted
+        tensors on first use (that is when PyTorch and timm are imported)."""
+        self._check_fitted()
+        if self._net is None:
+            import torch
+
+            net = _network(self.config_)
+            net.load_state_dict({k: torch.from_numpy(v) for k, v in self._state.items()})
+            self._net, self._state = net.eval(), None
+        return self._net
 
     def iter_predict(self, paths: Sequence[str | Path], batch_size: int | None = None, tta: bool = False
                      ) -> Iterator[Prediction]:
@@ -298,6 +375,8 @@ class ImageClassifier:
         With ``tta``, the probabilities of each image and of its mirror image are
         averaged (test-time augmentation: one more forward pass per image).
         """
+        from .loader import ImageDataset, make_loader
+
         paths = [Path(p) for p in paths]
         runtime = self._inference()
         if not paths:
@@ -315,6 +394,8 @@ class ImageClassifier:
 
     def _inference(self) -> tuple[ClassifierNet, torch.device, torch.dtype]:
         """The network on its device in eval mode, with the device and the compute dtype."""
+        from . import train as training
+
         self._check_fitted()
         device = training.resolve_device(self.device)
         dtype = training.resolve_precision(self.precision, device)
@@ -328,6 +409,8 @@ class ImageClassifier:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for a uint8 batch (N, 3, H, W) already resized and cropped."""
+        import torch
+
         return _probabilities(self._inference(), torch.from_numpy(np.ascontiguousarray(batch)))
 
     def predict_proba(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
@@ -381,9 +464,14 @@ class ImageClassifier:
         """
         self._check_fitted()
         directory = prepare_output_dir(directory, overwrite)
-        from safetensors.torch import save_file
+        if self._net is None:  # fitted from cached features: the tensors are NumPy arrays
+            from safetensors.numpy import save_file
 
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
+            state = self._state
+        else:
+            from safetensors.torch import save_file
+
+            state = _tensors(self._net)
         texts = {CONFIG_FILE: json_text(self.config_.to_dict())}
         if getattr(self, "metrics_", None) is not None:
             texts[METRICS_FILE] = json_text(self.metrics_)
@@ -432,6 +520,10 @@ def predictions_csv(predictions: dict[str, np.ndarray], split: DatasetSplit, cla
 def _probabilities(inference: tuple[ClassifierNet, torch.device, torch.dtype], images: torch.Tensor,
                    tta: bool = False) -> np.ndarray:
     """Softmax of the network on a batch; with ``tta``, averaged with the mirror images'."""
+    import torch
+
+    from . import train as training
+
     net, device, dtype = inference
     images = training.to_device(images, device)
     with torch.inference_mode(), training.autocast(device, dtype):
@@ -441,7 +533,7 @@ def _probabilities(inference: tuple[ClassifierNet, torch.device, torch.dtype], i
     return proba.cpu().numpy()
 
 
-def choose_workflow(config: TrainingConfig, device: torch.device) -> tuple[str, int]:
+def choose_workflow(config: TrainingConfig, device_type: str) -> tuple[str, int]:
     """The workflow for stage 1 and the number of fine-tuning epochs, for ``auto`` settings.
 
     ``auto`` fits the head on cached features (lightweight): the most accuracy
@@ -451,7 +543,7 @@ def choose_workflow(config: TrainingConfig, device: torch.device) -> tuple[str, 
     workflow = "lightweight" if config.workflow == "auto" else config.workflow
     epochs = config.fine_tune_epochs
     if epochs is None:
-        epochs = 2 if config.workflow == "auto" and device.type == "cuda" else 0
+        epochs = 2 if config.workflow == "auto" and device_type == "cuda" else 0
     return workflow, epochs
 
 
@@ -479,15 +571,14 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
     except UsageError as exc:
         raise ModelFileError(f"{config_path}: {exc}") from None
     try:
-        backbone = build_architecture(config.backbone)
+        net = _network(config)
     except BackboneError as exc:
         raise ModelFileError(f"{config_path}: {exc}") from None
-    net = ClassifierNet(backbone, Head(config.backbone.num_features, config.head), config.preprocessing)
     _load_state(net, model_path)
     params = {name: getattr(config.training, name) for name in _TRAINING_PARAMS} if config.training else {}
     params.update(device=device, verbose=verbose, workers=None)
     clf = ImageClassifier(**params)
-    clf.net_ = net.eval()
+    clf._net = net.eval()
     clf.classes_ = config.classes
     clf.config_ = config
     metrics_path = directory / METRICS_FILE
@@ -514,6 +605,65 @@ def _load_state(net: ClassifierNet, path: Path) -> None:
     net.load_state_dict(state)
 
 
+def _network(config: ModelConfig) -> ClassifierNet:
+    """The network ``config`` describes, randomly initialised: its weights come from a saved model."""
+    from .backbone import build_architecture
+    from .head import ClassifierNet, Head
+
+    return ClassifierNet(build_architecture(config.backbone), Head(config.backbone.num_features, config.head),
+                         config.preprocessing)
+
+
+def _tensors(net: ClassifierNet) -> dict[str, torch.Tensor]:
+    """The network's tensors as saved: on the CPU, contiguous."""
+    return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+
+
+@dataclasses.dataclass
+class _Fitted:
+    """What stage 1 (and fine-tuning) produced, whichever way the model was fitted."""
+
+    workflow: str
+    spec: BackboneSpec
+    preprocessing: Preprocessing
+    result: TrainResult
+    head_info: dict
+    head_proba: dict[str, np.ndarray]
+
+
+def _record_for_cached_fit(config: TrainingConfig, cache_dir: Path, checkpoint_dir: str | Path | None
+                           ) -> BackboneRecord | None:
+    """The feature cache's record of the backbone, when this fit may run from cached features
+    alone: the lightweight workflow without fine-tuning, on the CPU, not resuming a checkpoint,
+    with weights the cache can identify. Whether every feature is cached is checked next."""
+    if config.engine == "fp16" or not _cpu_only(config.device):
+        return None
+    if choose_workflow(config, "cpu") != ("lightweight", 0):
+        return None
+    if checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_FILE).exists():
+        return None
+    request = backbone_request(config.backbone, config.weights, config.image_size)
+    return None if request is None else recall_backbone(cache_dir, request)
+
+
+def _cpu_only(device: str) -> bool:
+    """Whether ``--device`` means the CPU for certain, known without importing PyTorch: ``cpu``,
+    or ``auto`` on a machine with no GPU device nodes (NVIDIA, AMD's ROCm, WSL's GPU bridge) or
+    with every GPU hidden. When in doubt, PyTorch decides."""
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return True
+    return not any(Path(node).exists() for node in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
+
+
+def _all_samples(split: DatasetSplit) -> list[Sample]:
+    """Train, val and test samples, in that order: the order of the lightweight workflow's features."""
+    return split.train + split.val + split.test
+
+
 def _without_failed(split: DatasetSplit, failed: dict[Path, str], proba: dict[str, np.ndarray]
                     ) -> tuple[DatasetSplit, dict[str, np.ndarray]]:
     """The split, and the per-split probability rows, without the images that failed to decode.
@@ -528,11 +678,7 @@ def _without_failed(split: DatasetSplit, failed: dict[Path, str], proba: dict[st
     return kept, {name: rows[decoded[name]] for name, rows in proba.items()}
 
 
-def _dataset(samples: Sequence[Sample], transform) -> ImageDataset:
-    return ImageDataset([s.path for s in samples], [s.label for s in samples], transform)
-
-
-def _stage_summary(stage: training.StageResult | None) -> dict | None:
+def _stage_summary(stage: StageResult | None) -> dict | None:
     if stage is None:
         return None
     val = stage.val
@@ -550,6 +696,16 @@ def _relative(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return str(path)
+
+
+def _split_sizes(split: DatasetSplit) -> str:
+    return f"{len(split.train)} train / {len(split.val)} val / {len(split.test)} test images"
+
+
+def _report_backbone(config: TrainingConfig, spec: BackboneSpec, preprocessing: Preprocessing,
+                     console: Console) -> None:
+    console.info(f"backbone {config.backbone} ({spec.weights}), {spec.num_features} features, "
+                 f"input {preprocessing.image_size} px")
 
 
 def _report_data(split: DatasetSplit, console: Console) -> None:
