@@ -22,13 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from headstart._console import Console
 from headstart.backbone import create_backbone
 from headstart.config import HeadSpec
-from headstart.loader import ImageDataset
-from headstart.images import collect_images
+from headstart.images import collect_images, network_input
 from headstart.engine import create_engine, feature_error
 from headstart.head import ClassifierNet, Head
 
@@ -36,8 +36,7 @@ from headstart.head import ClassifierNet, Head
 def engines(data: Path, batch: int, names: list[str]) -> None:
     backbone, spec, pre = create_backbone("efficientnet_lite0")
     net = ClassifierNet(backbone, Head(spec.num_features, HeadSpec(2)), pre).eval()
-    dataset = ImageDataset.for_eval(collect_images([data])[:batch], None, pre)
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    images = np.stack([network_input(p, pre) for p in collect_images([data])[:batch]])
     device = torch.device("cuda")
     reference = eager = None
     for name in names:

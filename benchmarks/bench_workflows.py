@@ -109,12 +109,13 @@ def train_lightweight(data: Path, out: Path, cache: Path, *extra: str) -> dict:
 
 def throughput(data: Path, batches: int, compile_: bool) -> dict:
     """Decode img/s, and each engine's img/s on the same real images (median of repeats)."""
+    import numpy as np
     import torch
 
     from headstart._console import Console
     from headstart.backbone import create_backbone
     from headstart.config import HeadSpec
-    from headstart.images import collect_images
+    from headstart.images import collect_images, network_input
     from headstart.loader import ImageDataset, make_loader
     from headstart.engine import create_engine, feature_error
     from headstart.head import ClassifierNet, Head
@@ -127,7 +128,7 @@ def throughput(data: Path, batches: int, compile_: bool) -> dict:
         start = time.perf_counter()
         n = sum(len(b.indices) for b in make_loader(ImageDataset.for_eval(paths, None, pre), 64, workers=workers))
         out[f"decode_{workers}w"] = n / (time.perf_counter() - start)
-    images = torch.stack([ImageDataset.for_eval(paths[:64], None, pre)[i][0] for i in range(64)])
+    images = np.stack([network_input(p, pre) for p in paths[:64]])
     tmp = Path(tempfile.mkdtemp())
     names = ["eager", "bf16", "onnx"] + (["compile"] if compile_ else [])
     reference = None

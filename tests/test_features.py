@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -14,12 +15,13 @@ import torch
 
 import headstart
 from headstart.backbone import create_backbone
-from headstart.config import HeadSpec
+from headstart.config import HeadSpec, Preprocessing
 from headstart.engine import TOLERANCE, create_engine, feature_error
 from headstart.errors import ExitStatus
 from headstart import features
 from headstart.features import FeatureMatrix, Rows, extract_features
 from headstart.head import ClassifierNet, Head
+from headstart.images import DecodeAhead, network_input
 from headstart.linear import fit_linear_head, fit_logistic, linear_probabilities
 from headstart._console import Console
 
@@ -113,10 +115,46 @@ def test_undecodable_images_are_marked(tmp_path: Path, tiny_net):
     assert broken in result.failed
 
 
+TINY_INPUT = Preprocessing(input_size=(3, 32, 32), interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3,
+                           crop_pct=0.875)
+
+
+def take_all(ahead: DecodeAhead, size: int) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+    taken = [ahead.take(i, min(i + size, len(ahead.paths))) for i in range(0, len(ahead.paths), size)]
+    return np.concatenate([t[0] for t in taken]), sum((t[1] for t in taken), []), sum((t[2] for t in taken), [])
+
+
+def test_decoding_ahead_gives_every_image_in_order_as_the_network_takes_it(tmp_path: Path):
+    paths = sorted(make_folder(tmp_path / "d", per_class=5).rglob("*.png"))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(paths[0].read_bytes()[:60])
+    paths = [*paths[:4], broken, *paths[4:]]
+    ahead = DecodeAhead(paths, TINY_INPUT, processes=2, ahead=3)  # fewer slots than images: slots are reused
+    try:
+        pixels, positions, failures = take_all(ahead, 2)
+    finally:
+        ahead.close()
+    assert positions == [i for i in range(len(paths)) if i != 4]
+    assert [i for i, _ in failures] == [4] and "truncated" in failures[0][1]
+    np.testing.assert_array_equal(pixels, np.stack([network_input(paths[i], TINY_INPUT) for i in positions]))
+
+
+def test_images_of_a_killed_decoding_child_are_decoded_by_the_parent(tmp_path: Path):
+    paths = sorted(make_folder(tmp_path / "d", per_class=6).rglob("*.png"))
+    ahead = DecodeAhead(paths, TINY_INPUT, processes=2, ahead=2)  # the children wait on a tiny ring
+    ahead._children[1].kill()
+    try:
+        pixels, positions, failures = take_all(ahead, 2)
+    finally:
+        ahead.close()
+    assert positions == list(range(len(paths))) and not failures
+    np.testing.assert_array_equal(pixels, np.stack([network_input(p, TINY_INPUT) for p in paths]))
+
+
 @pytest.mark.parametrize("engine,limit", [("onnx", 1e-4), ("bf16", TOLERANCE)])
 def test_engines_match_eager_fp32(tmp_path: Path, tiny_net, engine: str, limit: float):
     net, _, pre = tiny_net
-    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (5, 3, 32, 32), dtype=np.uint8)
     make = lambda name: create_engine(name, net, pre.input_size, torch.device("cpu"),  # noqa: E731
                                       lambda n: tmp_path / f"{n}.onnx", None, Console(0))
     reference = make("eager")(images)
@@ -293,6 +331,36 @@ def test_a_damaged_backbone_record_is_never_used(cli, tmp_path: Path, tiny_args)
     assert "without loading the backbone" not in captured.stderr
     assert _same_tensors(tmp_path / "again" / "model.safetensors", tmp_path / "first" / "model.safetensors")
     assert tensors.read_bytes() == intact  # rewritten by the run through the network
+
+
+def test_new_images_get_their_features_from_the_exported_engine_without_pytorch(cli, tmp_path: Path, tiny_args):
+    # One decoding process: decoded ahead on the fast path, by a DataLoader worker on the other.
+    options = [*tiny_args, "--workflow", "lightweight", "--device", "cpu", "--workers", "1"]
+    cache = tmp_path / "cache"
+    status, captured = cli("train", make_folder(tmp_path / "first", per_class=6), *options, "--cache-dir", cache,
+                           "--out", tmp_path / "run")  # exports and checks the engine, records the backbone
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    # The same engine file, but nothing else: the next run goes through PyTorch and its DataLoader.
+    shutil.copytree(cache, tmp_path / "bare", ignore=shutil.ignore_patterns("features", "backbones", "*.json"))
+    new = make_folder(tmp_path / "new", per_class=9)
+    fast = subprocess.run([sys.executable, "-c", _HEADSTART, "train", str(new), *map(str, options), "--cache-dir",
+                           str(cache), "--out", str(tmp_path / "fast")], capture_output=True, text=True)
+    assert fast.returncode == ExitStatus.SUCCESS, fast.stderr
+    assert "imported: []" in fast.stdout and "18 image(s) with engine onnx, exported earlier" in fast.stderr
+    status, captured = cli("train", new, *options, "--cache-dir", tmp_path / "bare", "--out", tmp_path / "slow")
+    assert status == ExitStatus.SUCCESS and "exported earlier" not in captured.stderr, captured.stderr
+    # Decoded ahead in child processes and run by ONNX Runtime alone, or through PyTorch: the same.
+    assert _same_tensors(tmp_path / "fast" / "model.safetensors", tmp_path / "slow" / "model.safetensors")
+    assert (tmp_path / "fast" / "predictions.csv").read_bytes() == (tmp_path / "slow" / "predictions.csv").read_bytes()
+    assert _comparable(tmp_path / "fast") == _comparable(tmp_path / "slow")
+
+    [engine] = (cache / "engines").glob("*.onnx")
+    engine.write_bytes(engine.read_bytes()[:1000])  # damaged: never used, exported again
+    status, captured = cli("train", make_folder(tmp_path / "more", per_class=4), *options, "--cache-dir", cache,
+                           "--out", tmp_path / "after")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    assert "exported earlier" not in captured.stderr and "with engine onnx" in captured.stderr
+    assert engine.stat().st_size > 1000
 
 
 def test_cache_command_shows_and_clears(cli, tmp_path: Path, tiny_net):

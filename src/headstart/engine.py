@@ -21,7 +21,6 @@ minute-long compilation rarely pays off on a dataset of this size.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +30,10 @@ from torch import nn
 
 from ._console import Console
 from .config import CPU_ENGINE, ENGINES
-from .images import available_cores
 from .errors import UsageError
 from .export import export_onnx
 from .head import ClassifierNet
+from .runtime import FeatureSession
 from .train import autocast, prepare, to_device
 
 __all__ = ["ENGINES", "TOLERANCE", "FeatureEngine", "create_engine", "engine_candidates", "feature_error",
@@ -58,13 +57,15 @@ class PooledFeatures(nn.Module):
 
 @dataclass
 class FeatureEngine:
-    """A callable from a batch of normalised images (CPU tensor) to float32 features (CPU tensor)."""
+    """A callable from a batch of images as the network takes them (uint8 NumPy, N x 3 x H x W)
+    to their pooled features (float32 NumPy, N x num_features)."""
 
     name: str
-    run: Callable[[torch.Tensor], torch.Tensor]
+    run: Callable[[np.ndarray], np.ndarray]
     batch_size: int
+    error: float | None = None  # measured against eager fp32 on real images, when it was
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.run(images)
 
 
@@ -74,48 +75,31 @@ def _torch_engine(name: str, module: nn.Module, device: torch.device, dtype: tor
     if compile_:
         module = torch.compile(module)
 
-    def run(images: torch.Tensor) -> torch.Tensor:
-        images = to_device(images, device)
+    def run(images: np.ndarray) -> np.ndarray:
+        batch = to_device(torch.from_numpy(np.ascontiguousarray(images)), device)
         with torch.inference_mode(), autocast(device, dtype):
-            return module(images).float().cpu()
+            return module(batch).float().cpu().numpy()
 
     return FeatureEngine(name, run, batch_size=256 if device.type == "cuda" else 64)
 
 
 def _onnx_engine(module: nn.Module, input_size: tuple[int, int, int], model_path: Path) -> FeatureEngine:
-    import onnxruntime as ort
-
-    if not model_path.is_file():
-        model_path.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(module, model_path, input_size, output_name="features")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    # One thread per run, one run per core: an operator split over threads waits for
-    # its slowest thread, and the decoding workers keep preempting one of them.
-    # Independent single-threaded runs measured 106 img/s against 79 for one
-    # two-threaded run, decoding included.
-    options.intra_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    pool = ThreadPoolExecutor(max_workers=available_cores())
-    chunk = 8  # activation memory grows with the chunk: 8 keeps the process near 1.4 GB
-
-    def run_chunk(array: np.ndarray) -> np.ndarray:
-        return session.run(None, {"images": array})[0]
-
-    def run(images: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(images.numpy())
-        parts = pool.map(run_chunk, [array[i:i + chunk] for i in range(0, len(array), chunk)])
-        return torch.from_numpy(np.concatenate(list(parts)))
-
-    return FeatureEngine("onnx", run, batch_size=chunk * 2 * available_cores())
+    if model_path.is_file():
+        try:
+            session = FeatureSession(model_path)
+            return FeatureEngine("onnx", session, session.batch_size)
+        except Exception:  # onnxruntime raises its own untyped errors for a damaged file
+            model_path.unlink()  # exported again below
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(module, model_path, input_size, output_name="features")
+    session = FeatureSession(model_path)
+    return FeatureEngine("onnx", session, session.batch_size)
 
 
-def feature_error(features: torch.Tensor, reference: torch.Tensor) -> float:
+def feature_error(features: np.ndarray, reference: np.ndarray) -> float:
     """The largest per-image relative L2 distance between two feature batches."""
-    distance = (features - reference).norm(dim=1)
-    return float((distance / reference.norm(dim=1).clamp_min(1e-12)).max())
+    distance = np.linalg.norm(features - reference, axis=1)
+    return float((distance / np.maximum(np.linalg.norm(reference, axis=1), 1e-12)).max())
 
 
 def engine_candidates(name: str, device: torch.device) -> list[str]:
@@ -129,7 +113,7 @@ def engine_candidates(name: str, device: torch.device) -> list[str]:
 
 
 def create_engine(name: str, net: ClassifierNet, input_size: tuple[int, int, int], device: torch.device,
-                  onnx_path: Callable[[str], Path], sample: torch.Tensor | None,
+                  onnx_path: Callable[[str], Path], sample: np.ndarray | None,
                   console: Console) -> FeatureEngine:
     """The engine ``name`` (or, for ``auto``, the first that works and passes the parity check).
 
@@ -158,6 +142,7 @@ def create_engine(name: str, net: ClassifierNet, input_size: tuple[int, int, int
                                      f"(tolerance {TOLERANCE})")
                 console.warn(f"engine {candidate} differs from eager fp32 by {error:.3f}: trying the next")
                 continue
+            engine.error = error
         return engine
     raise UsageError("no feature engine works here")  # unreachable: eager always works
 

@@ -30,7 +30,7 @@ import sqlite3
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +42,8 @@ from ._console import Console
 from ._io import atomic_path, file_digest, write_json
 from .config import BackboneSpec, Preprocessing, from_json
 from .errors import UsageError
+from .images import DECODE_ERRORS, DecodeAhead, decode_failure, default_workers, network_input
+from .runtime import FeatureSession
 
 if TYPE_CHECKING:
     import torch
@@ -63,6 +65,9 @@ __all__ = [
     "remember_backbone",
     "recall_backbone",
     "cached_features",
+    "engine_file",
+    "exported_engine",
+    "extract_with_exported_engine",
     "extract_features",
 ]
 
@@ -456,7 +461,7 @@ def extract_features(paths: Sequence[Path], net, spec: BackboneSpec, preprocessi
     import torch
 
     from .engine import create_engine, engine_candidates
-    from .loader import ImageDataset, default_workers, make_loader
+    from .loader import ImageDataset, make_loader
 
     start = time.perf_counter()
     console = console or Console(0)
@@ -477,41 +482,145 @@ def extract_features(paths: Sequence[Path], net, spec: BackboneSpec, preprocessi
     failed: dict[Path, str] = {}
     ok = np.ones(len(paths), dtype=bool)
     if todo:
-        sample = _sample_batch(paths, todo, preprocessing)
         runner = create_engine(engine, net, preprocessing.input_size, device,
-                               lambda name: Path(cache_dir) / "engines" / f"{key_for(name).digest()}.onnx",
-                               sample, console)
+                               lambda name: engine_file(cache_dir, key_for(name)),
+                               _sample_batch(paths, todo, preprocessing), console)
         used = runner.name
+        if used == "onnx" and runner.error is not None:
+            _mark_verified(engine_file(cache_dir, key_for(used)), runner.error)
         if used != names[0]:
             cache.close()
             cache = FeatureCache(cache_dir, key_for(used))
             todo = _lookup(cache, paths, found)
         console.info(f"extracting features of {len(todo)} image(s) with engine {used} "
                      f"({len(paths) - len(todo)} cached)")
-        dataset = ImageDataset.for_eval([paths[i] for i in todo], todo, preprocessing)
         gpu = device.type == "cuda"
-        # On a CPU, decoding costs about a fifth of the backbone: half the usual workers keep
-        # it fed and leave the cores to the engine. Beside a GPU, decoding is the bottleneck.
-        if workers is None:
-            workers = default_workers(gpu) if gpu else max(1, default_workers() // 2)
-        loader = make_loader(dataset, runner.batch_size, workers=workers, gpu=gpu)
-        for batch in console.progress(loader, total=len(loader), desc="features"):
-            for index, reason in batch.failed:
-                failed[dataset.paths[index]] = reason
-                ok[todo[index]] = False
-            if not batch.indices:
-                continue
-            batch_paths = [dataset.paths[i] for i in batch.indices]
-            rows = batch.labels.tolist()  # the labels carry each image's position in `paths`
-            for variant in variants:
-                images = batch.images.flip(-1) if variant == FLIPPED else batch.images
-                features = runner(images).numpy()
-                cache.store(batch_paths, features, variant)
-                for row, feature in zip(rows, features):
-                    found[variant].write(row, feature)
+        dataset = ImageDataset.for_eval([paths[i] for i in todo], todo, preprocessing)
+        loader = make_loader(dataset, runner.batch_size, workers=_extraction_workers(workers, gpu), gpu=gpu)
+        _compute(runner, _loader_batches(loader, todo), -(-len(todo) // runner.batch_size), paths, cache, found, ok, failed, console)
     cache.close()
     return FeatureSet(found[ORIGINAL], found.get(FLIPPED), ok, failed, used, len(todo),
                       time.perf_counter() - start)
+
+
+def _compute(runner: Callable[[np.ndarray], np.ndarray], batches: Iterator[tuple[np.ndarray, list[int], list]],
+             count: int, paths: Sequence[Path], cache: FeatureCache, found: dict[int, FeatureMatrix],
+             ok: np.ndarray, failed: dict[Path, str], console: Console) -> None:
+    """Run ``runner`` on every batch (and its mirror images, when ``found`` has them): features into
+    the cache and into ``found``'s rows; an image that failed to decode is marked in ``ok`` and ``failed``."""
+    for images, rows, failures in console.progress(batches, total=count, desc="features"):
+        for row, reason in failures:
+            failed[paths[row]] = reason
+            ok[row] = False
+        if not rows:
+            continue
+        batch_paths = [paths[row] for row in rows]
+        for variant, matrix in found.items():
+            features = runner(np.ascontiguousarray(images[..., ::-1]) if variant == FLIPPED else images)
+            cache.store(batch_paths, features, variant)
+            for row, feature in zip(rows, features):
+                matrix.write(row, feature)
+
+
+def engine_file(cache_dir: str | Path, key: ExtractorKey) -> Path:
+    """Where the backbone exported for ``key`` (an ONNX graph) is kept."""
+    return Path(cache_dir) / "engines" / f"{key.digest()}.onnx"
+
+
+def _mark_verified(path: Path, error: float) -> None:
+    """Record that the exported engine at ``path`` matched eager fp32 on real images."""
+    write_json(path.with_suffix(".verified.json"), {"sha256": file_digest(path), "error": error})
+
+
+def exported_engine(cache_dir: str | Path, key: ExtractorKey) -> FeatureSession | None:
+    """The backbone exported for ``key``, ready to run without PyTorch; None unless the cache holds
+    it intact and it was checked against eager fp32 (as the first run through PyTorch does)."""
+    if key.engine != "onnx":
+        return None
+    path = engine_file(cache_dir, key)
+    try:
+        verified = json.loads(path.with_suffix(".verified.json").read_text(encoding="utf-8"))
+        if verified["sha256"] != file_digest(path):
+            return None
+        return FeatureSession(path)
+    except Exception:  # missing or damaged files; onnxruntime raises its own untyped errors
+        return None
+
+
+def extract_with_exported_engine(paths: Sequence[Path], key: ExtractorKey, cache_dir: str | Path,
+                                 runner: FeatureSession, flip: bool = False, workers: int | None = None,
+                                 console: Console | None = None) -> FeatureSet:
+    """Features of ``paths``, the missing ones computed by ``runner`` (:func:`exported_engine`):
+    no PyTorch, no backbone to load."""
+    start = time.perf_counter()
+    console = console or Console(0)
+    paths = [Path(p) for p in paths]
+    failed: dict[Path, str] = {}
+    ok = np.ones(len(paths), dtype=bool)
+    with FeatureCache(cache_dir, key) as cache:
+        found = {v: FeatureMatrix(len(paths), key.num_features, cache.folder) for v in _variants(flip)}
+        todo = _lookup(cache, paths, found)
+        console.info(f"extracting features of {len(todo)} image(s) with engine {key.engine}, exported earlier "
+                     f"({len(paths) - len(todo)} cached)")
+        ahead = _start_decoding(paths, todo, key.preprocessing, workers)
+        batches = (_decoded_batches(ahead, todo, runner.batch_size) if ahead is not None
+                   else _decoded_here(paths, todo, key.preprocessing, runner.batch_size))
+        try:
+            _compute(runner, batches, -(-len(todo) // runner.batch_size), paths, cache, found, ok, failed, console)
+        finally:
+            if ahead is not None:
+                ahead.close()
+    return FeatureSet(found[ORIGINAL], found.get(FLIPPED), ok, failed, key.engine, len(todo),
+                      time.perf_counter() - start)
+
+
+def _extraction_workers(workers: int | None, gpu: bool) -> int:
+    """Decoding processes while extracting (``workers`` when set). On a CPU, decoding costs about a
+    fifth of the backbone: half the usual workers keep it fed and leave the cores to the engine.
+    Beside a GPU, decoding is the bottleneck."""
+    if workers is not None:
+        return workers
+    return default_workers(gpu) if gpu else max(1, default_workers() // 2)
+
+
+def _start_decoding(paths: Sequence[Path], missing: Sequence[int], preprocessing: Preprocessing,
+                  workers: int | None) -> DecodeAhead | None:
+    """Start decoding the images whose features are missing in child processes; None where that
+    is not possible or not wanted (``workers=0``: decode in the main process)."""
+    processes = _extraction_workers(workers, gpu=False)
+    if not missing or not processes or not DecodeAhead.AVAILABLE:
+        return None
+    return DecodeAhead([paths[i] for i in missing], preprocessing, processes)
+
+
+_Batches = Iterator[tuple[np.ndarray, list[int], list[tuple[int, str]]]]
+
+
+def _loader_batches(loader, todo: Sequence[int]) -> _Batches:
+    """(uint8 images, their positions in ``paths``, failures by position) from a DataLoader over ``todo``."""
+    for batch in loader:
+        # The labels carry each image's position in `paths`.
+        yield batch.images.numpy(), batch.labels.tolist(), [(todo[i], reason) for i, reason in batch.failed]
+
+
+def _decoded_batches(ahead: DecodeAhead, todo: Sequence[int], size: int) -> _Batches:
+    """The same, from images decoded ahead by child processes."""
+    for start in range(0, len(todo), size):
+        pixels, done, failures = ahead.take(start, min(start + size, len(todo)))
+        yield pixels, [todo[i] for i in done], [(todo[i], reason) for i, reason in failures]
+
+
+def _decoded_here(paths: Sequence[Path], todo: Sequence[int], preprocessing: Preprocessing, size: int) -> _Batches:
+    """The same, decoded in this process (``--workers 0``, or where children cannot be forked)."""
+    for start in range(0, len(todo), size):
+        pixels, rows, failures = [], [], []
+        for row in todo[start:start + size]:
+            try:
+                pixels.append(network_input(paths[row], preprocessing))
+                rows.append(row)
+            except DECODE_ERRORS as exc:
+                failures.append((row, decode_failure(paths[row], exc)))
+        yield np.stack(pixels) if pixels else np.zeros((0, *preprocessing.input_size), np.uint8), rows, failures
 
 
 def _lookup(cache: FeatureCache, paths: Sequence[Path], found: dict[int, FeatureMatrix]) -> list[int]:
@@ -522,12 +631,7 @@ def _lookup(cache: FeatureCache, paths: Sequence[Path], found: dict[int, Feature
 
 
 def _sample_batch(paths: Sequence[Path], todo: Sequence[int], preprocessing: Preprocessing,
-                  size: int = 8) -> torch.Tensor | None:
+                  size: int = 8) -> np.ndarray | None:
     """A few decodable images to check an engine's features against eager fp32."""
-    import torch
-
-    from .loader import ImageDataset
-
-    dataset = ImageDataset.for_eval([paths[i] for i in todo[:4 * size]], None, preprocessing)
-    images = [x for x, _, _ in (dataset[i] for i in range(len(dataset))) if x is not None][:size]
-    return torch.stack(images) if images else None
+    pixels = next(_decoded_here(paths, todo[:4 * size], preprocessing, 4 * size))[0][:size]
+    return pixels if len(pixels) else None

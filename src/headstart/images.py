@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import tempfile
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +27,7 @@ from .errors import DataError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "available_cores",
+    "default_workers",
     "collect_images",
     "load_image",
     "probe_image",
@@ -33,6 +37,7 @@ __all__ = [
     "decode_failure",
     "DECODE_ERRORS",
     "load_thumbnail",
+    "DecodeAhead",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
@@ -194,6 +199,18 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_workers(gpu: bool = False) -> int:
+    """Decoding processes for a model on the CPU (``gpu`` False) or on a GPU.
+
+    Beside a model on the CPU they share its cores: one per core, at most 4.
+    Beside a GPU, decoding is what bounds throughput (a GPU runs the backbone
+    50 times faster than a core decodes photos): every core but the main
+    process's, at most 16.
+    """
+    cores = available_cores()
+    return max(1, min(16, cores - 1)) if gpu else max(1, min(4, cores))
+
+
 def network_input(source, pre: Preprocessing) -> np.ndarray:
     """One image (a path or a file object) as the network takes it: uint8, channels first,
     resized and centre-cropped per ``pre``."""
@@ -206,3 +223,93 @@ def decode_failure(path: Path, exc: Exception) -> str:
     ("empty file", not Pillow's "cannot identify image file ..."), so training's skip list
     and prediction's error column agree."""
     return probe_image(path) or f"cannot decode image: {exc}"
+
+
+_PENDING, _DECODED, _FAILED = 0, 1, 2
+
+
+class DecodeAhead:
+    """Images decoded ahead of their use by child processes, in order, as the network takes them.
+
+    What a DataLoader's workers do, without PyTorch: the children decode
+    while the parent runs the backbone (the exported engine, in ONNX Runtime).
+    Child ``k`` of ``n`` decodes images ``k``, ``k + n``, ...; each
+    image goes to a slot of a ring of ``ahead`` images in an anonymous temporary
+    file, read back with ``pread``, so memory does not grow with the number of
+    images (150 kB per slot at 224 px). Children are forked, as PyTorch's
+    DataLoader workers are on Linux (see :data:`AVAILABLE`), and stop when their
+    parent dies.
+    """
+
+    AVAILABLE = sys.platform.startswith("linux")  # where forking is the norm and cheap
+
+    def __init__(self, paths: Sequence[str | Path], pre: Preprocessing, processes: int = 1, ahead: int = 2048):
+        import multiprocessing
+
+        self.paths = [Path(p) for p in paths]
+        self.pre = pre
+        self._size = math.prod(pre.input_size)
+        self._ahead = max(1, min(ahead, len(self.paths)))
+        self._file = tempfile.TemporaryFile(prefix="headstart-pixels-")
+        self._file.truncate(self._ahead * self._size)
+        context = multiprocessing.get_context("fork")
+        self._status = context.RawArray("b", len(self.paths))
+        self._taken = context.RawValue("q", 0)  # images the parent has read: their slots are free again
+        self._children = [
+            context.Process(target=_decode_ahead, daemon=True,
+                            args=(self._file.fileno(), self.paths, pre, self._status, self._taken, self._ahead,
+                                  k, max(1, processes), os.getpid()))
+            for k in range(max(1, processes))]
+        for child in self._children:
+            child.start()
+
+    def take(self, start: int, stop: int) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+        """Images ``start`` to ``stop - 1``, once decoded (taken in order, at most ``ahead`` at a
+        time): the decoded ones as uint8 (n, 3, H, W), their positions, and the failures with
+        their reasons. An image a child could not decode is tried again here, for the reason."""
+        if stop - start > self._ahead:
+            raise ValueError(f"cannot take {stop - start} images at once: {self._ahead} are decoded ahead")
+        indices = range(start, stop)
+        while any(self._status[i] == _PENDING for i in indices):
+            for i in indices:  # a child that was killed leaves its images to be decoded here
+                if self._status[i] == _PENDING and not self._children[i % len(self._children)].is_alive():
+                    self._status[i] = _FAILED
+            time.sleep(0.002)
+        pixels = np.empty((len(indices), *self.pre.input_size), dtype=np.uint8)
+        good, failed = [], []
+        for row, i in enumerate(indices):
+            try:
+                if self._status[i] == _DECODED:
+                    os.preadv(self._file.fileno(), [memoryview(pixels[row]).cast("B")],
+                              (i % self._ahead) * self._size)
+                else:
+                    pixels[row] = network_input(self.paths[i], self.pre)
+                good.append(row)
+            except DECODE_ERRORS as exc:
+                failed.append((i, decode_failure(self.paths[i], exc)))
+        self._taken.value = stop
+        return pixels[good], [start + row for row in good], failed
+
+    def close(self) -> None:
+        for child in self._children:
+            child.terminate()
+            child.join()
+        self._file.close()
+
+
+def _decode_ahead(fd: int, paths: Sequence[Path], pre: Preprocessing, status, taken, ahead: int, first: int,
+                  step: int, parent: int) -> None:
+    """A child of :class:`DecodeAhead`: decode every ``step``-th image, from ``first``, into its slot."""
+    size = math.prod(pre.input_size)
+    for i in range(first, len(paths), step):
+        while i - taken.value >= ahead:  # the ring is full: wait for the parent to read
+            if os.getppid() != parent:
+                return
+            time.sleep(0.002)
+        try:
+            pixels = network_input(paths[i], pre)
+        except DECODE_ERRORS:
+            status[i] = _FAILED
+            continue
+        os.pwrite(fd, pixels.tobytes(), (i % ahead) * size)
+        status[i] = _DECODED

@@ -18,7 +18,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from .config import Preprocessing
-from .images import DECODE_ERRORS, CenterCropResize, available_cores, decode_failure, load_image, resize_size
+from .images import (DECODE_ERRORS, CenterCropResize, available_cores, decode_failure, default_workers,
+                     load_image, resize_size)
 
 __all__ = [
     "eval_transform",
@@ -27,7 +28,6 @@ __all__ = [
     "Batch",
     "collate",
     "make_loader",
-    "default_workers",
 ]
 
 _INTERPOLATION = {
@@ -106,18 +106,6 @@ def collate(items) -> Batch:
     return Batch(torch.stack([x for x, _, _ in good]),
                  torch.tensor([y for _, y, _ in good], dtype=torch.long),
                  [i for _, _, i in good], failed)
-
-
-def default_workers(gpu: bool = False) -> int:
-    """Decoding processes for a model on the CPU (``gpu`` False) or on a GPU.
-
-    Beside a model on the CPU they share its cores: one per core, at most 4.
-    Beside a GPU, decoding is what bounds throughput (a GPU runs the backbone
-    50 times faster than a core decodes photos): every core but the main
-    process's, at most 16.
-    """
-    cores = available_cores()
-    return max(1, min(16, cores - 1)) if gpu else max(1, min(4, cores))
 
 
 def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool = False, workers: int | None = None,

@@ -32,7 +32,8 @@ from .data import DatasetSplit, Sample, Skipped, discover
 from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
 from .evaluate import classification_metrics
 from .features import (BackboneRecord, ExtractorKey, FeatureSet, backbone_request, cached_features,
-                       default_cache_dir, extract_features, recall_backbone, remember_backbone)
+                       default_cache_dir, exported_engine, extract_features,
+                       extract_with_exported_engine, recall_backbone, remember_backbone)
 from .linear import LinearHead, fit_linear_head, probabilities
 from .results import HISTORY_COLUMNS, StageResult, TrainResult
 from .runtime import Prediction, best_classes, stack_probabilities
@@ -160,7 +161,7 @@ class ImageClassifier:
         start = time.perf_counter()  # the network path restarts the clock once the backbone is built
         fitted = None
         if record is not None:
-            fitted = self._fit_from_cache(record, split, config, cache_dir, console, on_epoch)
+            fitted = self._fit_from_record(record, split, config, cache_dir, console, on_epoch)
         if fitted is None:
             fitted = self._fit_network(split, head_spec, config, cache_dir, console, on_epoch, checkpoint_dir,
                                        timings)
@@ -182,22 +183,31 @@ class ImageClassifier:
         self.metrics_["timings"] = {**timings, "total": time.perf_counter() - started}
         return self
 
-    def _fit_from_cache(self, record: BackboneRecord, split: DatasetSplit, config: TrainingConfig,
-                        cache_dir: Path, console: Console, on_epoch: Callable[[dict], None] | None
-                        ) -> _Fitted | None:
-        """The lightweight head fitted on cached features, without PyTorch; None unless every
-        image's features are cached."""
+    def _fit_from_record(self, record: BackboneRecord, split: DatasetSplit, config: TrainingConfig,
+                         cache_dir: Path, console: Console, on_epoch: Callable[[dict], None] | None
+                         ) -> _Fitted | None:
+        """The lightweight head fitted without PyTorch, on features from the cache or, for the
+        images missing there, from the backbone an earlier run exported; None when neither can
+        provide them all (then the network is needed)."""
         spec = record.spec
         engine = CPU_ENGINE if config.engine == "auto" else config.engine
         key = ExtractorKey(spec.architecture, spec.weights, record.preprocessing, engine, spec.num_features)
-        features = cached_features([s.path for s in _all_samples(split)], key, cache_dir, config.flip_features)
+        paths = [s.path for s in _all_samples(split)]
+        features = cached_features(paths, key, cache_dir, config.flip_features)
+        runner = None
         if features is None:
-            return None
+            runner = exported_engine(cache_dir, key)
+            if runner is None:
+                return None
         from safetensors.numpy import load_file
 
         _report_backbone(config, spec, record.preprocessing, console)
-        console.info(f"lightweight workflow on cpu, {_split_sizes(split)}: every image's features are cached "
-                     f"(engine {engine}), so the head is fitted without loading the backbone")
+        console.info(f"lightweight workflow on cpu, {_split_sizes(split)}: features from the cache "
+                     f"{'and the exported engine ' if runner else ''}({engine}), so the head is fitted "
+                     "without loading the backbone")
+        if features is None:
+            features = extract_with_exported_engine(paths, key, cache_dir, runner, config.flip_features,
+                                                    config.workers, console)
         result, info, proba, head = self._head_from_features(features, split, config, console, on_epoch)
         self._net = None
         self._state = {**load_file(str(record.tensors)), "head.fc.weight": head.weight, "head.fc.bias": head.bias}
