@@ -268,13 +268,19 @@ def library_versions() -> dict[str, str]:
 
     Read from the installed packages' metadata: nothing is imported.
     """
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     from . import __version__
 
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
     return {
         "headstart": __version__,
-        "torch": version("torch"),
-        "timm": version("timm"),
+        "torch": installed("torch"),
+        "timm": installed("timm"),
         "python": platform.python_version(),
     }

@@ -16,8 +16,10 @@ extraction keeps what it did) with a CRC32 of each row: a damaged entry is
 detected, recomputed and never silently used.
 
 Beside the features, the cache keeps a :class:`BackboneRecord` of each
-pretrained backbone (its spec, preprocessing and tensors): a rerun whose
-features are all cached fits its head and writes its model without PyTorch.
+pretrained backbone (its spec, preprocessing and tensors) and, beside each
+exported engine, the checksum of the file that matched eager fp32. With them,
+a lightweight run on the CPU needs no PyTorch: cached features are read back,
+missing ones come from the exported engine in ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -385,9 +386,9 @@ def cached_features(paths: Sequence[Path], key: ExtractorKey, cache_dir: str | P
 class BackboneRecord:
     """What the cache remembers of a pretrained backbone it holds features of.
 
-    With it, a rerun whose features are all cached writes the same model file
-    as a full run without importing PyTorch or timm: the backbone's tensors
-    are copied from here, the head's are new.
+    With it, a lightweight run writes the same model file as a run through
+    PyTorch without importing PyTorch or timm: the backbone's tensors are
+    copied from here, the head's are new.
     """
 
     spec: BackboneSpec
@@ -399,16 +400,19 @@ def backbone_request(name: str, weights: str | Path | None, image_size: int | No
     """What identifies a backbone before it is built: the name and image size asked for, the
     weights (by digest or package version) and the versions that build it. None for weights
     from the hub, which only timm can name."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     from . import __version__
     from .weights import weights_source
 
+    try:
+        timm = version("timm")
+    except PackageNotFoundError:  # then nothing can build a backbone, and the run says so
+        return None
     source = weights_source(name, weights)
     if source is None:
         return None
-    return {"name": name, "weights": source, "image_size": image_size, "timm": version("timm"),
-            "headstart": __version__}
+    return {"name": name, "weights": source, "image_size": image_size, "timm": timm, "headstart": __version__}
 
 
 def _record_folder(root: str | Path, request: dict) -> Path:
@@ -497,7 +501,8 @@ def extract_features(paths: Sequence[Path], net, spec: BackboneSpec, preprocessi
         gpu = device.type == "cuda"
         dataset = ImageDataset.for_eval([paths[i] for i in todo], todo, preprocessing)
         loader = make_loader(dataset, runner.batch_size, workers=_extraction_workers(workers, gpu), gpu=gpu)
-        _compute(runner, _loader_batches(loader, todo), -(-len(todo) // runner.batch_size), paths, cache, found, ok, failed, console)
+        _compute(runner, _loader_batches(loader, todo), -(-len(todo) // runner.batch_size), paths, cache, found,
+                 ok, failed, console)
     cache.close()
     return FeatureSet(found[ORIGINAL], found.get(FLIPPED), ok, failed, used, len(todo),
                       time.perf_counter() - start)

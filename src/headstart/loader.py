@@ -35,6 +35,8 @@ _INTERPOLATION = {
     "bilinear": InterpolationMode.BILINEAR,
     "nearest": InterpolationMode.NEAREST,
 }
+
+
 # Transforms end in uint8 tensors: 4x less to pass between processes than float32.
 # Scaling and normalisation happen inside the network (:class:`headstart.head.Normalize`).
 def eval_transform(pre: Preprocessing) -> T.Compose:

@@ -38,9 +38,9 @@ from .linear import LinearHead, fit_linear_head, probabilities
 from .results import HISTORY_COLUMNS, StageResult, TrainResult
 from .runtime import Prediction, best_classes, stack_probabilities
 
-# PyTorch, timm and the network are imported where they are used: a rerun whose
-# features are all cached fits its head and writes its model without them (about
-# 5 s of imports on a 2-core machine).
+# PyTorch, timm and the network are imported where they are used: a lightweight run
+# whose backbone the feature cache knows fits its head and writes its model without
+# them (about 5 s of imports on a 2-core machine).
 if TYPE_CHECKING:
     import torch
 
@@ -643,9 +643,9 @@ class _Fitted:
 
 def _record_for_cached_fit(config: TrainingConfig, cache_dir: Path, checkpoint_dir: str | Path | None
                            ) -> BackboneRecord | None:
-    """The feature cache's record of the backbone, when this fit may run from cached features
-    alone: the lightweight workflow without fine-tuning, on the CPU, not resuming a checkpoint,
-    with weights the cache can identify. Whether every feature is cached is checked next."""
+    """The feature cache's record of the backbone, when this fit may run without PyTorch: the
+    lightweight workflow without fine-tuning, on the CPU, not resuming a checkpoint, with weights
+    the cache can identify. Whether the features can be had without PyTorch is checked next."""
     if config.engine == "fp16" or not _cpu_only(config.device):
         return None
     if choose_workflow(config, "cpu") != ("lightweight", 0):
