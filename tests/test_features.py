@@ -368,6 +368,7 @@ def test_cache_command_shows_and_clears(cli, tmp_path: Path, tiny_net):
     extract(paths, tiny_net, tmp_path / "cache")
     status, captured = cli("cache", "info", "--cache-dir", tmp_path / "cache")
     assert status == ExitStatus.SUCCESS and "test_efficientnet 32 px, engine onnx: 4 features" in captured.stdout
+    assert "exported engines: 1" in captured.stdout
     status, captured = cli("cache", "clear", "--cache-dir", tmp_path / "cache")
     assert status == ExitStatus.SUCCESS and "cleared" in captured.stdout
     assert not (tmp_path / "cache" / "features").exists()

@@ -490,7 +490,7 @@ def _inspect(args: argparse.Namespace, console: Console) -> ExitStatus:
 
 
 def _cache(args: argparse.Namespace, console: Console) -> ExitStatus:
-    from .features import cache_summary, clear_cache, default_cache_dir
+    from .features import cache_extras, cache_summary, clear_cache, default_cache_dir
 
     root = args.cache_dir or default_cache_dir()
     if args.action == "clear":
@@ -504,6 +504,9 @@ def _cache(args: argparse.Namespace, console: Console) -> ExitStatus:
     for e in entries:
         console.result(f"  {e['architecture']} {e['image_size']} px, engine {e['engine']}: "
                        f"{e['features']} features, {e['bytes'] / 1e6:.1f} MB  ({e['folder']})")
+    for name, (count, size) in cache_extras(root).items():
+        if count:
+            console.result(f"  {name}: {count}, {size / 1e6:.1f} MB")
     return ExitStatus.SUCCESS
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "default_cache_dir",
     "file_identity",
     "cache_summary",
+    "cache_extras",
     "clear_cache",
     "FeatureMatrix",
     "Rows",
@@ -209,6 +210,20 @@ def cache_summary(root: str | Path) -> list[dict]:
     return entries
 
 
+def cache_extras(root: str | Path) -> dict[str, tuple[int, int]]:
+    """What the cache keeps beside features, as (how many, bytes): exported engines (with their
+    checks) and backbone records."""
+    root = Path(root)
+    engines = list((root / "engines").glob("*.onnx"))
+    records = [d for d in (root / "backbones").glob("*") if d.is_dir()]
+    return {"exported engines": (len(engines), _bytes(root / "engines")),
+            "backbone records": (len(records), _bytes(root / "backbones"))}
+
+
+def _bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
 def clear_cache(root: str | Path) -> int:
     """Delete every cached feature, exported engine and backbone record under ``root``; returns the bytes freed."""
     root = Path(root)
@@ -216,7 +231,7 @@ def clear_cache(root: str | Path) -> int:
     for name in ("features", "engines", "backbones"):
         folder = root / name
         if folder.is_dir():
-            freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            freed += _bytes(folder)
             shutil.rmtree(folder)
     return freed
 
