@@ -240,6 +240,7 @@ def test_planted_leaks_flipped_label_and_truncated_jpeg_are_found(real_photos):
     assert (flipped["label"], flipped["suggested"]) == ("cats", "dogs") and float(flipped["score"]) < 0.2
     assert "truncated" in by_kind["unreadable"]["detail"]
     assert "warning: exact duplicate validation/cats/cat.0.jpg" in err
-    assert "extracting features of 4 image(s)" in err  # the rest came from the cache
+    # The rest came from the cache, and these from the engine the first run exported: no backbone built.
+    assert "extracting features of 4 image(s) with engine onnx, exported earlier" in err
     html = (out / "inspect.html").read_text()
     assert 'class="alert"' in html and "dog.0.jpg" in html

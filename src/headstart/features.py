@@ -41,7 +41,7 @@ import numpy as np
 
 from ._console import Console
 from ._io import atomic_path, file_digest, write_json
-from .config import BackboneSpec, Preprocessing, from_json
+from .config import CPU_ENGINE, BackboneSpec, Preprocessing, from_json
 from .errors import UsageError
 from .images import DECODE_ERRORS, DecodeAhead, decode_failure, default_workers, network_input
 from .runtime import FeatureSession
@@ -67,6 +67,10 @@ __all__ = [
     "remember_backbone",
     "recall_backbone",
     "cached_features",
+    "cpu_only",
+    "backbone_on_record",
+    "remember_net",
+    "features_without_pytorch",
     "engine_file",
     "exported_engine",
     "extract_with_exported_engine",
@@ -465,6 +469,63 @@ def remember_backbone(root: str | Path, request: dict, spec: BackboneSpec, prepr
     write_json(folder / "backbone.json", {"request": request, "spec": asdict(spec),
                                           "preprocessing": asdict(preprocessing),
                                           "sha256": file_digest(folder / "tensors.safetensors")})
+
+
+def cpu_only(device: str) -> bool:
+    """Whether ``--device`` means the CPU for certain, known without importing PyTorch: ``cpu``,
+    or ``auto`` on a machine with no GPU device nodes (NVIDIA, AMD's ROCm, WSL's GPU bridge) or
+    with every GPU hidden. When in doubt, PyTorch decides."""
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return True
+    return not any(Path(node).exists() for node in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
+
+
+def backbone_on_record(cache_dir: str | Path, name: str, weights: str | Path | None, image_size: int | None,
+                       device: str, engine: str) -> BackboneRecord | None:
+    """The cache's record of a backbone, when its features may be had without PyTorch: on a CPU
+    for certain (``device``), with an engine that runs there, and weights the cache can name."""
+    if engine == "fp16" or not cpu_only(device):
+        return None
+    request = backbone_request(name, weights, image_size)
+    return None if request is None else recall_backbone(cache_dir, request)
+
+
+def remember_net(cache_dir: str | Path, name: str, weights: str | Path | None, image_size: int | None,
+                 spec: BackboneSpec, preprocessing: Preprocessing, net) -> None:
+    """Record the backbone of ``net`` (a :class:`headstart.head.ClassifierNet` that ``name``,
+    ``weights`` and ``image_size`` built), unless its weights cannot be named without timm."""
+    request = backbone_request(name, weights, image_size)
+    if request is not None:
+        tensors = {k: v.detach().cpu().contiguous().numpy() for k, v in net.state_dict().items()
+                   if not k.startswith("head.")}
+        remember_backbone(cache_dir, request, spec, preprocessing, tensors)
+
+
+def features_without_pytorch(paths: Sequence[Path], record: BackboneRecord, engine: str, cache_dir: str | Path,
+                             flip: bool = False, workers: int | None = None, console: Console | None = None,
+                             ready: Callable[[str, bool], None] | None = None) -> FeatureSet | None:
+    """Features of ``paths`` by the backbone on record, without PyTorch: read from the cache, the
+    missing ones computed by the exported engine. None when some are missing and there is no
+    checked exported engine (then the backbone must be built). ``ready(engine, computing)`` is
+    called once it is sure to work, before any features are computed."""
+    engine = CPU_ENGINE if engine == "auto" else engine
+    spec = record.spec
+    key = ExtractorKey(spec.architecture, spec.weights, record.preprocessing, engine, spec.num_features)
+    features = cached_features(paths, key, cache_dir, flip)
+    runner = None
+    if features is None:
+        runner = exported_engine(cache_dir, key)
+        if runner is None:
+            return None
+    if ready is not None:
+        ready(engine, runner is not None)
+    if features is None:
+        features = extract_with_exported_engine(paths, key, cache_dir, runner, flip, workers, console)
+    return features
 
 
 def extract_features(paths: Sequence[Path], net, spec: BackboneSpec, preprocessing: Preprocessing,

@@ -282,17 +282,34 @@ def class_imbalance(counts: dict[str, dict[str, int]], ratio: float = IMBALANCE_
     return found
 
 
-def inspect_folder(data: str | Path | DatasetSplit, settings: InspectSettings | None = None,
-                   cache_dir: str | Path | None = None, console: Console | None = None) -> Inspection:
-    """Run every check on an image folder (or a prepared split); returns the findings, ordered by kind."""
+def _extract_through_pytorch(paths: Sequence[Path], classes: int, settings: InspectSettings, cache_dir: Path,
+                             console: Console):
+    """Features of ``paths`` with the backbone built by timm; it is recorded in the cache, so the
+    next inspection or training run needs no PyTorch."""
     from .backbone import create_backbone
     from .config import HeadSpec
-    from .data import DatasetSplit
-    from .features import default_cache_dir, extract_features
+    from .features import extract_features, remember_net
     from .head import ClassifierNet, Head
     from .train import prepare, resolve_device
 
+    device = resolve_device(settings.device)
+    backbone, spec, preprocessing = create_backbone(settings.backbone, settings.weights,
+                                                    image_size=settings.image_size)
+    net = prepare(ClassifierNet(backbone, Head(spec.num_features, HeadSpec(num_classes=classes)), preprocessing),
+                  device)
+    remember_net(cache_dir, settings.backbone, settings.weights, settings.image_size, spec, preprocessing, net)
+    return extract_features(paths, net, spec, preprocessing, cache_dir, engine=settings.engine, device=device,
+                            workers=settings.workers, console=console)
+
+
+def inspect_folder(data: str | Path | DatasetSplit, settings: InspectSettings | None = None,
+                   cache_dir: str | Path | None = None, console: Console | None = None) -> Inspection:
+    """Run every check on an image folder (or a prepared split); returns the findings, ordered by kind."""
+    from .data import DatasetSplit
+    from .features import backbone_on_record, default_cache_dir, features_without_pytorch
+
     settings = settings or InspectSettings()
+    cache_dir = Path(cache_dir or default_cache_dir())
     console = console or Console(0)
     start = time.perf_counter()
     split = data if isinstance(data, DatasetSplit) else load_split(data)
@@ -306,17 +323,18 @@ def inspect_folder(data: str | Path | DatasetSplit, settings: InspectSettings | 
     result = Inspection(root, split.classes, split.presplit, len(paths), {}, [], settings)
     timings = result.timings
 
-    device = resolve_device(settings.device)
-    backbone, spec, preprocessing = create_backbone(settings.backbone, settings.weights,
-                                                    image_size=settings.image_size)
-    net = prepare(ClassifierNet(backbone, Head(spec.num_features, HeadSpec(num_classes=len(split.classes))),
-                                preprocessing), device)
+    record = backbone_on_record(cache_dir, settings.backbone, settings.weights, settings.image_size,
+                                settings.device, settings.engine)
     console.info(f"inspecting {len(paths)} image(s) of {len(split.classes)} classes in {root}")
     tick = time.perf_counter()
     groups = find_exact_duplicates(file_digests(paths))
     timings["hashing"] = time.perf_counter() - tick
-    extracted = extract_features(paths, net, spec, preprocessing, cache_dir or default_cache_dir(),
-                                 engine=settings.engine, device=device, workers=settings.workers, console=console)
+    extracted = None
+    if record is not None:  # the backbone need not be built: features come from the cache and its engine
+        extracted = features_without_pytorch(paths, record, settings.engine, cache_dir, workers=settings.workers,
+                                             console=console)
+    if extracted is None:
+        extracted = _extract_through_pytorch(paths, len(split.classes), settings, cache_dir, console)
     timings["features"] = extracted.seconds
     result.feature_engine, result.features_computed = extracted.engine, extracted.computed
     # In memory, unlike training's streamed rows: every image is compared with every other,

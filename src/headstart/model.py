@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -27,13 +26,12 @@ import numpy as np
 from ._console import Console
 from ._io import atomic_files, csv_text, json_text, read_json
 from .checkpoint import CHECKPOINT_FILE, RUN_FILE
-from .config import CPU_ENGINE, BackboneSpec, HeadSpec, ModelConfig, Preprocessing, TrainingConfig, library_versions
+from .config import BackboneSpec, HeadSpec, ModelConfig, Preprocessing, TrainingConfig, library_versions
 from .data import DatasetSplit, Sample, Skipped, discover
 from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
 from .evaluate import classification_metrics
-from .features import (BackboneRecord, ExtractorKey, FeatureSet, backbone_request, cached_features,
-                       default_cache_dir, exported_engine, extract_features,
-                       extract_with_exported_engine, recall_backbone, remember_backbone)
+from .features import (BackboneRecord, FeatureSet, backbone_on_record, default_cache_dir, extract_features,
+                       features_without_pytorch, remember_net)
 from .linear import LinearHead, fit_linear_head, probabilities
 from .results import HISTORY_COLUMNS, StageResult, TrainResult
 from .runtime import Prediction, best_classes, stack_probabilities
@@ -190,24 +188,19 @@ class ImageClassifier:
         images missing there, from the backbone an earlier run exported; None when neither can
         provide them all (then the network is needed)."""
         spec = record.spec
-        engine = CPU_ENGINE if config.engine == "auto" else config.engine
-        key = ExtractorKey(spec.architecture, spec.weights, record.preprocessing, engine, spec.num_features)
-        paths = [s.path for s in _all_samples(split)]
-        features = cached_features(paths, key, cache_dir, config.flip_features)
-        runner = None
+
+        def ready(engine: str, computing: bool) -> None:
+            _report_backbone(config, spec, record.preprocessing, console)
+            console.info(f"lightweight workflow on cpu, {_split_sizes(split)}: features from the cache "
+                         f"{'and the exported engine ' if computing else ''}({engine}), so the head is fitted "
+                         "without loading the backbone")
+
+        features = features_without_pytorch([s.path for s in _all_samples(split)], record, config.engine, cache_dir,
+                                            config.flip_features, config.workers, console, ready)
         if features is None:
-            runner = exported_engine(cache_dir, key)
-            if runner is None:
-                return None
+            return None
         from safetensors.numpy import load_file
 
-        _report_backbone(config, spec, record.preprocessing, console)
-        console.info(f"lightweight workflow on cpu, {_split_sizes(split)}: features from the cache "
-                     f"{'and the exported engine ' if runner else ''}({engine}), so the head is fitted "
-                     "without loading the backbone")
-        if features is None:
-            features = extract_with_exported_engine(paths, key, cache_dir, runner, config.flip_features,
-                                                    config.workers, console)
         result, info, proba, head = self._head_from_features(features, split, config, console, on_epoch)
         self._net = None
         self._state = {**load_file(str(record.tensors)), "head.fc.weight": head.weight, "head.fc.bias": head.bias}
@@ -263,10 +256,7 @@ class ImageClassifier:
                 checkpointing.state, checkpointing.tensors = found
         start = time.perf_counter()
         if workflow == "lightweight":
-            request = backbone_request(config.backbone, config.weights, config.image_size)
-            if request is not None:
-                backbone_tensors = {k: v.numpy() for k, v in _tensors(net).items() if not k.startswith("head.")}
-                remember_backbone(cache_dir, request, spec, preprocessing, backbone_tensors)
+            remember_net(cache_dir, config.backbone, config.weights, config.image_size, spec, preprocessing, net)
             features = extract_features([s.path for s in _all_samples(split)], net, spec, preprocessing, cache_dir,
                                         engine=config.engine, device=device, flip=config.flip_features,
                                         workers=config.workers, console=console)
@@ -646,27 +636,12 @@ def _record_for_cached_fit(config: TrainingConfig, cache_dir: Path, checkpoint_d
     """The feature cache's record of the backbone, when this fit may run without PyTorch: the
     lightweight workflow without fine-tuning, on the CPU, not resuming a checkpoint, with weights
     the cache can identify. Whether the features can be had without PyTorch is checked next."""
-    if config.engine == "fp16" or not _cpu_only(config.device):
-        return None
     if choose_workflow(config, "cpu") != ("lightweight", 0):
         return None
     if checkpoint_dir is not None and (Path(checkpoint_dir) / CHECKPOINT_FILE).exists():
         return None
-    request = backbone_request(config.backbone, config.weights, config.image_size)
-    return None if request is None else recall_backbone(cache_dir, request)
-
-
-def _cpu_only(device: str) -> bool:
-    """Whether ``--device`` means the CPU for certain, known without importing PyTorch: ``cpu``,
-    or ``auto`` on a machine with no GPU device nodes (NVIDIA, AMD's ROCm, WSL's GPU bridge) or
-    with every GPU hidden. When in doubt, PyTorch decides."""
-    if device == "cpu":
-        return True
-    if device != "auto":
-        return False
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return True
-    return not any(Path(node).exists() for node in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
+    return backbone_on_record(cache_dir, config.backbone, config.weights, config.image_size, config.device,
+                              config.engine)
 
 
 def _all_samples(split: DatasetSplit) -> list[Sample]:
