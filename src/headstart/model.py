@@ -104,7 +104,7 @@ class ImageClassifier:
         self.cache_dir = cache_dir
         self.verbose = verbose
 
-    # Set by fit and load: the network, or after a fit from cached features alone, its tensors.
+    # Set by fit and load: the network, or after a fit without PyTorch, its tensors (NumPy).
     _net: ClassifierNet | None = None
     _state: dict[str, np.ndarray] | None = None
 
@@ -145,7 +145,7 @@ class ImageClassifier:
         config = self.training_config()
         console = console or Console(self.verbose)
         cache_dir = Path(self.cache_dir or default_cache_dir())
-        record = _record_for_cached_fit(config, cache_dir, checkpoint_dir)
+        record = _record_for_fit_without_pytorch(config, cache_dir, checkpoint_dir)
         if record is None:
             from .backbone import resolve_architecture
 
@@ -357,7 +357,7 @@ class ImageClassifier:
 
     @property
     def net_(self) -> ClassifierNet:
-        """The network. After a fit from cached features alone, it is built from the fitted
+        """The network. After a fit without PyTorch, it is built from the fitted
         tensors on first use (that is when PyTorch and timm are imported)."""
         self._check_fitted()
         if self._net is None:
@@ -631,8 +631,8 @@ class _Fitted:
     head_proba: dict[str, np.ndarray]
 
 
-def _record_for_cached_fit(config: TrainingConfig, cache_dir: Path, checkpoint_dir: str | Path | None
-                           ) -> BackboneRecord | None:
+def _record_for_fit_without_pytorch(config: TrainingConfig, cache_dir: Path, checkpoint_dir: str | Path | None
+                                    ) -> BackboneRecord | None:
     """The feature cache's record of the backbone, when this fit may run without PyTorch: the
     lightweight workflow without fine-tuning, on the CPU, not resuming a checkpoint, with weights
     the cache can identify. Whether the features can be had without PyTorch is checked next."""
