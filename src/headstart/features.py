@@ -64,16 +64,13 @@ __all__ = [
     "FeatureSet",
     "BackboneRecord",
     "backbone_request",
-    "remember_backbone",
     "recall_backbone",
-    "cached_features",
     "cpu_only",
     "backbone_on_record",
     "remember_net",
     "features_without_pytorch",
     "engine_file",
     "exported_engine",
-    "extract_with_exported_engine",
     "extract_features",
 ]
 
@@ -381,26 +378,6 @@ def _variants(flip: bool) -> list[int]:
     return [ORIGINAL, FLIPPED] if flip else [ORIGINAL]
 
 
-def cached_features(paths: Sequence[Path], key: ExtractorKey, cache_dir: str | Path,
-                    flip: bool = False) -> FeatureSet | None:
-    """Every image's features from the cache when all of them are there, else None.
-
-    Needs neither PyTorch nor the backbone: this is what a rerun with another
-    head setting reads.
-    """
-    start = time.perf_counter()
-    paths = [Path(p) for p in paths]
-    with FeatureCache(cache_dir, key) as cache:
-        found = {v: FeatureMatrix(len(paths), key.num_features, cache.folder) for v in _variants(flip)}
-        missing = _lookup(cache, paths, found)
-    if missing:
-        for matrix in found.values():
-            matrix.close()
-        return None
-    return FeatureSet(found[ORIGINAL], found.get(FLIPPED), np.ones(len(paths), dtype=bool), {}, key.engine, 0,
-                      time.perf_counter() - start)
-
-
 @dataclass(frozen=True)
 class BackboneRecord:
     """What the cache remembers of a pretrained backbone it holds features of.
@@ -454,23 +431,6 @@ def recall_backbone(root: str | Path, request: dict) -> BackboneRecord | None:
         return None
 
 
-def remember_backbone(root: str | Path, request: dict, spec: BackboneSpec, preprocessing: Preprocessing,
-                      tensors: dict[str, np.ndarray]) -> None:
-    """Record what ``request`` built, unless an intact record is there (once per backbone: 13 MB
-    for Lite0). The tensors are written first: a record never points to a partial file."""
-    if recall_backbone(root, request) is not None:
-        return
-    from safetensors.numpy import save_file
-
-    folder = _record_folder(root, request)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "tensors.safetensors") as tmp:
-        save_file(tensors, str(tmp))
-    write_json(folder / "backbone.json", {"request": request, "spec": asdict(spec),
-                                          "preprocessing": asdict(preprocessing),
-                                          "sha256": file_digest(folder / "tensors.safetensors")})
-
-
 def cpu_only(device: str) -> bool:
     """Whether ``--device`` means the CPU for certain, known without importing PyTorch: ``cpu``,
     or ``auto`` on a machine with no GPU device nodes (NVIDIA, AMD's ROCm, WSL's GPU bridge) or
@@ -497,35 +457,65 @@ def backbone_on_record(cache_dir: str | Path, name: str, weights: str | Path | N
 def remember_net(cache_dir: str | Path, name: str, weights: str | Path | None, image_size: int | None,
                  spec: BackboneSpec, preprocessing: Preprocessing, net) -> None:
     """Record the backbone of ``net`` (a :class:`headstart.head.ClassifierNet` that ``name``,
-    ``weights`` and ``image_size`` built), unless its weights cannot be named without timm."""
+    ``weights`` and ``image_size`` built): its tensors but the head's, written first so a record
+    never points to a partial file (13 MB for Lite0, once). Nothing is done when an intact record
+    is there, or when the weights cannot be named without timm."""
     request = backbone_request(name, weights, image_size)
-    if request is not None:
-        tensors = {k: v.detach().cpu().contiguous().numpy() for k, v in net.state_dict().items()
-                   if not k.startswith("head.")}
-        remember_backbone(cache_dir, request, spec, preprocessing, tensors)
+    if request is None or recall_backbone(cache_dir, request) is not None:
+        return
+    from safetensors.numpy import save_file
+
+    tensors = {k: v.detach().cpu().contiguous().numpy() for k, v in net.state_dict().items()
+               if not k.startswith("head.")}
+    folder = _record_folder(cache_dir, request)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "tensors.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_json(folder / "backbone.json", {"request": request, "spec": asdict(spec),
+                                          "preprocessing": asdict(preprocessing),
+                                          "sha256": file_digest(folder / "tensors.safetensors")})
 
 
 def features_without_pytorch(paths: Sequence[Path], record: BackboneRecord, engine: str, cache_dir: str | Path,
                              flip: bool = False, workers: int | None = None, console: Console | None = None,
                              ready: Callable[[str, bool], None] | None = None) -> FeatureSet | None:
     """Features of ``paths`` by the backbone on record, without PyTorch: read from the cache, the
-    missing ones computed by the exported engine. None when some are missing and there is no
-    checked exported engine (then the backbone must be built). ``ready(engine, computing)`` is
-    called once it is sure to work, before any features are computed."""
+    missing ones computed by the exported engine while child processes decode their images.
+    None when some are missing and there is no checked exported engine (then the backbone must
+    be built). ``ready(engine, computing)`` is called once it is sure to work, before any
+    features are computed."""
+    start = time.perf_counter()
+    console = console or Console(0)
     engine = CPU_ENGINE if engine == "auto" else engine
     spec = record.spec
     key = ExtractorKey(spec.architecture, spec.weights, record.preprocessing, engine, spec.num_features)
-    features = cached_features(paths, key, cache_dir, flip)
-    runner = None
-    if features is None:
-        runner = exported_engine(cache_dir, key)
-        if runner is None:
+    paths = [Path(p) for p in paths]
+    failed: dict[Path, str] = {}
+    ok = np.ones(len(paths), dtype=bool)
+    with FeatureCache(cache_dir, key) as cache:
+        found = {v: FeatureMatrix(len(paths), key.num_features, cache.folder) for v in _variants(flip)}
+        todo = _lookup(cache, paths, found)
+        runner = exported_engine(cache_dir, key) if todo else None
+        if todo and runner is None:
+            for matrix in found.values():
+                matrix.close()
             return None
-    if ready is not None:
-        ready(engine, runner is not None)
-    if features is None:
-        features = extract_with_exported_engine(paths, key, cache_dir, runner, flip, workers, console)
-    return features
+        if ready is not None:
+            ready(engine, bool(todo))
+        if todo:
+            console.info(f"extracting features of {len(todo)} image(s) with engine {engine}, exported earlier "
+                         f"({len(paths) - len(todo)} cached)")
+            ahead = _start_decoding(paths, todo, key.preprocessing, workers)
+            batches = (_decoded_batches(ahead, todo, runner.batch_size) if ahead is not None
+                       else _decoded_here(paths, todo, key.preprocessing, runner.batch_size))
+            try:
+                _compute(runner, batches, -(-len(todo) // runner.batch_size), paths, cache, found, ok, failed,
+                         console)
+            finally:
+                if ahead is not None:
+                    ahead.close()
+    return FeatureSet(found[ORIGINAL], found.get(FLIPPED), ok, failed, engine, len(todo),
+                      time.perf_counter() - start)
 
 
 def extract_features(paths: Sequence[Path], net, spec: BackboneSpec, preprocessing: Preprocessing,
@@ -626,33 +616,6 @@ def exported_engine(cache_dir: str | Path, key: ExtractorKey) -> FeatureSession 
         return FeatureSession(path)
     except Exception:  # missing or damaged files; onnxruntime raises its own untyped errors
         return None
-
-
-def extract_with_exported_engine(paths: Sequence[Path], key: ExtractorKey, cache_dir: str | Path,
-                                 runner: FeatureSession, flip: bool = False, workers: int | None = None,
-                                 console: Console | None = None) -> FeatureSet:
-    """Features of ``paths``, the missing ones computed by ``runner`` (:func:`exported_engine`):
-    no PyTorch, no backbone to load."""
-    start = time.perf_counter()
-    console = console or Console(0)
-    paths = [Path(p) for p in paths]
-    failed: dict[Path, str] = {}
-    ok = np.ones(len(paths), dtype=bool)
-    with FeatureCache(cache_dir, key) as cache:
-        found = {v: FeatureMatrix(len(paths), key.num_features, cache.folder) for v in _variants(flip)}
-        todo = _lookup(cache, paths, found)
-        console.info(f"extracting features of {len(todo)} image(s) with engine {key.engine}, exported earlier "
-                     f"({len(paths) - len(todo)} cached)")
-        ahead = _start_decoding(paths, todo, key.preprocessing, workers)
-        batches = (_decoded_batches(ahead, todo, runner.batch_size) if ahead is not None
-                   else _decoded_here(paths, todo, key.preprocessing, runner.batch_size))
-        try:
-            _compute(runner, batches, -(-len(todo) // runner.batch_size), paths, cache, found, ok, failed, console)
-        finally:
-            if ahead is not None:
-                ahead.close()
-    return FeatureSet(found[ORIGINAL], found.get(FLIPPED), ok, failed, key.engine, len(todo),
-                      time.perf_counter() - start)
 
 
 def _extraction_workers(workers: int | None, gpu: bool) -> int:
