@@ -3,6 +3,8 @@
 import csv
 import io
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +149,28 @@ def test_inspect_without_split_folders_counts_everything_as_train(cli, tmp_path:
     assert [(r["path"], r["label"]) for r in imbalance] == [("green", "green")]
     assert "has 12 images, green 3 (4.0x)" in imbalance[0]["detail"]
     assert "likely label errors: " in captured.stdout
+
+
+# `headstart ARGV` in a fresh process, saying which heavy libraries it imported.
+_HEADSTART = """
+import sys
+from headstart.cli import main
+status = main(sys.argv[1:])
+print("imported:", [m for m in ("torch", "torchvision", "timm") if m in sys.modules])
+sys.exit(status)
+"""
+
+
+def test_inspecting_again_needs_no_pytorch(cli, tmp_path: Path, inspect_args):
+    data = make_folder(tmp_path / "data", per_class=12, split_folders=True)
+    args = [*inspect_args, "--device", "cpu"]
+    status, captured = cli("inspect", data, "--out", tmp_path / "first", *args)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    again = subprocess.run([sys.executable, "-c", _HEADSTART, "inspect", str(data), "--out", str(tmp_path / "again"),
+                            *map(str, args)], capture_output=True, text=True)
+    assert again.returncode == ExitStatus.SUCCESS, again.stderr
+    assert "imported: []" in again.stdout  # features from the cache, the backbone on record
+    assert rows_of(tmp_path / "again") == rows_of(tmp_path / "first")
 
 
 def test_inspect_errors_are_one_line(cli, tmp_path: Path, inspect_args):

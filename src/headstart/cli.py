@@ -462,21 +462,28 @@ def _report(args: argparse.Namespace, console: Console) -> ExitStatus:
 
 
 def _inspect(args: argparse.Namespace, console: Console) -> ExitStatus:
-    from .backbone import resolve_architecture
+    from .features import backbone_on_record, default_cache_dir
     from .inspection import InspectSettings, inspect_folder, load_split, summary_lines, write_inspection
     from .model import prepare_output_dir
 
     settings = InspectSettings(backbone=args.backbone, weights=args.weights, image_size=args.image_size,
                                engine=args.engine, near_duplicate=args.near_duplicate, folds=args.folds,
                                device=args.device, workers=args.workers)
-    resolve_architecture(settings.backbone)  # a misspelt name fails before any work
+    cache_dir = args.cache_dir or default_cache_dir()
+    # A misspelt name fails before any work; a backbone on record was built before, and timm
+    # (with PyTorch) is not imported for it.
+    if backbone_on_record(cache_dir, settings.backbone, settings.weights, settings.image_size, settings.device,
+                          settings.engine) is None:
+        from .backbone import resolve_architecture
+
+        resolve_architecture(settings.backbone)
     split = load_split(args.data)
     out = args.out or _default_run_dir("inspect-")
     if out.resolve().is_relative_to(split.root.resolve()):
         raise UsageError(f"--out {out} is inside DATA ({args.data}): its files would be inspected next "
                          "time; choose a folder outside it")
     out = prepare_output_dir(out, args.overwrite)
-    result = inspect_folder(split, settings, cache_dir=args.cache_dir, console=console)
+    result = inspect_folder(split, settings, cache_dir=cache_dir, console=console)
     leaks = [f for f in result.findings if f.leak]
     for finding in leaks[:10]:
         console.warn(f"{finding.kind.replace('_', ' ')} {finding.path}: {finding.detail}")
