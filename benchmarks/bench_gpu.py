@@ -26,16 +26,15 @@ import numpy as np
 import torch
 
 from headstart._console import Console
-from headstart.backbone import create_backbone
-from headstart.config import HeadSpec
-from headstart.images import collect_images, network_input
-from headstart.engine import create_engine, feature_error
-from headstart.head import ClassifierNet, Head
+from headstart.backbone.pretrained import create_backbone
+from headstart.config import BackboneRequest
+from headstart.data.images import collect_images, network_input
+from headstart.features.engines import PooledFeatures, create_engine, feature_error
 
 
 def engines(data: Path, batch: int, names: list[str]) -> None:
-    backbone, spec, pre = create_backbone("efficientnet_lite0")
-    net = ClassifierNet(backbone, Head(spec.num_features, HeadSpec(2)), pre).eval()
+    backbone, _, pre = create_backbone(BackboneRequest("efficientnet_lite0"))
+    net = PooledFeatures(backbone, pre).eval()
     images = np.stack([network_input(p, pre) for p in collect_images([data])[:batch]])
     device = torch.device("cuda")
     reference = eager = None

@@ -81,7 +81,7 @@ def load(url: str, images: list[Path], clients: int, seconds: float, max_request
 
 
 def offline(model: Path, images: list[Path]) -> float:
-    code = ("import sys, time; from pathlib import Path; from headstart.runtime import open_model;"
+    code = ("import sys, time; from pathlib import Path; from headstart.model import open_model;"
             "p = open_model(sys.argv[1]); paths = [Path(x) for x in sys.argv[2:]];"
             "p.predict_proba(paths[:32]); t = time.perf_counter(); p.predict_proba(paths);"
             "print(len(paths) / (time.perf_counter() - t))")

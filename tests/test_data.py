@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from headstart.data import collect_images, discover, load_image, probe_image
-from headstart.loader import ImageDataset, collate, eval_transform
+from headstart.data.loader import ImageDataset, collate, eval_transform
 from headstart.config import Preprocessing
 from headstart.errors import DataError
 

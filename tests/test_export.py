@@ -10,6 +10,7 @@ import pytest
 
 import headstart
 from headstart.errors import ExitStatus
+from headstart.onnx.runtime import OnnxClassifier
 
 from conftest import REPO, make_image
 
@@ -28,7 +29,7 @@ def test_export_writes_a_self_describing_checked_model(cli, run: Path):
     model = run / "model.onnx"
     assert captured.stdout.strip() == str(model)
     assert "parity on 12 image(s)" in captured.stderr and "top-1 agreement 100.00%" in captured.stderr
-    exported = headstart.runtime.OnnxClassifier(model)
+    exported = OnnxClassifier(model)
     assert exported.classes_ == ("blue", "red")
     assert exported.preprocessing.input_size == (3, 32, 32)
     assert exported.metadata["architecture"] == "test_efficientnet"
@@ -40,7 +41,7 @@ def test_exported_model_predicts_like_the_run(cli, run: Path, tiny_data: Path, t
     broken = make_image(tmp_path / "broken.png", (1, 2, 3))
     broken.write_bytes(b"")
     original = headstart.load(run, verbose=0).set_params(precision="fp32", workers=0)
-    exported = headstart.runtime.OnnxClassifier(run / "model.onnx")
+    exported = OnnxClassifier(run / "model.onnx")
     np.testing.assert_allclose(exported.predict_proba(images), original.predict_proba(images), atol=1e-4)
     np.testing.assert_allclose(exported.predict_proba(images, tta=True),
                                original.predict_proba(images, tta=True), atol=1e-4)
@@ -68,9 +69,9 @@ def test_export_refuses_to_replace_a_file_and_to_write_a_model_that_differs(cli,
     status, captured = cli("export", run)
     assert status == ExitStatus.USAGE and "--overwrite" in captured.stderr
     assert (run / "model.onnx").read_text() == "precious"
-    import headstart.export
+    import headstart.onnx.export
 
-    monkeypatch.setattr(headstart.export, "PARITY_TOLERANCE", -1.0)
+    monkeypatch.setattr(headstart.onnx.export, "PARITY_TOLERANCE", -1.0)
     status, captured = cli("export", run, "--overwrite")
     assert status == ExitStatus.MODEL and "not written" in captured.stderr
     assert (run / "model.onnx").read_text() == "precious"
@@ -94,7 +95,7 @@ def test_int8_is_written_only_within_the_allowed_accuracy_drop(cli, run: Path, t
     status, captured = cli("export", run, "--int8", "--max-drop", "100")
     assert status == ExitStatus.SUCCESS, captured.stderr
     assert "int8: validation accuracy" in captured.stderr and "x fp32" in captured.stderr
-    int8 = headstart.runtime.OnnxClassifier(run / "model.int8.onnx")
+    int8 = OnnxClassifier(run / "model.int8.onnx")
     assert int8.classes_ == ("blue", "red")
     assert int8.predict_proba(sorted(tiny_data.rglob("*.png"))[:3]).shape == (3, 2)
     (run / "model.int8.onnx").unlink()

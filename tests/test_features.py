@@ -14,15 +14,17 @@ import pytest
 import torch
 
 import headstart
-from headstart.backbone import create_backbone
-from headstart.config import HeadSpec, Preprocessing
-from headstart.engine import TOLERANCE, create_engine, feature_error
+from headstart.backbone.pretrained import create_backbone
+from headstart.config import BackboneRequest, Preprocessing
+from headstart.data.decode_ahead import DecodeAhead
+from headstart.data.images import network_input
 from headstart.errors import ExitStatus
-from headstart import features
-from headstart.features import FeatureMatrix, Rows, extract_features
-from headstart.head import ClassifierNet, Head
-from headstart.images import DecodeAhead, network_input
-from headstart.linear import fit_linear_head, fit_logistic, linear_probabilities
+from headstart.features import rows as feature_rows
+from headstart.features.cache import CacheLayout
+from headstart.features.engines import TOLERANCE, PooledFeatures, create_engine, feature_error
+from headstart.features.pipeline import FeatureRequest, extract_features
+from headstart.features.rows import FeatureMatrix, Rows
+from headstart.training.linear import fit_linear_head, fit_logistic, linear_probabilities
 from headstart._console import Console
 
 from conftest import TINY_BACKBONE, make_folder, make_image
@@ -30,14 +32,14 @@ from conftest import TINY_BACKBONE, make_folder, make_image
 
 @pytest.fixture
 def tiny_net():
+    """A random-init tiny backbone as the pipeline takes it: module, spec, preprocessing."""
     torch.manual_seed(0)
-    backbone, spec, pre = create_backbone(TINY_BACKBONE, pretrained=False, image_size=32)
-    return ClassifierNet(backbone, Head(spec.num_features, HeadSpec(num_classes=2)), pre), spec, pre
+    return create_backbone(BackboneRequest(TINY_BACKBONE, image_size=32), pretrained=False)
 
 
-def extract(paths, tiny_net, cache_dir, **kwargs):
-    net, spec, pre = tiny_net
-    return extract_features(paths, net, spec, pre, cache_dir, workers=0, **kwargs)
+def extract(paths, tiny_net, cache_dir, engine="auto", flip=False):
+    request = FeatureRequest(BackboneRequest(TINY_BACKBONE, image_size=32), engine, "cpu", flip, workers=0)
+    return extract_features(paths, request, CacheLayout(cache_dir), Console(0), backbone=tiny_net).features
 
 
 def test_features_are_computed_once_then_read_back(tmp_path: Path, tiny_net):
@@ -153,9 +155,10 @@ def test_images_of_a_killed_decoding_child_are_decoded_by_the_parent(tmp_path: P
 
 @pytest.mark.parametrize("engine,limit", [("onnx", 1e-4), ("bf16", TOLERANCE)])
 def test_engines_match_eager_fp32(tmp_path: Path, tiny_net, engine: str, limit: float):
-    net, _, pre = tiny_net
+    backbone, _, pre = tiny_net
+    module = PooledFeatures(backbone, pre)
     images = np.random.default_rng(0).integers(0, 256, (5, 3, 32, 32), dtype=np.uint8)
-    make = lambda name: create_engine(name, net, pre.input_size, torch.device("cpu"),  # noqa: E731
+    make = lambda name: create_engine(name, module, pre.input_size, torch.device("cpu"),  # noqa: E731
                                       lambda n: tmp_path / f"{n}.onnx", None, Console(0))
     reference = make("eager")(images)
     assert feature_error(make(engine)(images), reference) <= limit
@@ -217,8 +220,8 @@ def test_streamed_rows_give_the_same_head_as_resident_rows(monkeypatch):
     x, y = gaussian_classes(300, 0.8)
     resident = fit_linear_head(Rows.from_array(x, y), None, num_classes=2)
     # Nothing kept in memory, and chunks of 64 rows: the head must not change.
-    monkeypatch.setattr(features, "RESIDENT_BYTES", 0)
-    monkeypatch.setattr(features, "CHUNK_ROWS", 64)
+    monkeypatch.setattr(feature_rows, "RESIDENT_BYTES", 0)
+    monkeypatch.setattr(feature_rows, "CHUNK_ROWS", 64)
     rows = Rows.from_array(x, y)
     assert rows._resident is None and len(list(rows.chunks())) == 10
     streamed = fit_linear_head(rows, None, num_classes=2)

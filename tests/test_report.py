@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headstart import plots
 from headstart.errors import ExitStatus
 from headstart.evaluate import calibration_bins, expected_calibration_error
+from headstart.report import plots
 
 PLOTS = {"learning_curves.png", "confusion_counts.png", "confusion_normalised.png", "per_class_f1.png",
          "reliability.png"}

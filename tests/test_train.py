@@ -6,19 +6,21 @@ import pytest
 import torch
 from torch import nn
 
-from headstart.backbone import create_backbone, freeze, unfreeze
-from headstart.config import HeadSpec, TrainingConfig
+from headstart.backbone.freeze import freeze, unfreeze
+from headstart.backbone.head import ClassifierNet, Head
+from headstart.backbone.pretrained import create_backbone
+from headstart.config import BackboneRequest, HeadSpec, TrainingConfig
+from headstart.device import resolve_device, resolve_precision
 from headstart.errors import UsageError
-from headstart.head import ClassifierNet, Head
-from headstart.results import EpochStats
-from headstart.train import fine_tune_improved, resolve_device, resolve_precision
+from headstart.training.results import EpochStats
+from headstart.training.stages import fine_tune_improved
 
 from conftest import TINY_BACKBONE
 
 
 def tiny_net() -> ClassifierNet:
     torch.manual_seed(0)
-    backbone, spec, pre = create_backbone(TINY_BACKBONE, pretrained=False)
+    backbone, spec, pre = create_backbone(BackboneRequest(TINY_BACKBONE), pretrained=False)
     return ClassifierNet(backbone, Head(spec.num_features, HeadSpec(num_classes=3)), pre)
 
 

@@ -33,7 +33,7 @@ __all__ = [
     "NotFittedError",
 ]
 
-_LAZY = {"ImageClassifier": "model", "load": "model", "Prediction": "runtime"}
+_LAZY = {"ImageClassifier": "model", "load": "model", "Prediction": "predictor"}
 
 
 def __getattr__(name: str):

@@ -12,7 +12,7 @@ import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .images import DECODE_ERRORS, decode_failure, load_thumbnail
+from .data.images import DECODE_ERRORS, decode_failure, load_thumbnail
 
 __all__ = ["Raw", "page", "data_uri", "image", "thumbnail", "table", "escape"]
 

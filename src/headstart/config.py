@@ -15,6 +15,8 @@ from .errors import UsageError
 
 __all__ = [
     "FORMAT_VERSION",
+    "ENGINES",
+    "BackboneRequest",
     "Preprocessing",
     "BackboneSpec",
     "HeadSpec",
@@ -29,9 +31,8 @@ FORMAT_VERSION = 1
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 AUGMENTATIONS = ("none", "light", "strong")
 WORKFLOWS = ("auto", "standard", "lightweight")
+# What runs the backbone to features; which one "auto" means is headstart.device's to decide.
 ENGINES = ("auto", "eager", "bf16", "fp16", "compile", "onnx")
-# What --engine auto tries first on a CPU (headstart.engine measures why).
-CPU_ENGINE = "onnx"
 CLASS_WEIGHTS = (None, "balanced")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -40,6 +41,31 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def _require(condition: bool, name: str, expected: str, got: Any) -> None:
     if not condition:
         raise UsageError(f"'{name}' must be {expected}. Got {got!r} instead.")
+
+
+def require_engine(engine: str) -> None:
+    """The one check of an engine name, for every setting that takes one."""
+    _require(engine in ENGINES, "engine", f"one of {ENGINES}", engine)
+
+
+@dataclass(frozen=True)
+class BackboneRequest:
+    """A backbone as asked for, before anything is built: its name, local weights, input size.
+
+    The backbone's identity travels as this one object and is resolved once
+    per run (into a :class:`BackboneSpec` and :class:`Preprocessing` by
+    :func:`headstart.backbone.pretrained.create_backbone`, or into the feature
+    cache's record of it without PyTorch).
+    """
+
+    name: str = "efficientnet_lite0"
+    weights: str | None = None  # a local file; None: embedded or hub weights
+    image_size: int | None = None  # None: the backbone's own
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.name, str) and self.name != "", "backbone", "a non-empty name", self.name)
+        _require(self.image_size is None or (isinstance(self.image_size, int) and self.image_size >= 16),
+                 "image_size", "an integer >= 16", self.image_size)
 
 
 @dataclass(frozen=True)
@@ -91,6 +117,11 @@ class BackboneSpec:
                      name, "a non-empty string", getattr(self, name))
         _require(isinstance(self.num_features, int) and self.num_features > 0,
                  "num_features", "a positive integer", self.num_features)
+
+    def describe(self, preprocessing: Preprocessing) -> str:
+        """One line for the log: which backbone, whose weights, how many features, what input."""
+        return (f"backbone {self.name} ({self.weights}), {self.num_features} features, "
+                f"input {preprocessing.image_size} px")
 
 
 @dataclass(frozen=True)
@@ -148,7 +179,8 @@ class TrainingConfig:
         _require(self.fine_tune_epochs is None or (isinstance(self.fine_tune_epochs, int)
                                                    and self.fine_tune_epochs >= 0),
                  "fine_tune_epochs", "an integer >= 0 (or None for automatic)", self.fine_tune_epochs)
-        _require(self.engine in ENGINES, "engine", f"one of {ENGINES}", self.engine)
+        require_engine(self.engine)
+        BackboneRequest(self.backbone, self.weights, self.image_size)  # checks the name and image size
         _require(self.class_weight in CLASS_WEIGHTS, "class_weight", "None or 'balanced'", self.class_weight)
         _require(isinstance(self.flip_features, bool), "flip_features", "true or false", self.flip_features)
         for name in ("lr", "fine_tune_lr"):
@@ -166,12 +198,14 @@ class TrainingConfig:
         _require(self.device in DEVICES or self.device.startswith("cuda:"), "device",
                  f"one of {DEVICES} or 'cuda:N'", self.device)
         _require(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}", self.precision)
-        _require(self.image_size is None or (isinstance(self.image_size, int) and self.image_size >= 16),
-                 "image_size", "an integer >= 16", self.image_size)
         _require(self.unfreeze_last is None or (isinstance(self.unfreeze_last, int) and self.unfreeze_last >= 1),
                  "unfreeze_last", "an integer >= 1 (or None for all)", self.unfreeze_last)
         _require(self.workers is None or (isinstance(self.workers, int) and self.workers >= 0),
                  "workers", "an integer >= 0", self.workers)
+
+    @property
+    def backbone_request(self) -> BackboneRequest:
+        return BackboneRequest(self.backbone, self.weights, self.image_size)
 
 
 @dataclass(frozen=True)

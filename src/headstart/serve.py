@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .data.images import network_input
 from .errors import UsageError
-from .images import network_input
-from .runtime import open_model
+from .model import open_model
 
 __all__ = ["ServeConfig", "create_app", "serve"]
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import headstart
-from headstart.checkpoint import CHECKPOINT_FILE, RUN_FILE
+from headstart.runfolder import CHECKPOINT_FILE, RUN_FILE
+from headstart.training.checkpoint import load_checkpoint
 from headstart.errors import ExitStatus
 
 from conftest import make_folder
@@ -99,7 +100,7 @@ def test_kill_leaves_a_consistent_run_that_resumes(data, tiny_weights, tmp_path:
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == ExitStatus.INTERRUPTED, stderr
     assert "--resume" in stderr and "Traceback" not in stderr
-    state = headstart.checkpoint.load_checkpoint(run)[0]
+    state = load_checkpoint(run)[0]
     assert state["stage"] == "frozen" and 1 <= state["epoch"] < 400
     assert len(state["history"]) == state["epoch"]
 

@@ -5,11 +5,11 @@ from pathlib import Path
 import torch
 
 import headstart
-from headstart import loader as loader_module
-from headstart import train as train_module
+from headstart import device as device_module
 from headstart._console import Console
-from headstart.images import available_cores
-from headstart.loader import ImageDataset, make_loader
+from headstart.data import loader as loader_module
+from headstart.data.loader import ImageDataset, make_loader
+from headstart.data.workers import available_cores
 
 from conftest import make_folder
 
@@ -30,13 +30,13 @@ def test_predict_streams_batch_by_batch(tmp_path: Path, tiny_weights: Path, monk
 
 
 def test_batch_size_is_bounded_by_free_memory(monkeypatch):
-    monkeypatch.setattr(train_module, "available_memory", lambda device: 2**30)  # 1 GiB free
+    monkeypatch.setattr(device_module, "available_memory", lambda device: 2**30)  # 1 GiB free
     import io
 
     err = io.StringIO()
-    size = train_module.bounded_batch_size(1000, (3, 224, 224), torch.device("cpu"), Console(err=err))
+    size = device_module.bounded_batch_size(1000, (3, 224, 224), torch.device("cpu"), Console(err=err))
     assert 1 <= size < 20 and "--batch-size 1000 would not fit" in err.getvalue()
-    assert train_module.bounded_batch_size(4, (3, 224, 224), torch.device("cpu"), Console(err=err)) == 4
+    assert device_module.bounded_batch_size(4, (3, 224, 224), torch.device("cpu"), Console(err=err)) == 4
 
 
 def test_decoding_workers_are_bounded_by_the_cores(tmp_path: Path):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from headstart.backbone import read_state_dict
+from headstart.backbone.pretrained import read_state_dict
 from headstart.errors import BackboneError, ExitStatus
 
 

@@ -1,0 +1,114 @@
+"""The commands around a model: ``inspect`` before training, ``report``, ``export`` and
+``serve`` after it, and ``cache`` for the features they share.
+
+Each handler reads its options and hands over to the module that does the work; what is
+left here is what only a command line needs: default output paths, refusals before any
+work, and the lines printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+from .._console import Console
+from ..errors import ExitStatus, UsageError
+from .parser import check_output
+
+__all__ = ["inspect_command", "report_command", "cache_command", "export_command", "serve_command"]
+
+
+def inspect_command(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from ..features.cache import CacheLayout
+    from ..features.pipeline import check_backbone
+    from ..inspection import InspectSettings, inspect_folder, load_split, summary_lines, write_inspection
+    from ..runfolder import new_run_dir, prepare_output_dir
+
+    settings = InspectSettings(backbone=args.backbone, weights=args.weights, image_size=args.image_size,
+                               engine=args.engine, near_duplicate=args.near_duplicate, folds=args.folds,
+                               device=args.device, workers=args.workers)
+    check_backbone(settings.feature_request, CacheLayout(args.cache_dir))
+    split = load_split(args.data)
+    out = args.out or new_run_dir("inspect-")
+    if out.resolve().is_relative_to(split.root.resolve()):
+        raise UsageError(f"--out {out} is inside DATA ({args.data}): its files would be inspected next "
+                         "time; choose a folder outside it")
+    out = prepare_output_dir(out, args.overwrite)
+    result = inspect_folder(split, settings, cache_dir=args.cache_dir, console=console)
+    leaks = [f for f in result.findings if f.leak]
+    for finding in leaks[:10]:
+        console.warn(f"{finding.kind.replace('_', ' ')} {finding.path}: {finding.detail}")
+    if len(leaks) > 10:
+        console.warn(f"{len(leaks) - 10} more duplicate(s) across splits or with conflicting labels")
+    for line in summary_lines(result):
+        console.result(line)
+    for path in write_inspection(result, out):
+        console.result(str(path))
+    return ExitStatus.SUCCESS
+
+
+def report_command(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from ..report.page import write_report
+
+    console.result(str(write_report(args.run)))
+    return ExitStatus.SUCCESS
+
+
+def cache_command(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from ..features.cache import CacheLayout
+
+    cache = CacheLayout(args.cache_dir)
+    if args.action == "clear":
+        freed = cache.clear()
+        console.result(f"cleared {cache.root} ({freed / 1e6:.1f} MB)")
+        return ExitStatus.SUCCESS
+    entries = cache.summary()
+    console.result(f"feature cache: {cache.root}")
+    if not entries:
+        console.result("  empty")
+    for e in entries:
+        console.result(f"  {e['architecture']} {e['image_size']} px, engine {e['engine']}: "
+                       f"{e['features']} features, {e['bytes'] / 1e6:.1f} MB  ({e['folder']})")
+    for name, (count, size) in cache.extras().items():
+        if count:
+            console.result(f"  {name}: {count}, {size / 1e6:.1f} MB")
+    return ExitStatus.SUCCESS
+
+
+def export_command(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from ..model import load
+    from ..onnx.export import export_classifier
+    from ..onnx.quantize import quantize_int8
+    from ..runfolder import ONNX_FILE, split_images
+
+    out = args.out or args.model / ONNX_FILE
+    int8_out = out.with_suffix(".int8.onnx")
+    check_output(out, args.overwrite, (".onnx",))
+    if args.int8:
+        check_output(int8_out, args.overwrite, (".onnx",))
+    clf = load(args.model, verbose=console.verbosity)
+    val = split_images(args.model, "val", clf.classes_)
+    if not val:
+        raise UsageError(f"no validation images of {args.model} found to check the export on "
+                         "(was the data folder moved?)")
+    export_classifier(clf, out, [p for p, _ in val[: args.check_images]], console)
+    console.result(str(out))
+    if args.int8:
+        train = split_images(args.model, "train", clf.classes_)
+        # A fixed seed: the same run calibrates the same way, and so quantizes to the same file.
+        calibration = [p for p, _ in random.Random(0).sample(train, min(len(train), args.calibration_images))]
+        quantize_int8(out, int8_out, calibration, [p for p, _ in val], [label for _, label in val],
+                      args.max_drop, console)
+        console.result(str(int8_out))
+    console.info(f"predict with: headstart predict {out} IMAGES...   (needs only onnxruntime, numpy, pillow)")
+    return ExitStatus.SUCCESS
+
+
+def serve_command(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from ..serve import ServeConfig, serve
+
+    config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
+                         max_images=args.max_images, timeout_s=args.timeout)
+    console.info(f"serving {args.model} on http://{args.host}:{args.port}/  (API docs: /docs; Ctrl-C stops)")
+    serve(args.model, args.host, args.port, config)
+    return ExitStatus.SUCCESS

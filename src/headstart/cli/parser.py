@@ -1,0 +1,216 @@
+"""The ``headstart`` command line's grammar: every command, its options and their defaults.
+
+An option's default is read from the configuration it fills (:class:`TrainingConfig` for
+``train``, :class:`InspectSettings` for ``inspect``), so the command line and the Python API
+never disagree. The parser is built before every command, ``headstart predict MODEL.onnx``
+included: nothing imported here may pull in PyTorch or scikit-learn.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import __version__
+from ..config import AUGMENTATIONS, CLASS_WEIGHTS, ENGINES, PRECISIONS, WORKFLOWS, TrainingConfig
+from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..inspection import InspectSettings
+
+__all__ = ["build_parser", "check_output"]
+
+_DEFAULT = TrainingConfig()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors reported in headstart's one-line form."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="headstart", description="Transfer learning for image folders: a pretrained "
+                     "backbone, frozen, with a new head trained on your images.")
+    parser.add_argument("--version", action="version", version=f"headstart {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print results and errors only")
+    parser.add_argument("--traceback", action="store_true", help="show the Python traceback of an error")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    for add in (_add_train, _add_predict, _add_report, _add_cache, _add_export, _add_serve, _add_evaluate,
+                _add_inspect):
+        add(commands)
+    return parser
+
+
+def check_output(path: Path | None, overwrite: bool, suffixes: tuple[str, ...]) -> None:
+    """Refuse an output file before any work: wrong kind, already there, or nowhere to go."""
+    if path is None:
+        return
+    if path.suffix.lower() not in suffixes:
+        raise UsageError(f"--output {path}: expected a file ending in {' or '.join(suffixes)}")
+    if path.exists() and not overwrite:
+        raise UsageError(f"--output {path} exists: choose another name or pass --overwrite")
+    if not path.parent.is_dir():
+        raise UsageError(f"--output {path}: folder {path.parent} does not exist")
+
+
+def _add_train(commands) -> None:
+    t = commands.add_parser("train", help="train a classifier on a folder of images, one subfolder per class")
+    t.add_argument("data", type=Path, metavar="DATA", nargs="?", help="image folder: one subfolder per "
+                   "class, or train/ and val/ (or validation/) split folders, optionally test/")
+    t.add_argument("--out", type=Path, help="run folder to write (default: runs/<timestamp>)")
+    t.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    t.add_argument("--resume", type=Path, metavar="RUN", help="finish an interrupted run, from its last "
+                   "completed epoch, with the settings it was started with")
+    _add_backbone(t.add_argument_group("backbone"), _DEFAULT)
+    g = t.add_argument_group("stage 1: the head on the frozen backbone")
+    g.add_argument("--workflow", choices=WORKFLOWS, default=_DEFAULT.workflow,
+                   help="lightweight: backbone features computed once (cached), head fitted on them in "
+                   "seconds; standard: the whole model runs on every batch, with augmentation; "
+                   "auto (default): lightweight, plus fine-tuning on a GPU")
+    g.add_argument("--flip-features", action="store_true",
+                   help="lightweight: add the mirror images' features as training samples")
+    g.add_argument("--class-weight", choices=[w for w in CLASS_WEIGHTS if w], default=_DEFAULT.class_weight,
+                   help="weight classes inversely to their frequency, for imbalanced data")
+    g.add_argument("--epochs", type=int, default=_DEFAULT.epochs, help="standard workflow: epochs of stage 1")
+    g.add_argument("--lr", type=float, default=_DEFAULT.lr)
+    g.add_argument("--weight-decay", type=float, default=_DEFAULT.weight_decay)
+    g.add_argument("--batch-size", type=int, default=_DEFAULT.batch_size)
+    g.add_argument("--label-smoothing", type=float, default=_DEFAULT.label_smoothing)
+    g.add_argument("--augment", choices=AUGMENTATIONS, default=_DEFAULT.augment)
+    g.add_argument("--dropout", type=float, default=_DEFAULT.dropout)
+    g.add_argument("--patience", type=int, default=_DEFAULT.patience, help="early stopping on validation loss (0: off)")
+    g = t.add_argument_group("stage 2: fine-tuning (kept only if validation improves)")
+    g.add_argument("--fine-tune-epochs", type=int, default=_DEFAULT.fine_tune_epochs, metavar="N",
+                   help="0 skips it (default: 2 on a GPU with --workflow auto, else 0)")
+    g.add_argument("--fine-tune-lr", type=float, default=_DEFAULT.fine_tune_lr)
+    g.add_argument("--unfreeze-last", type=_unfreeze, default=_DEFAULT.unfreeze_last, metavar="K|all",
+                   help="unfreeze the last K blocks of the backbone, or all (default)")
+    g = t.add_argument_group("data and hardware")
+    g.add_argument("--val-fraction", type=float, default=_DEFAULT.val_fraction, help="used when DATA has no val/ folder")
+    g.add_argument("--test-fraction", type=float, default=_DEFAULT.test_fraction, help="used when DATA has no test/ folder")
+    g.add_argument("--seed", type=int, default=_DEFAULT.seed)
+    _add_hardware(g, _DEFAULT)
+
+
+def _add_inspect(commands) -> None:
+    # Here, not at the top: only building the parser needs inspect's defaults. The package
+    # imports nothing heavy, so reading them costs no PyTorch.
+    from ..inspection import InspectSettings
+
+    default = InspectSettings()
+    i = commands.add_parser("inspect", help="find unreadable, duplicated, leaked and likely mislabelled images")
+    i.add_argument("data", type=Path, metavar="DATA", help="image folder: one subfolder per class, or "
+                   "train/ and val/ (or validation/) split folders, optionally test/")
+    i.add_argument("--out", type=Path, help="folder for inspect.csv and inspect.html "
+                   "(default: runs/inspect-<timestamp>; never inside DATA)")
+    i.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    _add_backbone(i, default)
+    i.add_argument("--near-duplicate", type=float, default=default.near_duplicate, metavar="SIM",
+                   help=f"cosine similarity of features from which two images count as near-duplicates "
+                   f"(default: {default.near_duplicate})")
+    i.add_argument("--folds", type=int, default=default.folds,
+                   help="cross-validation folds for the out-of-fold probabilities behind label errors")
+    _add_hardware(i, default, precision=False)  # the engine sets the precision of feature extraction
+
+
+def _add_backbone(group, default: TrainingConfig | InspectSettings) -> None:
+    """The options that pick the features, and so the feature cache, which train and inspect
+    share; ``default`` is the command's configuration (theirs agree on these values)."""
+    group.add_argument("--backbone", default=default.backbone,
+                       help="efficientnet_lite0/1/2 (embedded weights, no download) or any timm model "
+                       "name; train and inspect with the same one share their cached features")
+    group.add_argument("--weights", metavar="FILE", help="local weights (.safetensors, or a .pth state_dict)")
+    group.add_argument("--image-size", type=int, metavar="PX", help="input size (default: the backbone's own)")
+    group.add_argument("--engine", choices=ENGINES, default=default.engine,
+                       help="what runs the backbone to compute features, for inspect and train's "
+                       "lightweight workflow (auto: ONNX Runtime on a CPU, mixed precision on a GPU)")
+    group.add_argument("--cache-dir", type=Path, help="where features are cached (default: the user cache folder)")
+
+
+def _add_hardware(group, default: TrainingConfig | InspectSettings = _DEFAULT, precision: bool = True) -> None:
+    """The options that place the work: train, predict, evaluate and inspect share them."""
+    group.add_argument("--device", default=default.device, help="auto (CUDA when present), cpu, cuda or cuda:N")
+    if precision:
+        group.add_argument("--precision", default=default.precision, choices=PRECISIONS,
+                           help="auto: bf16 where the hardware runs it natively, else fp32 (fp16 on older GPUs)")
+    group.add_argument("--workers", type=int, default=None, help="image decoding processes "
+                       "(default: one per core, at most 4)")
+
+
+def _unfreeze(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of blocks or 'all', got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 block, got {number}")
+    return number
+
+
+def _add_predict(commands) -> None:
+    p = commands.add_parser("predict", help="classify images with a trained model")
+    p.add_argument("model", type=Path, metavar="RUN|MODEL.onnx",
+                   help="a run folder written by 'headstart train', or a file written by 'headstart export'")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (recursive)")
+    p.add_argument("--top-k", type=int, default=1, metavar="K")
+    p.add_argument("--output", type=Path, metavar="FILE", help="write predictions to FILE (.csv or .json)")
+    p.add_argument("--overwrite", action="store_true", help="allow replacing an existing --output")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--tta", action="store_true", help="average with the mirror image's prediction")
+    _add_hardware(p)
+
+
+def _add_evaluate(commands) -> None:
+    e = commands.add_parser("evaluate", help="measure a trained model on a labelled image folder")
+    e.add_argument("model", type=Path, metavar="RUN")
+    e.add_argument("data", type=Path, metavar="DATA", help="one subfolder per class (with split "
+                   "folders, test/ is used, else val/)")
+    e.add_argument("--output", type=Path, metavar="FILE", help="also write the metrics as JSON")
+    e.add_argument("--overwrite", action="store_true", help="allow replacing an existing --output")
+    e.add_argument("--tta", action="store_true", help="average with the mirror image's prediction")
+    _add_hardware(e)
+
+
+def _add_report(commands) -> None:
+    r = commands.add_parser("report", help="rebuild a run's report.html (metrics, plots, mistakes) from its files")
+    r.add_argument("run", type=Path, metavar="RUN", help="a run folder written by 'headstart train'")
+
+
+def _add_cache(commands) -> None:
+    c = commands.add_parser("cache", help="show or clear the lightweight workflow's feature cache")
+    c.add_argument("action", choices=("info", "clear"))
+    c.add_argument("--cache-dir", type=Path, help="the cache folder (default: the user cache folder)")
+
+
+def _add_export(commands) -> None:
+    x = commands.add_parser("export", help="export a trained model as one self-describing ONNX file")
+    x.add_argument("model", type=Path, metavar="RUN", help="a run folder written by 'headstart train'")
+    x.add_argument("--format", choices=("onnx",), default="onnx")
+    x.add_argument("--out", type=Path, metavar="FILE", help="the file to write (default: RUN/model.onnx)")
+    x.add_argument("--overwrite", action="store_true", help="allow replacing an existing file")
+    x.add_argument("--check-images", type=int, default=200, metavar="N",
+                   help="validation images to check parity on (default: 200)")
+    x.add_argument("--int8", action="store_true", help="also write MODEL.int8.onnx, statically quantized "
+                   "with ONNX Runtime and calibrated on training images")
+    x.add_argument("--max-drop", type=float, default=0.5, metavar="POINTS",
+                   help="refuse the int8 model if it loses more validation accuracy (default: 0.5)")
+    x.add_argument("--calibration-images", type=int, default=100, metavar="N")
+
+
+def _add_serve(commands) -> None:
+    v = commands.add_parser("serve", help="serve a model over HTTP: an API and a web page")
+    v.add_argument("model", type=Path, metavar="RUN|MODEL.onnx")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--max-batch", type=int, default=32, help="images per forward pass, across requests")
+    v.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long an image waits for others to batch with (0: no micro-batching)")
+    v.add_argument("--max-upload-mb", type=float, default=20.0)
+    v.add_argument("--max-images", type=int, default=16, help="images per request")
+    v.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for the model")

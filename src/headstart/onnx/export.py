@@ -1,0 +1,141 @@
+"""Exporting networks to ONNX: shared by the lightweight workflow's engine and deployment.
+
+``export_classifier`` writes a whole trained model as one self-describing file
+(class names and preprocessing in its metadata), checked against PyTorch
+before it is renamed into place.
+
+The TorchScript-based exporter is used first: on these CPUs it turns timm's
+EfficientNets into graphs that ONNX Runtime runs about 3.7x faster than eager
+PyTorch fp32, in under a second, with no extra dependency. The newer
+``torch.export``-based exporter is the fallback for networks the tracer rejects.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._console import Console
+from .._io import atomic_files, atomic_path
+from ..errors import DataError, ModelFileError
+from .runtime import METADATA_KEY, OnnxClassifier
+
+__all__ = ["export_onnx", "export_classifier", "Parity", "ONNX_OPSET", "PARITY_TOLERANCE"]
+
+ONNX_OPSET = 17
+
+
+def export_onnx(module: nn.Module, path: str | Path, input_size: tuple[int, int, int],
+                input_name: str = "images", output_name: str = "output",
+                input_dtype: torch.dtype = torch.uint8) -> Path:
+    """Write ``module`` (fp32, CPU, eval mode) to ``path`` with a dynamic batch axis.
+
+    headstart's networks take raw uint8 pixels (they normalise inside), and so does the graph.
+    """
+    path = Path(path)
+    module = module.float().cpu().eval()
+    example = (torch.zeros(2, *input_size, dtype=input_dtype),)
+    kwargs = dict(input_names=[input_name], output_names=[output_name],
+                  dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                  opset_version=ONNX_OPSET)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporters' deprecation and tracer notices
+        try:
+            torch.onnx.export(module, example, str(tmp), dynamo=False, **kwargs)
+        except Exception:
+            torch.onnx.export(module, example, str(tmp), dynamo=True, **kwargs)
+    return path
+
+
+# The exported graph must give the probabilities PyTorch gives, image for image: a larger
+# difference means an operator was translated wrongly, and the file is not written.
+PARITY_TOLERANCE = 1e-4
+
+
+class _Probabilities(nn.Module):
+    """The whole classifier, uint8 pixels in, class probabilities out: what a deployment wants."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(images), dim=1)
+
+
+@dataclass
+class Parity:
+    images: int
+    max_difference: float
+    top1_agreement: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_difference <= PARITY_TOLERANCE
+
+
+def export_classifier(clf, path: str | Path, check_images: Sequence[Path], console: Console) -> Parity:
+    """Write ``clf`` (a fitted ImageClassifier) as one ONNX file, metadata included, and check it.
+
+    The file is renamed into place only when ONNX Runtime's probabilities on
+    ``check_images`` match PyTorch fp32's within :data:`PARITY_TOLERANCE`.
+    """
+    import onnx
+
+    path = Path(path)
+    module = _Probabilities(copy.deepcopy(clf.net_).float().cpu().eval())
+    config = clf.config_
+    meta = {"classes": list(config.classes), "preprocessing": dataclasses.asdict(config.preprocessing),
+            "backbone": config.backbone.name, "architecture": config.backbone.architecture,
+            "input": "uint8 RGB, N x 3 x H x W, resized and centre-cropped as 'preprocessing' says",
+            "output": "class probabilities, N x classes", "versions": config.versions}
+    with atomic_files(path.parent) as new:
+        tmp = new(path.name)
+        export_onnx(module, tmp, config.preprocessing.input_size, output_name="probabilities")
+        graph = onnx.load(str(tmp))
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+        graph.producer_name = "headstart"
+        onnx.save(graph, str(tmp))
+        exported = OnnxClassifier(tmp)
+        parity = _check_parity(module, exported, check_images)
+        console.info(f"parity on {parity.images} image(s): largest probability difference "
+                     f"{parity.max_difference:.2e} (tolerance {PARITY_TOLERANCE:g}), "
+                     f"top-1 agreement {parity.top1_agreement:.2%}")
+        if not parity.ok:
+            raise ModelFileError(f"the exported model differs from PyTorch by {parity.max_difference:.2e} "
+                                 f"(tolerance {PARITY_TOLERANCE:g}): {path} not written")
+    return parity
+
+
+def _check_parity(module: nn.Module, exported, images: Sequence[Path], batch_size: int = 32) -> Parity:
+    """Both models on the same decoded pixels (the runtime's own decoding)."""
+    worst, agree, count = 0.0, 0, 0
+    for start in range(0, len(images), batch_size):
+        pixels = []
+        for image in images[start:start + batch_size]:
+            try:
+                pixels.append(exported.pixels(image))
+            except Exception:  # an unreadable image tells nothing about the graph: skip it
+                continue
+        if not pixels:
+            continue
+        batch = np.stack(pixels)
+        with torch.inference_mode():
+            reference = module(torch.from_numpy(batch)).numpy()
+        got = exported.run(batch)
+        worst = max(worst, float(np.abs(got - reference).max()))
+        agree += int((got.argmax(1) == reference.argmax(1)).sum())
+        count += len(batch)
+    if count == 0:
+        raise DataError("no readable image to check the exported model on")
+    return Parity(count, worst, agree / count)

@@ -1,0 +1,300 @@
+"""``report.html``: what a run learned, in one self-contained page.
+
+Built from the run folder's files alone (``config.json``, ``metrics.json``,
+``history.csv``, ``predictions.csv``, ``skipped.csv``, ``run.json``), so
+``headstart report RUN`` can rebuild it at any time without loading the
+model. The plots are written beside it in ``plots/`` and embedded in the page,
+with thumbnails of the images it shows: the page opens offline, anywhere.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import _html as h
+from .._console import Console
+from .._io import write_text
+from ..errors import ModelFileError
+from ..runfolder import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    PLOTS_DIR,
+    PREDICTIONS_FILE,
+    REPORT_FILE,
+    RUN_FILE,
+    SKIPPED_FILE,
+    read_csv_file,
+    read_run_file,
+)
+from . import plots
+
+__all__ = ["RunRecord", "read_run", "write_report"]
+
+TOP_LOSSES = 12
+MISTAKES_SHOWN = 16
+SKIPPED_SHOWN = 50
+
+
+@dataclass
+class RunRecord:
+    """A run folder's files, parsed: what the report is made of."""
+
+    directory: Path
+    config: dict
+    metrics: dict
+    history: list[dict]
+    predictions: list[dict] | None  # None for a run saved before predictions.csv existed
+    skipped: list[dict]
+    data_root: Path | None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config["classes"])
+
+
+def read_run(directory: str | Path) -> RunRecord:
+    """Parse a run folder written by training; a missing or damaged file is named in the error."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelFileError(f"no such run folder: {directory}")
+    config = read_run_file(directory, CONFIG_FILE)
+    metrics = read_run_file(directory, METRICS_FILE)
+    run = read_run_file(directory, RUN_FILE, required=False)
+    predictions = read_csv_file(directory, PREDICTIONS_FILE, required=False)
+    history = [{k: v if k == "stage" else _float(v) for k, v in row.items()}
+               for row in read_csv_file(directory, HISTORY_FILE, required=False) or []]
+    skipped = read_csv_file(directory, SKIPPED_FILE, required=False) or []
+    return RunRecord(directory, config, metrics, history, predictions, skipped,
+                     Path(run["data"]) if run and "data" in run else None)
+
+
+def write_report(directory: str | Path, console: Console | None = None) -> Path:
+    """Write ``report.html`` and its plots into the run folder; returns the page's path."""
+    run = read_run(directory)
+    plot_dir = run.directory / PLOTS_DIR
+    plot_dir.mkdir(exist_ok=True)
+    sections = [_header(run), _data_section(run), _settings_section(run), _stages_section(run, plot_dir)]
+    sections += _evaluation_sections(run, plot_dir)
+    sections.append(_timings_section(run))
+    title = f"headstart report: {run.directory.name}"
+    path = run.directory / REPORT_FILE
+    write_text(path, h.page(title, "\n".join(sections)))
+    if console is not None:
+        console.info(f"report: {path}")
+    return path
+
+
+# -- sections ---------------------------------------------------------------------------
+
+def _header(run: RunRecord) -> str:
+    m, backbone = run.metrics, run.config.get("backbone", {})
+    final = next((f"{name} accuracy {_pct(m[name]['accuracy'])}" for name in ("test", "val") if name in m), "")
+    made = datetime.datetime.fromtimestamp((run.directory / METRICS_FILE).stat().st_mtime)
+    return (f"<h1>{h.escape(run.directory.name)}</h1>"
+            f"<p>{len(run.classes)} classes, backbone <code>{h.escape(str(backbone.get('architecture')))}</code>, "
+            f"{h.escape(str(m.get('workflow', '?')))} workflow. <b>{h.escape(final)}</b></p>"
+            f'<p class="muted">Run folder {h.escape(str(run.directory.resolve()))}, trained '
+            f"{made:%Y-%m-%d %H:%M}. Data: {h.escape(str(run.data_root or 'unknown'))}.</p>")
+
+
+def _data_section(run: RunRecord) -> str:
+    counts = run.metrics.get("counts", {})
+    splits = [s for s in ("train", "val", "test") if sum(counts.get(s, {}).values())]
+    rows = [[c, *(counts[s].get(c, 0) for s in splits), sum(counts[s].get(c, 0) for s in splits)]
+            for c in run.classes]
+    rows.append([h.Raw("<b>all</b>"), *(sum(counts[s].values()) for s in splits),
+                 sum(sum(counts[s].values()) for s in splits)])
+    numeric = range(1, len(splits) + 2)
+    parts = ["<h2>Data</h2>", h.table(["class", *splits, "total"], rows, numeric=numeric)]
+    if run.skipped:
+        shown = run.skipped[:SKIPPED_SHOWN]
+        more = len(run.skipped) - len(shown)
+        parts.append(f'<p class="warn">{len(run.skipped)} file(s) skipped, listed in {SKIPPED_FILE}'
+                     f"{f'; the first {len(shown)} here' if more else ''}:</p>")
+        parts.append(h.table(["file", "reason"], [[s.get("path", ""), s.get("reason", "")] for s in shown]))
+    else:
+        parts.append('<p class="muted">No file was skipped.</p>')
+    return "\n".join(parts)
+
+
+def _settings_section(run: RunRecord) -> str:
+    training = run.config.get("training") or {}
+    backbone = run.config.get("backbone", {})
+    pre = run.config.get("preprocessing", {})
+    size = "x".join(map(str, (pre.get("input_size") or [])[1:]))
+    rows = [["backbone", f"{backbone.get('name')} (timm {backbone.get('architecture')})"],
+            ["weights", backbone.get("weights")], ["features", backbone.get("num_features")],
+            ["input", f"{size} px, {pre.get('interpolation')}, crop {pre.get('crop_pct')}, "
+                      f"mean {pre.get('mean')}, std {pre.get('std')}"]]
+    rows += [[name.replace("_", " "), value] for name, value in training.items() if name not in ("backbone", "weights")]
+    versions = ", ".join(f"{k} {v}" for k, v in (run.config.get("versions") or {}).items())
+    return "<h2>Settings</h2>" + h.table(["setting", "value"], rows) + f'<p class="muted">{h.escape(versions)}</p>'
+
+
+def _stages_section(run: RunRecord, plot_dir: Path) -> str:
+    m = run.metrics
+    stage1, fine = m.get("stage1"), m.get("fine_tune")
+    rows = []
+    for name, stage in (("stage 1: head on the frozen backbone", stage1), ("fine-tuning", fine)):
+        if stage:
+            kept = {True: "yes", False: "no: stage-1 weights restored"}.get(stage.get("kept"), "")
+            rows.append([name, _pct(stage.get("val_accuracy")), _num(stage.get("val_loss")),
+                         stage.get("epochs_run"), stage.get("best_epoch"),
+                         "yes" if stage.get("stopped_early") else "no", kept])
+    parts = ["<h2>Training: stage 1 and fine-tuning</h2>",
+             h.table(["stage", "val accuracy", "val loss", "epochs", "best epoch", "stopped early", "kept"],
+                     rows, numeric=(1, 2, 3, 4))]
+    if fine and stage1 and _finite(fine.get("val_accuracy")) and _finite(stage1.get("val_accuracy")):
+        gain = 100 * (fine["val_accuracy"] - stage1["val_accuracy"])
+        verdict = "kept" if fine.get("kept") else "not kept"
+        parts.append(f"<p>Fine-tuning changed validation accuracy by <b>{gain:+.2f} points</b> "
+                     f"({verdict}).</p>")
+    elif not fine:
+        parts.append('<p class="muted">Fine-tuning was not run (--fine-tune-epochs 0).</p>')
+    if run.history:
+        kept = fine.get("kept") if fine else None
+        path = plots.save(plots.learning_curves(run.history, kept), plot_dir / "learning_curves.png")
+        parts.append(h.image(path, "learning curves"))
+    return "\n".join(parts)
+
+
+def _evaluation_sections(run: RunRecord, plot_dir: Path) -> list[str]:
+    m = run.metrics
+    evaluated = [name for name in ("val", "test") if name in m]
+    if not evaluated:
+        return ["<h2>Metrics</h2><p>No validation or test images: nothing to measure the model on.</p>"]
+    parts = ["<h2>Metrics</h2>", _summary_table(m, evaluated)]
+    for name in evaluated:
+        parts.append(f"<h3>Per class, {_split_name(name)}</h3>")
+        parts.append(_per_class_table(m[name]))
+    # The plots describe one split: test when there is one (the unbiased estimate), else val.
+    main = evaluated[-1]
+    title = _split_name(main)
+    parts.append(f"<h2>Plots ({title})</h2>")
+    figures = [(plots.confusion(m[main]["confusion_matrix"], run.classes, False, title), "confusion_counts"),
+               (plots.confusion(m[main]["confusion_matrix"], run.classes, True, title), "confusion_normalised"),
+               (plots.per_class_f1(m[main], title), "per_class_f1")]
+    rows = [r for r in run.predictions or [] if r.get("split") == main and r.get("predicted")]
+    y_true, proba = _probabilities(rows, run.classes)
+    if len(rows):
+        figures.append((plots.reliability_diagram(y_true, proba, split=title), "reliability"))
+    for figure, name in figures:
+        parts.append(h.image(plots.save(figure, plot_dir / f"{name}.png"), name.replace("_", " ")))
+    if run.predictions is None:
+        parts.append(f'<p class="muted">{PREDICTIONS_FILE} is missing (a run saved by an older headstart): '
+                     "no reliability diagram, top losses or mistakes.</p>")
+        return parts
+    parts.append(_mistakes_section(run, rows, y_true, proba, title, plot_dir))
+    parts.append(_top_losses_section(run, rows, y_true, proba, title))
+    return parts
+
+
+def _summary_table(m: dict, evaluated: Sequence[str]) -> str:
+    names = [("accuracy", "accuracy", _pct), ("balanced_accuracy", "balanced accuracy", _pct),
+             ("log_loss", "log loss", _num), ("expected_calibration_error", "calibration error (ECE)", _num),
+             ("roc_auc", "ROC-AUC", _num), ("pr_auc", "PR-AUC", _num)]
+    names += [(key, key.replace("_", " "), _pct) for key in m[evaluated[0]]
+              if key.startswith("top_") and key.endswith("_accuracy")]
+    rows = [[label, *(fmt(m[s].get(key)) for s in evaluated)] for key, label, fmt in names
+            if any(key in m[s] for s in evaluated)]
+    rows.append(["images", *(m[s].get("count") for s in evaluated)])
+    return h.table(["metric", *map(_split_name, evaluated)], rows, numeric=range(1, len(evaluated) + 1))
+
+
+def _per_class_table(metrics: dict) -> str:
+    rows = [[c, _num(v["precision"], 3), _num(v["recall"], 3), _num(v["f1"], 3), v["support"]]
+            for c, v in metrics["per_class"].items()]
+    return h.table(["class", "precision", "recall", "F1", "images"], rows, numeric=(1, 2, 3, 4))
+
+
+def _mistakes_section(run: RunRecord, rows: list[dict], y_true: np.ndarray, proba: np.ndarray, title: str,
+                      plot_dir: Path) -> str:
+    wrong = np.flatnonzero(proba.argmax(axis=1) != y_true)
+    wrong = wrong[np.argsort(-proba[wrong].max(axis=1), kind="stable")][:MISTAKES_SHOWN]
+    heading = f"<h2>Most confidently wrong ({title})</h2>"
+    (plot_dir / "confident_mistakes.png").unlink(missing_ok=True)  # a rebuilt report has no stale grid
+    if not len(wrong):
+        return heading + '<p class="ok">No misclassified image.</p>'
+    mistakes = [plots.Mistake(_image_path(run, rows[i]["path"]), rows[i]["class"], rows[i]["predicted"],
+                              float(proba[i].max())) for i in wrong]
+    path = plots.save(plots.confident_mistakes(mistakes, title), plot_dir / "confident_mistakes.png")
+    return heading + h.image(path, "most confidently wrong images")
+
+
+def _top_losses_section(run: RunRecord, rows: list[dict], y_true: np.ndarray, proba: np.ndarray,
+                        title: str) -> str:
+    p_true = proba[np.arange(len(rows)), y_true]
+    losses = -np.log(np.clip(p_true, 1e-12, 1.0))
+    order = np.argsort(-losses, kind="stable")[:TOP_LOSSES]
+    table = h.table(["image", "file", "true class", "predicted", "p(true class)", "loss"],
+                    [[h.thumbnail(_image_path(run, rows[i]["path"]), rows[i]["path"]), rows[i]["path"],
+                      rows[i]["class"], rows[i]["predicted"], _num(p_true[i], 3), _num(losses[i], 3)]
+                     for i in order], numeric=(4, 5))
+    return (f"<h2>Top losses ({title})</h2><p class=\"muted\">The images the model finds hardest: "
+            f"the lowest probability given to their true class. Wrong labels often hide here.</p>{table}")
+
+
+def _timings_section(run: RunRecord) -> str:
+    m = run.metrics
+    timings = m.get("timings") or {}
+    labels = {"data": "finding and checking the images", "stage1": "stage 1 (head)",
+              "fine_tune": "fine-tuning", "evaluation": "evaluation", "total": "total"}
+    rows = [[labels.get(k, k), f"{v:.1f} s"] for k, v in timings.items() if _finite(v)]
+    if not rows and _finite(m.get("train_seconds")):
+        rows.append(["training", f"{m['train_seconds']:.1f} s"])
+    if m.get("features"):
+        f = m["features"]
+        rows.append(["features", f"{f.get('seconds', math.nan):.1f} s: {f.get('computed')} computed with "
+                                 f"{f.get('engine')}, {f.get('cached')} from the cache"])
+    if m.get("head"):
+        rows.append(["head fit", f"{m['head'].get('seconds', math.nan):.2f} s (L2 C={m['head'].get('C')})"])
+    per_stage: dict[str, list[float]] = {}
+    for row in run.history:
+        per_stage.setdefault(row.get("stage", "?"), []).append(row.get("seconds", math.nan))
+    for stage, seconds in per_stage.items():
+        if len(seconds) > 1:
+            rows.append([f"{stage} epochs", f"{len(seconds)} x {np.nanmedian(seconds):.1f} s (median)"])
+    return "<h2>Timings</h2>" + h.table(["step", "time"], rows)
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+def _probabilities(rows: list[dict], classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    index = {c: i for i, c in enumerate(classes)}
+    y_true = np.array([index[r["class"]] for r in rows], dtype=int)
+    proba = np.array([[_float(r.get(f"p_{c}")) for c in classes] for r in rows], dtype=float)
+    return y_true, proba.reshape(len(rows), len(classes))
+
+
+def _image_path(run: RunRecord, path: str) -> Path:
+    return Path(path) if Path(path).is_absolute() or run.data_root is None else run.data_root / path
+
+
+def _split_name(name: str) -> str:
+    return {"val": "validation", "test": "test"}.get(name, name)
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _pct(value) -> str:
+    return f"{value:.2%}" if _finite(value) else "n/a"
+
+
+def _num(value, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if _finite(value) else "n/a"

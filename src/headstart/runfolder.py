@@ -1,0 +1,182 @@
+"""How a run folder looks: every file name in it, ``run.json``, and the rules for output folders.
+
+A run folder is what ``headstart train`` writes and every other command reads:
+
+========================  ==========================================================
+``model.safetensors``     the weights, backbone and head
+``config.json``           :class:`headstart.config.ModelConfig`: enough to rebuild it
+``metrics.json``          validation and test metrics, stage 1 vs fine-tuning, timings
+``history.csv``           one row per epoch
+``split.csv``             which image went where (paths relative to the data folder)
+``predictions.csv``       every validation and test image's probabilities
+``skipped.csv``           files left out, and why
+``run.json``              what was asked for: the data folder and every setting
+``checkpoint.safetensors``  the last completed epoch, while training
+``report.html``, plots/   the run's page
+========================  ==========================================================
+
+This module is the one place that knows those names, writes the text files
+and reads ``run.json`` and the CSV files back. It imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._io import csv_text, json_text, read_json
+from .errors import ModelFileError, UsageError
+
+if TYPE_CHECKING:
+    from .data.dataset import DatasetSplit, Skipped
+
+__all__ = [
+    "MODEL_FILE", "CONFIG_FILE", "METRICS_FILE", "HISTORY_FILE", "SPLIT_FILE", "PREDICTIONS_FILE",
+    "SKIPPED_FILE", "RUN_FILE", "CHECKPOINT_FILE", "REPORT_FILE", "PLOTS_DIR", "ONNX_FILE",
+    "HISTORY_COLUMNS", "RunRequest", "run_json_text", "history_csv", "split_csv", "predictions_csv", "skipped_csv", "read_run_request", "read_run_file", "read_csv_file",
+    "split_images", "prepare_output_dir", "new_run_dir", "relative_path",
+]
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+SPLIT_FILE = "split.csv"
+PREDICTIONS_FILE = "predictions.csv"
+SKIPPED_FILE = "skipped.csv"
+RUN_FILE = "run.json"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+REPORT_FILE = "report.html"
+PLOTS_DIR = "plots"
+ONNX_FILE = "model.onnx"  # where ``headstart export`` writes by default
+
+# history.csv, one row per epoch of either stage.
+HISTORY_COLUMNS = ("epoch", "stage", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                   "lr", "seconds")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """``run.json``: what a run was asked to do, enough to rerun or resume it."""
+
+    data: Path  # the data folder, absolute
+    params: dict[str, Any]  # ImageClassifier's parameters, as JSON values
+
+
+def run_json_text(request: RunRequest) -> str:
+    """The text of ``run.json`` (its one writer; paths are written as strings)."""
+    params = {k: str(v) if isinstance(v, Path) else v for k, v in request.params.items()}
+    return json_text({"data": str(Path(request.data).resolve()), "params": params})
+
+
+def history_csv(history: Sequence[dict]) -> str:
+    return csv_text(HISTORY_COLUMNS, ([row[c] for c in HISTORY_COLUMNS] for row in history))
+
+
+def split_csv(split: DatasetSplit, classes: Sequence[str]) -> str:
+    """Which image went where: a valid label file too (path relative to the data folder, class, split)."""
+    return csv_text(("path", "class", "split"), ((relative_path(s.path, split.root), classes[s.label], name)
+                                                 for name, samples in split.splits().items() for s in samples))
+
+
+def predictions_csv(predictions: dict[str, np.ndarray], split: DatasetSplit, classes: Sequence[str]) -> str:
+    """One row per evaluated image: its split, true and predicted class, and every class's probability
+    (empty where the image could not be decoded), so a report can be rebuilt without the model."""
+    header = ("path", "split", "class", "predicted", *(f"p_{c}" for c in classes))
+
+    def rows():
+        for name, proba in predictions.items():
+            for sample, row in zip(split.splits()[name], proba):
+                decoded = not np.isnan(row).any()
+                yield (relative_path(sample.path, split.root), name, classes[sample.label],
+                       classes[int(row.argmax())] if decoded else "",
+                       *(f"{p:.6g}" if decoded else "" for p in row))
+
+    return csv_text(header, rows())
+
+
+def skipped_csv(skipped: Sequence[Skipped]) -> str:
+    return csv_text(("path", "reason"), ((str(s.path), s.reason) for s in skipped))
+
+
+def read_run_request(run: Path) -> RunRequest:
+    """``run.json`` of the run folder ``run``; a missing or damaged one is a :class:`UsageError`."""
+    path = Path(run) / RUN_FILE
+    if not path.is_file():
+        raise UsageError(f"{path} not found: not a run folder written by 'headstart train'")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return RunRequest(Path(saved["data"]), dict(saved["params"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"{path} is damaged ({exc})") from None
+
+
+def read_run_file(run: Path, name: str, required: bool = True) -> Any:
+    """A JSON file of the run folder, parsed; None when it is absent and not ``required``."""
+    path = Path(run) / name
+    if not path.is_file():
+        if required:
+            raise ModelFileError(f"not a run folder: {path} is missing")
+        return None
+    return read_json(path)
+
+
+def read_csv_file(run: Path, name: str, required: bool = True) -> list[dict] | None:
+    """The rows of a CSV file of the run folder; None when it is absent and not ``required``."""
+    path = Path(run) / name
+    if not path.is_file():
+        if required:
+            raise ModelFileError(f"not a run folder: {path} is missing")
+        return None
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ModelFileError(f"{path} is not a readable CSV file: {exc}") from None
+
+
+def split_images(run: Path, split: str, classes: tuple[str, ...] | list[str]) -> list[tuple[Path, int]]:
+    """(image, label) of one split of a run, from its ``split.csv`` and the data folder in
+    ``run.json``; only the images still there. Empty when the run has no such files."""
+    run = Path(run)
+    if not ((run / SPLIT_FILE).is_file() and (run / RUN_FILE).is_file()):
+        return []
+    root = read_run_request(run).data
+    rows = [r for r in read_csv_file(run, SPLIT_FILE) if r["split"] == split and r["class"] in classes]
+    return [(root / r["path"], list(classes).index(r["class"])) for r in rows if (root / r["path"]).is_file()]
+
+
+def prepare_output_dir(directory: str | Path, overwrite: bool) -> Path:
+    """Create ``directory``; refuse one that holds files unless ``overwrite``: nothing is lost silently."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"output {directory} exists and is not a folder")
+    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
+        raise UsageError(f"output folder {directory} is not empty: choose another --out or pass --overwrite")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def new_run_dir(prefix: str = "") -> Path:
+    """A fresh ``runs/<prefix><timestamp>`` path (numbered when a run started the same second)."""
+    stamp = prefix + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = Path("runs") / stamp, 1
+    while path.exists():
+        n += 1
+        path = Path("runs") / f"{stamp}-{n}"
+    return path
+
+
+def relative_path(path: Path, root: Path) -> str:
+    """``path`` as the run's CSV files write it: relative to the data folder when inside it."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)

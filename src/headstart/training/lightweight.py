@@ -1,0 +1,98 @@
+"""The lightweight workflow's stage 1: features from the one pipeline, then a linear head in seconds.
+
+When the features come from the cache or the exported engine, nothing here
+imports PyTorch: the model's tensors are the backbone record's plus the new
+head's, as NumPy arrays, and the model file is written from them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import HeadSpec, TrainingConfig
+from ..data.dataset import DatasetSplit
+from ..features.pipeline import Extraction, extract_features
+from .linear import LinearHead, fit_linear_head, probabilities
+from .plan import FitContext, feature_request
+from .results import Fitted, StageResult, TrainResult
+
+__all__ = ["HeadFit", "fit_head", "fit_lightweight"]
+
+
+def fit_lightweight(split: DatasetSplit, config: TrainingConfig, context: FitContext) -> Fitted:
+    """Stage 1 alone, on features from the pipeline: without PyTorch when they can be had so."""
+    start = time.perf_counter()
+    extraction = extract_features([s.path for s in split.samples()], feature_request(config), context.cache,
+                                  context.console)
+    if extraction.without_pytorch:
+        computing = extraction.features.computed > 0
+        context.console.info(f"features from the cache {'and the exported engine ' if computing else ''}"
+                             f"({extraction.features.engine}), so the head is fitted without loading the backbone")
+    head = fit_head(extraction, split, config, context)
+    fitted = Fitted("lightweight", extraction.spec, extraction.preprocessing, head.result,
+                    head_info=head.info, head_proba=head.proba)
+    if extraction.without_pytorch:
+        from safetensors.numpy import load_file
+
+        fitted.state = {**load_file(str(extraction.record.tensors)), "head.fc.weight": head.linear.weight,
+                        "head.fc.bias": head.linear.bias}
+    else:
+        from ..backbone.head import ClassifierNet
+
+        fitted.net = ClassifierNet.create(extraction.backbone, HeadSpec(len(split.classes), config.dropout))
+        fitted.net.head.load_linear(head.linear.weight, head.linear.bias)
+        fitted.net.eval()
+    fitted.timings["stage1"] = time.perf_counter() - start
+    return fitted
+
+
+@dataclass
+class HeadFit:
+    """The lightweight head, fitted on the features of ``split.samples()``."""
+
+    linear: LinearHead
+    result: TrainResult
+    info: dict  # what the features and the head took
+    proba: dict[str, np.ndarray]  # the head's probabilities for the val and test images, NaN where undecodable
+
+
+def fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfig, context: FitContext) -> HeadFit:
+    """The lightweight workflow's stage 1: a linear head on the features, in seconds."""
+    features, console = extraction.features, context.console
+    for path, reason in features.failed.items():
+        console.warn(f"skipping {path}: {reason}")
+    labels = np.array([s.label for s in split.samples()])
+    bounds = np.cumsum([0, len(split.train), len(split.val), len(split.test)])
+    # Positions of each split's decodable images in `split.samples()`.
+    usable = {name: np.flatnonzero(features.ok[bounds[i]:bounds[i + 1]]) + bounds[i]
+              for i, name in enumerate(("train", "val", "test"))}
+    rows = {name: features.rows(index, labels[index], with_flipped=name == "train")
+            for name, index in usable.items()}
+    head = fit_linear_head(rows["train"], rows["val"] if len(rows["val"]) else None, len(split.classes),
+                           config.class_weight, config.seed)
+    result = TrainResult(failed=dict(features.failed))
+    row = {"epoch": 1, "stage": "head", "train_loss": head.train.loss, "train_accuracy": head.train.accuracy,
+           "val_loss": head.val.loss if head.val else math.nan,
+           "val_accuracy": head.val.accuracy if head.val else math.nan, "lr": math.nan,
+           "seconds": features.seconds + head.seconds}
+    result.history.append(row)
+    if context.on_epoch is not None:
+        context.on_epoch(row)
+    result.stage1 = StageResult(head.val, 1, 1, False)
+    val_text = f", val loss {head.val.loss:.4f} acc {head.val.accuracy:.2%}" if head.val else ""
+    console.info(f"head fitted on features in {head.seconds:.1f} s (L2 C={head.C:g}): "
+                 f"train acc {head.train.accuracy:.2%}{val_text}")
+    info = {"features": {"engine": features.engine, "computed": features.computed,
+                         "cached": len(labels) - features.computed, "seconds": features.seconds},
+            "head": {"C": head.C, "seconds": head.seconds}}
+    proba = {}
+    for i, name in enumerate(("val", "test"), start=1):
+        proba[name] = np.full((bounds[i + 1] - bounds[i], len(split.classes)), np.nan)
+        proba[name][usable[name] - bounds[i]] = probabilities(rows[name], head.weight, head.bias)
+    features.close()
+    return HeadFit(head, result, info, proba)
+

@@ -1,0 +1,300 @@
+"""The epochs of one stage: train, validate, stop early, checkpoint, resume.
+
+Each concern is one small object with state of its own, as Keras' callbacks
+and fastai's trackers are: :class:`EarlyStopping` keeps the best epoch's
+weights, :class:`StageCheckpoint` what a resumed run continues from, and
+:class:`Trainer` what every epoch trains with.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .._console import Console
+from ..backbone.head import ClassifierNet
+from ..config import TrainingConfig
+from ..device import autocast, to_device
+from .checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
+from .results import EpochStats, StageResult, TrainResult
+
+__all__ = ["Trainer", "EarlyStopping", "StageCheckpoint", "run_epoch", "train_stage", "stats_dict", "stats_from",
+           "stage_dict", "stage_from"]
+
+
+@dataclass
+class StageCheckpoint:
+    """Where a run is checkpointed after every epoch, the checkpoint it resumes from, and what a later
+    stage needs from an earlier one (``carry``: stage 1's outcome and weights, kept through fine-tuning)."""
+
+    run_dir: Path | None = None
+    state: dict | None = None
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    carry_state: dict = field(default_factory=dict)
+    carry_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def at(cls, run_dir: str | Path | None) -> StageCheckpoint:
+        """Checkpointing into ``run_dir`` (none when None), resuming from the checkpoint found there."""
+        if run_dir is None:
+            return cls()
+        found = load_checkpoint(Path(run_dir))
+        state, tensors = found if found is not None else (None, {})
+        return cls(Path(run_dir), state, tensors)
+
+    def resumes(self, stage: str) -> bool:
+        return self.state is not None and self.state["stage"] == stage and not self.state["complete"]
+
+    def passed(self, stage: str) -> bool:
+        """Whether the checkpoint lies beyond ``stage``: the stage is done and is not rerun."""
+        if self.state is None:
+            return False
+        return self.state["stage"] != stage or self.state["complete"]
+
+    def tensors_with(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    def save(self, state: dict, tensors: dict[str, torch.Tensor]) -> None:
+        if self.run_dir is not None:
+            save_checkpoint(self.run_dir, {**state, **self.carry_state}, {**tensors, **self.carry_tensors})
+
+
+class EarlyStopping:
+    """Keeps the weights of the epoch with the lowest validation loss; stops after ``patience``
+    epochs without a lower one (0: never). Without validation, the last epoch counts as best."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best_loss, self.best_epoch = math.inf, 0
+        self.best_val: EpochStats | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def update(self, epoch: int, val: EpochStats | None, net: nn.Module) -> bool:
+        """Take the epoch's validation result; True when training should stop."""
+        if val is None:
+            self.best_epoch, self.best_val = epoch, None
+        elif val.loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.best_val = val.loss, epoch, val
+            self.best_state = copy.deepcopy(net.state_dict())
+        elif epoch - self.best_epoch >= self.patience > 0:
+            return True
+        return False
+
+    def restore(self, net: nn.Module) -> None:
+        if self.best_state is not None:
+            net.load_state_dict(self.best_state)
+
+    def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        return ({"best_loss": self.best_loss, "best_epoch": self.best_epoch, "best_val": stats_dict(self.best_val)},
+                _prefixed("best.", self.best_state or {}))
+
+    def load(self, saved: dict, checkpoint: StageCheckpoint) -> None:
+        self.best_loss, self.best_epoch = saved["best_loss"], saved["best_epoch"]
+        self.best_val = stats_from(saved["best_val"])
+        self.best_state = checkpoint.tensors_with("best.") or None
+
+
+@dataclass
+class Trainer:
+    """What every epoch of a run trains with."""
+
+    net: ClassifierNet
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    config: TrainingConfig
+    device: torch.device
+    dtype: torch.dtype
+    console: Console
+    on_epoch: Callable[[dict], None] | None = None
+    checkpoint: StageCheckpoint = field(default_factory=StageCheckpoint)
+
+
+def run_epoch(trainer: Trainer, loader: DataLoader, criterion: nn.Module,
+              optimizer: torch.optim.Optimizer | None = None, scaler: torch.amp.GradScaler | None = None,
+              desc: str = "") -> EpochStats:
+    """One pass over ``loader``: trains when given an optimizer, else only measures."""
+    net, device = trainer.net, trainer.device
+    training = optimizer is not None
+    net.train(training)
+    total_loss, correct, count, failed = 0.0, 0, 0, []
+    grad = torch.enable_grad() if training else torch.inference_mode()
+    with grad:
+        for batch in trainer.console.progress(loader, total=len(loader), desc=desc):
+            failed += batch.failed
+            if not batch.indices:
+                continue
+            images = to_device(batch.images, device)
+            labels = batch.labels.to(device, non_blocking=True)
+            with autocast(device, trainer.dtype):
+                logits = net(images)
+            loss = criterion(logits.float(), labels)
+            if training:
+                _step(loss, optimizer, scaler)
+            n = labels.numel()
+            total_loss += loss.item() * n
+            correct += (logits.argmax(1) == labels).sum().item()
+            count += n
+    if count == 0:
+        return EpochStats(math.nan, math.nan, 0, failed)
+    return EpochStats(total_loss / count, correct / count, count, failed)
+
+
+def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+def train_stage(trainer: Trainer, stage: str, epochs: int, lr: float, result: TrainResult) -> StageResult:
+    """Train the parameters that require grad for up to ``epochs`` epochs at ``lr``.
+
+    With a validation split, stops after ``config.patience`` epochs without a
+    lower validation loss and restores the best epoch's weights. Saves every
+    completed epoch in the trainer's checkpoint, and resumes from one of this stage.
+    """
+    net, config, checkpoint = trainer.net, trainer.config, trainer.checkpoint
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr,
+                                  weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    scaler = torch.amp.GradScaler("cuda") if trainer.dtype == torch.float16 else None
+    criterion = nn.CrossEntropyLoss(weight=_class_weights(trainer.train_loader, config, trainer.device),
+                                    label_smoothing=config.label_smoothing)
+    stopping = EarlyStopping(config.patience)
+    first = 1
+    if checkpoint.resumes(stage):
+        first = _resume(trainer, stage, optimizer, schedule, stopping, result)
+        trainer.console.info(f"resuming {stage} at epoch {first}/{epochs}")
+    epoch = first - 1
+    for epoch in range(first, epochs + 1):
+        row, val = _epoch(trainer, stage, (epoch, epochs), optimizer, scaler, criterion, result)
+        schedule.step()
+        stopped = stopping.update(epoch, val, net)
+        if checkpoint.run_dir is not None and not stopped and epoch < epochs:
+            optim_state, optim_tensors = optimizer_tensors(optimizer, "optim.")
+            best_state, best_tensors = stopping.state()
+            checkpoint.save({"stage": stage, "epoch": epoch, "complete": False, "history": result.history,
+                             **best_state, "optimizer": optim_state, "schedule": schedule.state_dict()},
+                            {**_prefixed("net.", net.state_dict()), **optim_tensors, **best_tensors,
+                             **_rng_tensors(trainer.device), "rng.loader": trainer.train_loader.generator.get_state()})
+        if trainer.on_epoch is not None:
+            trainer.on_epoch(row)
+        if stopped:
+            trainer.console.info(f"{stage}: no better validation loss for {config.patience} epochs: "
+                                 f"stopping, restoring epoch {stopping.best_epoch}")
+            break
+    stopping.restore(net)
+    outcome = StageResult(stopping.best_val, epoch, stopping.best_epoch, epoch < epochs)
+    checkpoint.save({"stage": stage, "epoch": epoch, "complete": True, "history": result.history,
+                     "result": stage_dict(outcome)}, _prefixed("net.", net.state_dict()))
+    return outcome
+
+
+def _resume(trainer: Trainer, stage: str, optimizer: torch.optim.Optimizer, schedule, stopping: EarlyStopping,
+            result: TrainResult) -> int:
+    """Restore an interrupted stage from the checkpoint; returns the epoch to continue with."""
+    checkpoint = trainer.checkpoint
+    saved, tensors = checkpoint.state, checkpoint.tensors
+    trainer.net.load_state_dict(checkpoint.tensors_with("net."))
+    restore_optimizer(optimizer, saved["optimizer"], tensors, "optim.")
+    schedule.load_state_dict(saved["schedule"])
+    stopping.load(saved, checkpoint)
+    _restore_rng(tensors, trainer.device)
+    trainer.train_loader.generator.set_state(tensors["rng.loader"])
+    result.history[:] = saved["history"]
+    return saved["epoch"] + 1
+
+
+def _epoch(trainer: Trainer, stage: str, count: tuple[int, int], optimizer: torch.optim.Optimizer, scaler,
+           criterion: nn.Module, result: TrainResult) -> tuple[dict, EpochStats | None]:
+    """Train one epoch and validate it; returns its history row (also appended to ``result``) and
+    the validation result."""
+    epoch, epochs = count
+    start = time.perf_counter()
+    current_lr = optimizer.param_groups[0]["lr"]
+    train = run_epoch(trainer, trainer.train_loader, criterion, optimizer, scaler, desc=f"{stage} {epoch}/{epochs}")
+    val = (run_epoch(trainer, trainer.val_loader, nn.CrossEntropyLoss(), desc="validate")
+           if trainer.val_loader is not None else None)
+    for stats, loader in ((train, trainer.train_loader), (val, trainer.val_loader)):
+        for index, reason in stats.failed if stats else ():
+            path = loader.dataset.paths[index]
+            if path not in result.failed:
+                trainer.console.warn(f"skipping {path}: {reason}")
+                result.failed[path] = reason
+    row = {
+        "epoch": len(result.history) + 1, "stage": stage,
+        "train_loss": train.loss, "train_accuracy": train.accuracy,
+        "val_loss": val.loss if val else math.nan, "val_accuracy": val.accuracy if val else math.nan,
+        "lr": current_lr, "seconds": time.perf_counter() - start,
+    }
+    result.history.append(row)
+    trainer.console.info(_epoch_line(row, epoch, epochs))
+    return row, val
+
+
+def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors renamed under ``prefix``: the inverse of :meth:`StageCheckpoint.tensors_with`."""
+    return {prefix + k: v for k, v in state.items()}
+
+
+def stats_dict(stats: EpochStats | None) -> dict | None:
+    return None if stats is None else {"loss": stats.loss, "accuracy": stats.accuracy, "count": stats.count}
+
+
+def stats_from(data: dict | None) -> EpochStats | None:
+    return None if data is None else EpochStats(data["loss"], data["accuracy"], data["count"])
+
+
+def stage_dict(stage: StageResult) -> dict:
+    return {"val": stats_dict(stage.val), "epochs_run": stage.epochs_run, "best_epoch": stage.best_epoch,
+            "stopped_early": stage.stopped_early}
+
+
+def stage_from(data: dict) -> StageResult:
+    """The inverse of :func:`stage_dict`."""
+    return StageResult(stats_from(data["val"]), data["epochs_run"], data["best_epoch"], data["stopped_early"])
+
+
+def _rng_tensors(device: torch.device) -> dict[str, torch.Tensor]:
+    """The random state a resumed epoch must continue from: on a GPU, dropout draws from CUDA's generator."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return tensors
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    # A checkpoint written on another kind of device carries no state for this one's generator.
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+
+
+def _class_weights(loader: DataLoader, config: TrainingConfig, device: torch.device) -> torch.Tensor | None:
+    """scikit-learn's 'balanced' weights: n_samples / (n_classes * count of the class)."""
+    if config.class_weight != "balanced":
+        return None
+    counts = np.bincount(loader.dataset.labels).astype(np.float64)
+    weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def _epoch_line(row: dict, epoch: int, epochs: int) -> str:
+    line = (f"{row['stage']} epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f} "
+            f"acc {row['train_accuracy']:.2%}")
+    if not math.isnan(row["val_loss"]):
+        line += f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.2%}"
+    return line + f" | {row['seconds']:.0f} s"

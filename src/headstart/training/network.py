@@ -1,0 +1,76 @@
+"""A fit through the network: the pretrained backbone with a new head, stage 1, then the guarded
+fine-tune. This is the path of the standard workflow and of every fine-tuning run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..backbone.head import ClassifierNet
+from ..backbone.pretrained import create_backbone
+from ..config import HeadSpec, Preprocessing, TrainingConfig
+from ..data.dataset import DatasetSplit
+from ..data.loader import ImageDataset, make_loader, train_transform
+from ..device import bounded_batch_size, prepare, resolve_device, resolve_precision
+from ..features.pipeline import extract_features
+from .lightweight import fit_head
+from .loop import StageCheckpoint, Trainer
+from .plan import FitContext, feature_request
+from .results import Fitted, TrainResult
+from .stages import fine_tune, train_frozen
+
+__all__ = ["fit_network"]
+
+
+def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext, workflow: str,
+                fine_tune_epochs: int) -> Fitted:
+    """Stage 1 through the network (or on features it extracts), then the guarded fine-tune."""
+    console = context.console
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    backbone = create_backbone(config.backbone_request)
+    console.info(backbone.spec.describe(backbone.preprocessing))
+    net = prepare(ClassifierNet.create(backbone, HeadSpec(len(split.classes), config.dropout)), device)
+    dtype = resolve_precision(config.precision, device)
+    console.info(f"{workflow} workflow on {device.type} ({str(dtype).removeprefix('torch.')}), {split.sizes()}")
+    fitted = Fitted(workflow, backbone.spec, backbone.preprocessing, TrainResult(), net=net)
+    start = time.perf_counter()
+    stage1_val = None  # measured by the same pipeline as the fine-tuned model, unless stage 1 ran through it
+    if workflow == "lightweight":
+        extraction = extract_features([s.path for s in split.samples()], feature_request(config), context.cache,
+                                      console, backbone=backbone)
+        head = fit_head(extraction, split, config, context)
+        net.head.load_linear(head.linear.weight, head.linear.bias)
+        fitted.result, fitted.head_info, fitted.head_proba = head.result, head.info, head.proba
+    trainer = Trainer(net, *_loaders(split, backbone.preprocessing, config, device, console), config, device, dtype,
+                      console, context.on_epoch, StageCheckpoint.at(context.checkpoint_dir))
+    if workflow == "standard":
+        fitted.result = train_frozen(trainer)
+        stage1_val = fitted.result.stage1.val
+    fitted.timings["stage1"] = time.perf_counter() - start
+    if fine_tune_epochs:
+        fine_tune(trainer, fine_tune_epochs, fitted.result, before=stage1_val)
+        fitted.timings["fine_tune"] = time.perf_counter() - start - fitted.timings["stage1"]
+    net.eval()
+    return fitted
+
+
+def _loaders(split: DatasetSplit, preprocessing: Preprocessing, config: TrainingConfig, device: torch.device,
+             console) -> tuple:
+    """The training loader (augmented, shuffled) and the validation loader (None without val images).
+
+    A loader starts its decoding workers when iterated, not here.
+    """
+    batch_size = bounded_batch_size(config.batch_size, preprocessing.input_size, device, console)
+    gpu = device.type == "cuda"
+    train = ImageDataset([s.path for s in split.train], [s.label for s in split.train],
+                         train_transform(preprocessing, config.augment))
+    loaders = [make_loader(train, batch_size, shuffle=True, workers=config.workers, seed=config.seed, gpu=gpu)]
+    if split.val:
+        val = ImageDataset.for_eval([s.path for s in split.val], [s.label for s in split.val], preprocessing)
+        loaders.append(make_loader(val, batch_size, workers=config.workers, seed=config.seed, gpu=gpu))
+    else:
+        loaders.append(None)
+    return tuple(loaders)

@@ -1,0 +1,51 @@
+"""What a fit is asked to do: the workflow and fine-tuning it runs, the features it needs, and what
+it reads and reports to. No PyTorch here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._console import Console
+from ..config import TrainingConfig
+from ..features.cache import CacheLayout
+from ..features.pipeline import FeatureRequest
+
+__all__ = ["FitContext", "choose_workflow", "feature_request"]
+
+
+@dataclass
+class FitContext:
+    """What a fit reads and reports to, besides the data and the settings."""
+
+    cache: CacheLayout
+    console: Console
+    on_epoch: Callable[[dict], None] | None = None  # called with each epoch's history row
+    checkpoint_dir: Path | None = None  # where each completed epoch is saved, and resumed from
+
+
+def choose_workflow(config: TrainingConfig, device_type: str) -> tuple[str, int]:
+    """The workflow for stage 1 and the number of fine-tuning epochs, for ``auto`` settings.
+
+    ``auto`` fits the head on cached features (lightweight): the most accuracy
+    per minute on any device. Fine-tuning runs when asked for, and by default
+    for 2 epochs on a GPU, where it is affordable.
+    """
+    workflow = "lightweight" if config.workflow == "auto" else config.workflow
+    epochs = config.fine_tune_epochs
+    if epochs is None:
+        epochs = 2 if config.workflow == "auto" and device_type == "cuda" else 0
+    return workflow, epochs
+
+
+def feature_request(config: TrainingConfig) -> FeatureRequest:
+    return FeatureRequest(config.backbone_request, config.engine, config.device, config.flip_features,
+                          config.workers)
+
+
+def feature_request(config: TrainingConfig) -> FeatureRequest:
+    """The features a fit with ``config`` needs, and how to compute them."""
+    return FeatureRequest(config.backbone_request, config.engine, config.device, config.flip_features,
+                          config.workers)

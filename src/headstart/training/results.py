@@ -1,0 +1,89 @@
+"""What training produces, as plain data: each epoch's statistics, each stage's outcome, the history.
+
+No PyTorch here: the lightweight head, fitted on cached features, reports
+its outcome in the same terms as the stages trained through the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..config import BackboneSpec, Preprocessing
+from ..data.dataset import DatasetSplit
+
+if TYPE_CHECKING:
+    from ..backbone.head import ClassifierNet
+
+__all__ = ["EpochStats", "StageResult", "TrainResult", "Fitted", "without_failed"]
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    count: int
+    failed: list[tuple[int, str]] = field(default_factory=list)  # (dataset index, reason)
+
+
+@dataclass
+class StageResult:
+    val: EpochStats | None
+    epochs_run: int
+    best_epoch: int
+    stopped_early: bool
+
+    def summary(self) -> dict:
+        """As ``metrics.json`` reports a stage."""
+        return {
+            "val_accuracy": self.val.accuracy if self.val else math.nan,
+            "val_loss": self.val.loss if self.val else math.nan,
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+        }
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    stage1: StageResult | None = None
+    fine_tune: StageResult | None = None
+    fine_tune_kept: bool | None = None  # None: no fine-tuning was asked for
+    failed: dict[Path, str] = field(default_factory=dict)  # images that could not be decoded
+    seconds: float = 0.0
+
+
+@dataclass
+class Fitted:
+    """What a fit produced: the model's weights (the network, or after a fit without PyTorch its
+    tensors as NumPy arrays), how it was trained, and the head's own view of val and test."""
+
+    workflow: str
+    spec: BackboneSpec
+    preprocessing: Preprocessing
+    result: TrainResult
+    net: ClassifierNet | None = None
+    state: dict[str, np.ndarray] | None = None
+    head_info: dict = field(default_factory=dict)  # what the features and the lightweight head took
+    head_proba: dict[str, np.ndarray] = field(default_factory=dict)  # val/test rows, NaN where undecodable
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def without_failed(split: DatasetSplit, failed: dict[Path, str], proba: dict[str, np.ndarray]
+                   ) -> tuple[DatasetSplit, dict[str, np.ndarray]]:
+    """The split, and the per-split probability rows, without the images that failed to decode.
+
+    Those were never trained or validated on: the saved split and counts leave them
+    out, as skipped.csv lists them.
+    """
+    decoded = {name: np.array([s.path not in failed for s in samples], dtype=bool)
+               for name, samples in split.splits().items()}
+    kept = dataclasses.replace(split, **{name: [s for s, ok in zip(samples, decoded[name]) if ok]
+                                         for name, samples in split.splits().items()})
+    return kept, {name: rows[decoded[name]] for name, rows in proba.items()}

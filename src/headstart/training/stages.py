@@ -1,0 +1,96 @@
+"""The two stages of the method through the network: stage 1 trains the head on the frozen backbone;
+stage 2, when asked for, fine-tunes and is kept only if validation improves.
+
+Stage 2 unfreezes the backbone (or its last blocks) and retrains end to end at
+a very low learning rate, BatchNorm still in inference mode
+(:class:`headstart.backbone.head.ClassifierNet`). The guard is
+:func:`fine_tune_improved`: otherwise the stage-1 weights are restored and the
+user is told.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from ..backbone.freeze import freeze, unfreeze
+from .loop import Trainer, run_epoch, stage_dict, stage_from, stats_dict, stats_from, train_stage
+from .results import EpochStats, TrainResult
+
+__all__ = ["train_frozen", "fine_tune", "fine_tune_improved"]
+
+
+def train_frozen(trainer: Trainer) -> TrainResult:
+    """The standard workflow's stage 1: the head, on the frozen backbone."""
+    result = TrainResult()
+    freeze(trainer.net.backbone)
+    checkpoint = trainer.checkpoint
+    if checkpoint.passed("frozen"):  # resuming after stage 1: take its outcome as it was
+        saved = checkpoint.state
+        result.history = list(saved["history"])
+        if saved["stage"] == "frozen":
+            trainer.net.load_state_dict(checkpoint.tensors_with("net."))
+            result.stage1 = stage_from(saved["result"])
+        else:
+            trainer.net.load_state_dict(checkpoint.tensors_with("stage1."))
+            result.stage1 = stage_from(saved["stage1"])
+        return result
+    result.stage1 = train_stage(trainer, "frozen", trainer.config.epochs, trainer.config.lr, result)
+    return result
+
+
+def fine_tune_improved(before: EpochStats, after: EpochStats) -> bool:
+    """Keep fine-tuning only for higher validation accuracy, or equal accuracy and lower loss."""
+    return after.accuracy > before.accuracy or (
+        after.accuracy == before.accuracy and after.loss < before.loss)
+
+
+def fine_tune(trainer: Trainer, epochs: int, result: TrainResult, before: EpochStats | None = None) -> None:
+    """Stage 2: unfreeze, retrain end to end at a very low rate; keep it only if validation improves.
+
+    ``before`` is stage 1's validation result; when it was measured another way
+    (the lightweight workflow's features), pass None and it is measured here by
+    the same pipeline as the fine-tuned model, so the comparison is fair.
+    """
+    net, config, checkpoint = trainer.net, trainer.config, trainer.checkpoint
+    saved = checkpoint.state if checkpoint.state and checkpoint.state["stage"] == "fine-tune" else None
+    if saved is not None:
+        before = stats_from(saved["stage1_val"])
+        before_state = checkpoint.tensors_with("stage1.")
+        result.history = list(saved["history"])
+        result.stage1 = stage_from(saved["stage1"])
+    else:
+        if before is None and trainer.val_loader is not None:
+            before = run_epoch(trainer, trainer.val_loader, nn.CrossEntropyLoss(), desc="validate stage 1")
+        before_state = copy.deepcopy(net.state_dict())
+    trainable = unfreeze(net.backbone, config.unfreeze_last)
+    which = "all blocks" if config.unfreeze_last is None else f"last {config.unfreeze_last} block(s)"
+    trainer.console.info(f"fine-tuning {which} of the backbone ({trainable:,} parameters) "
+                         f"at lr {config.fine_tune_lr:g}, BatchNorm kept in inference mode")
+    # Every fine-tuning checkpoint carries stage 1's outcome and weights: the guard needs them.
+    checkpoint.carry_state = {"stage1_val": stats_dict(before), "stage1": stage_dict(result.stage1)}
+    checkpoint.carry_tensors = {f"stage1.{k}": v for k, v in before_state.items()}
+    if saved is not None and saved["complete"]:  # interrupted after the last epoch: nothing to redo
+        net.load_state_dict(checkpoint.tensors_with("net."))
+        result.fine_tune = stage_from(saved["result"])
+    else:
+        result.fine_tune = train_stage(trainer, "fine-tune", epochs, config.fine_tune_lr, result)
+    freeze(net.backbone)
+    _guard(trainer, result, before, before_state)
+
+
+def _guard(trainer: Trainer, result: TrainResult, before: EpochStats | None, before_state: dict) -> None:
+    """Keep the fine-tuned weights only if validation improved; otherwise restore stage 1's."""
+    after = result.fine_tune.val
+    if before is None or after is None:
+        result.fine_tune_kept = True
+        return
+    result.fine_tune_kept = fine_tune_improved(before, after)
+    if result.fine_tune_kept:
+        trainer.console.info(f"fine-tuning improved validation accuracy: {before.accuracy:.2%} -> "
+                             f"{after.accuracy:.2%}")
+    else:
+        trainer.net.load_state_dict(before_state)
+        trainer.console.info(f"fine-tuning did not improve validation ({before.accuracy:.2%} -> "
+                             f"{after.accuracy:.2%}): keeping the stage-1 weights")
