@@ -94,6 +94,7 @@ class DecodeAhead:
         self._file.close()
 
 
+# A process target takes its arguments as a tuple: one per shared object the child needs.
 def _decode_ahead(fd: int, paths: Sequence[Path], pre: Preprocessing, status, taken, ahead: int, first: int,
                   step: int, parent: int) -> None:
     """A child of :class:`DecodeAhead`: decode every ``step``-th image, from ``first``, into its slot."""

@@ -41,11 +41,6 @@ def choose_workflow(config: TrainingConfig, device_type: str) -> tuple[str, int]
 
 
 def feature_request(config: TrainingConfig) -> FeatureRequest:
-    return FeatureRequest(config.backbone_request, config.engine, config.device, config.flip_features,
-                          config.workers)
-
-
-def feature_request(config: TrainingConfig) -> FeatureRequest:
     """The features a fit with ``config`` needs, and how to compute them."""
     return FeatureRequest(config.backbone_request, config.engine, config.device, config.flip_features,
                           config.workers)
