@@ -8,8 +8,9 @@ from pathlib import Path
 
 import tempfile
 
-# Tests never touch the network: a hub download must fail fast, as it does offline.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests never touch the network: a hub download must fail fast, as it does offline (forced:
+# an environment with HF_HUB_OFFLINE=0 would otherwise reach it).
+os.environ["HF_HUB_OFFLINE"] = "1"
 # Nor the user's cache folder: features cached by tests go to a temporary one.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="headstart-test-cache-")
 

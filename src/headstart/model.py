@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._console import Console
-from ._io import atomic_files, json_text, read_json
+from ._io import TEXT_ERRORS, atomic_files, file_problem, json_text, read_json
 from .config import HeadSpec, ModelConfig, TrainingConfig, library_versions
 from .data.dataset import DatasetSplit, Sample, Skipped, discover
 from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
@@ -146,7 +146,7 @@ class ImageClassifier(ProbabilityPredictor):
         clock = time.perf_counter()
         split = data if isinstance(data, DatasetSplit) else discover(
             data, config.val_fraction, config.test_fraction, config.seed)
-        _report_data(split, console)
+        _report_data(split, console, config.val_fraction)
         timings = {"data": time.perf_counter() - clock}
         fitted = fitting.fit(split, config, FitContext(cache, console, on_epoch,
                                                Path(checkpoint_dir) if checkpoint_dir is not None else None))
@@ -274,13 +274,13 @@ class ImageClassifier(ProbabilityPredictor):
         return metrics
 
     def evaluate(self, data: str | Path, tta: bool = False) -> dict:
-        """Metrics on a labelled folder; with split folders, on its test (else val) split."""
+        """Metrics on a labelled folder; with split folders, on its test (else val, else train) split."""
         self._check_fitted()
         split = discover(data, val_fraction=0.0)
         unknown = [c for c in split.classes if c not in self.classes_]
         if unknown:
             raise DataError(f"{data} has classes the model does not know: {', '.join(unknown)}")
-        samples = (split.test or split.val) if split.presplit else split.train
+        samples = split.test or split.val or split.train
         remap = [self.classes_.index(c) for c in split.classes]
         return self.evaluate_samples([Sample(s.path, remap[s.label]) for s in samples], tta=tta)
 
@@ -311,7 +311,7 @@ class ImageClassifier(ProbabilityPredictor):
         with atomic_files(directory) as new:
             save_file(state, str(new(MODEL_FILE)), metadata={"format": "pt", "headstart": "model"})
             for name, text in texts.items():
-                new(name).write_text(text, encoding="utf-8")
+                new(name).write_text(text, encoding="utf-8", errors=TEXT_ERRORS)
         if report and METRICS_FILE in texts:
             from .report.page import write_report
 
@@ -372,8 +372,11 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
     directory = Path(directory)
     config_path, model_path = directory / CONFIG_FILE, directory / MODEL_FILE
     for path in (config_path, model_path):
-        if not path.is_file():
+        problem = file_problem(path)
+        if problem == "is missing":
             raise ModelFileError(f"not a headstart model folder: {path} is missing")
+        if problem is not None:
+            raise ModelFileError(f"{path} {problem}: refused")
     raw = read_json(config_path)
     try:
         config = ModelConfig.from_dict(raw)
@@ -395,9 +398,15 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
     return clf
 
 
-def _report_data(split: DatasetSplit, console: Console) -> None:
+def _report_data(split: DatasetSplit, console: Console, val_fraction: float) -> None:
     how = "split folders" if split.presplit else "a stratified split"
     console.info(f"{len(split.classes)} classes ({', '.join(split.classes[:8])}"
-                 f"{', ...' if len(split.classes) > 8 else ''}) from {split.root}, using {how}")
+                 f"{', ...' if len(split.classes) > 8 else ''}) from {split.root}, using {how}: {split.sizes()}")
     for skipped in split.skipped:
         console.warn(f"skipping {skipped.path}: {skipped.reason}")
+    unseen = sum(n == 0 for n in split.counts()["val"].values())
+    if (split.val or val_fraction > 0) and unseen > len(split.classes) / 2:
+        # A class keeps at least one image for training: with one or two images per class, most
+        # classes have none to validate on, and the validation metrics say little.
+        console.warn(f"{unseen} of {len(split.classes)} classes have no validation image (too few images "
+                     "per class): validation metrics, early stopping and the fine-tuning guard rest on the others")

@@ -35,7 +35,27 @@ __all__ = [
     "load_thumbnail",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+try:  # HEIC/HEIF (every iPhone photo) through libheif: registered as one more Pillow format
+    from pillow_heif import register_heif_opener
+except ModuleNotFoundError:  # an install without it: such files are listed as skipped, with why
+    _HEIF = False
+else:
+    register_heif_opener()
+    _HEIF = True
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".avif", ".heic",
+                              ".heif"})
+# Files a user takes for images that headstart cannot use: listed as skipped with the reason
+# (and what to do), never silently left out.
+_RAW = (".cr2", ".cr3", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".orf", ".rw2", ".raf", ".pef", ".srw",
+        ".raw", ".rwl", ".3fr", ".erf", ".kdc", ".mrw", ".x3f")
+UNUSABLE_EXTENSIONS = {
+    **dict.fromkeys((".svg", ".svgz"), "a vector image (SVG): export it as PNG to use it"),
+    **dict.fromkeys(_RAW, "a camera raw file: export it as JPEG to use it"),
+    **dict.fromkeys((".psd", ".psb"), "a Photoshop document: export it as PNG or JPEG to use it"),
+    **({} if _HEIF else dict.fromkeys((".heic", ".heif"), "a HEIC/HEIF image: reading it needs pillow-heif "
+                                                          "(pip install pillow-heif)")),
+}
 # What decoding a bad file raises (load_image turns Pillow's bomb warning into an error).
 DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
@@ -62,8 +82,18 @@ def walk_files(folder: Path) -> Iterable[Path]:
                 yield Path(dirpath) / name
 
 
-def image_files(folder: Path) -> list[Path]:
-    return [p for p in walk_files(folder) if p.suffix.lower() in IMAGE_EXTENSIONS]
+def image_files(folder: Path, unusable: dict[Path, str] | None = None) -> list[Path]:
+    """The image files below ``folder``; image-like files that cannot be used (SVG, camera raw,
+    Photoshop) go into ``unusable`` with the reason, when given."""
+    found = []
+    for path in walk_files(folder):
+        suffix = path.suffix.lower()
+        if suffix in UNUSABLE_EXTENSIONS:
+            if unusable is not None:
+                unusable[path] = UNUSABLE_EXTENSIONS[suffix]
+        elif suffix in IMAGE_EXTENSIONS:
+            found.append(path)
+    return found
 
 
 def probe_image(path: Path) -> str | None:
@@ -104,20 +134,23 @@ def probe_all(paths: Sequence[Path]) -> dict[Path, str]:
     return {p: r for p, r in zip(paths, reasons) if r is not None}
 
 
-def collect_images(paths: Iterable[str | Path]) -> list[Path]:
-    """Image files named by ``paths``: files as given, folders searched recursively."""
+def collect_images(paths: Iterable[str | Path], unusable: dict[Path, str] | None = None) -> list[Path]:
+    """Image files named by ``paths``: files as given, folders searched recursively (image-like
+    files found there that cannot be used go into ``unusable``, with the reason)."""
     paths = [Path(p) for p in paths]
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += image_files(path)
+            found += image_files(path, unusable)
         elif path.is_file():
             found.append(path)
         else:
             raise DataError(f"no such file or folder: {path}")
     if paths and not found:
         # Zero predictions and success would hide a wrong folder or unsupported files.
-        raise DataError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {', '.join(map(str, paths))}")
+        why = next((f": {p.name} is {r}" for p, r in (unusable or {}).items()), "")
+        raise DataError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in "
+                        f"{', '.join(map(str, paths))}{why}")
     return found
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import file_problem
 from ..config import Preprocessing
 from ..data.images import decode_failure, network_input
 from ..data.workers import available_cores
@@ -33,8 +34,11 @@ class OnnxClassifier(ProbabilityPredictor):
         import onnxruntime as ort
 
         path = Path(path)
-        if not path.is_file():
+        problem = file_problem(path)
+        if problem == "is missing":
             raise ModelFileError(f"model file not found: {path}")
+        if problem is not None:
+            raise ModelFileError(f"{path} {problem}: refused")
         try:
             options = ort.SessionOptions()
             options.log_severity_level = 3  # errors only: graph-cleanup notices are not the user's concern
@@ -53,6 +57,14 @@ class OnnxClassifier(ProbabilityPredictor):
                                                   "std": tuple(meta["preprocessing"]["std"])})
         except (ValueError, KeyError, TypeError, UsageError) as exc:
             raise ModelFileError(f"{path}: damaged headstart metadata ({exc})") from None
+        except RecursionError:
+            raise ModelFileError(f"{path}: damaged headstart metadata (its JSON is nested too deeply)") from None
+        outputs = self.session.get_outputs()[0].shape[-1]
+        # A model whose metadata names fewer (or more) classes than it outputs would index
+        # past its class list, or label every image wrongly: refused on opening.
+        if isinstance(outputs, int) and outputs != len(self.classes_):
+            raise ModelFileError(f"{path}: its metadata names {len(self.classes_)} classes but the model "
+                                 f"outputs {outputs} probabilities per image")
         self.metadata = meta
         self.batch_size = batch_size
         self._input = self.session.get_inputs()[0].name
@@ -93,7 +105,11 @@ class OnnxClassifier(ProbabilityPredictor):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for a uint8 batch (N, 3, H, W)."""
-        return self.session.run(None, {self._input: batch})[0]
+        out = self.session.run(None, {self._input: batch})[0]
+        if out.ndim != 2 or out.shape[1] != len(self.classes_):  # an output size the graph did not declare
+            raise ModelFileError(f"the model outputs {out.shape[-1]} probabilities per image, but its metadata "
+                                 f"names {len(self.classes_)} classes")
+        return out
 
 
 class FeatureSession:
