@@ -54,3 +54,35 @@ def test_the_head_fit_memory_does_not_grow_with_classes_times_rows(monkeypatch):
         tracemalloc.stop()
     assert head.weight.shape == (classes, dim)
     assert peak < 100 * 2**20, f"{peak / 2**20:.0f} MB"
+
+
+def test_predict_on_many_small_files_starts_no_worker_process(cli, tiny_args, tiny_data: Path, tmp_path: Path,
+                                                             monkeypatch):
+    # Worker processes cost more than decoding 50,000 small files (benchmarks/bench_hardening.py):
+    # on a CPU, images are decoded on threads of the predicting process, in the same order.
+    assert cli("train", tiny_data, "--out", tmp_path / "run", *tiny_args, "--epochs", "1")[0] == 0
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        make_image(tmp_path / "many" / f"{i % 10}" / f"{i:04d}.png", tuple(int(c) for c in rng.integers(0, 255, 3)),
+                   size=(8, 8), seed=i)
+    (tmp_path / "many" / "0" / "broken.png").write_bytes(b"not a png")
+    from headstart.data.images import network_input
+
+    model = headstart.load(tmp_path / "run", verbose=0)
+    # One image at a time, straight into the network: what the batched, threaded path must give.
+    reference = {str(p): float(model.run(network_input(p, model.preprocessing)[None]).max())
+                 for p in sorted((tmp_path / "many").rglob("*.png")) if p.name != "broken.png"}
+
+    from headstart.data import loader
+
+    def no_loader(*args, **kwargs):
+        raise AssertionError("a DataLoader (worker processes) was started")
+
+    monkeypatch.setattr(loader, "make_loader", no_loader)
+    status, captured = cli("predict", tmp_path / "run", tmp_path / "many", "--output", tmp_path / "p.csv")
+    assert status == 0, captured.stderr
+    rows = [line.split(",") for line in (tmp_path / "p.csv").read_text().splitlines()[1:]]
+    assert len(rows) == 301 and [r[0] for r in rows if r[-1]] == [str(tmp_path / "many" / "0" / "broken.png")]
+    assert "301 prediction(s)" in captured.stderr and "1 image(s) could not be read" in captured.stderr
+    for path, _, probability, *_ in (r for r in rows if not r[-1]):
+        assert abs(float(probability) - reference[path]) < 1e-6

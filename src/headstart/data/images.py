@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,6 +33,7 @@ __all__ = [
     "decode_failure",
     "DECODE_ERRORS",
     "load_thumbnail",
+    "predict_in_batches",
 ]
 
 try:  # HEIC/HEIF (every iPhone photo) through libheif: registered as one more Pillow format
@@ -224,6 +225,41 @@ def network_input(source, pre: Preprocessing) -> np.ndarray:
     resized and centre-cropped per ``pre``."""
     image = CenterCropResize(pre)(load_image(source, resize_size(pre)))
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def predict_in_batches(paths: Sequence[Path], pre: Preprocessing, run: Callable[[np.ndarray], np.ndarray],
+                       batch_size: int, tta: bool = False, threads: int | None = None
+                       ) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+    """``(path, probabilities, None)``, or ``(path, None, why)`` for an image that cannot be
+    decoded, for each of ``paths`` in order: ``run`` (uint8 images in, probabilities out) on one
+    batch at a time; with ``tta``, averaged with the mirror images'.
+
+    Decoding runs on a pool of threads in this process (Pillow releases the GIL while it decodes
+    and resizes): no worker process to start, and no batch to ship between processes, which for
+    50,000 small files cost more than decoding them (see benchmarks/bench_hardening.py).
+    """
+    from .workers import available_cores
+
+    def decode(path: Path) -> np.ndarray | str:
+        try:
+            return network_input(path, pre)
+        except Exception as exc:  # Pillow raises many exception types for malformed files
+            return decode_failure(path, exc)
+
+    with ThreadPoolExecutor(max_workers=threads or available_cores()) as pool:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            decoded = list(pool.map(decode, chunk))
+            good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+            proba = {}
+            if good:
+                batch = np.stack([decoded[i] for i in good])
+                out = run(batch)
+                if tta:
+                    out = (out + run(np.ascontiguousarray(batch[..., ::-1]))) / 2
+                proba = dict(zip(good, out))
+            for i, path in enumerate(chunk):
+                yield (path, proba[i], None) if i in proba else (path, None, decoded[i])
 
 
 def decode_failure(path: Path, exc: Exception) -> str:

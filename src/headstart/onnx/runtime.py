@@ -17,7 +17,7 @@ import numpy as np
 
 from .._io import file_problem
 from ..config import Preprocessing
-from ..data.images import decode_failure, network_input
+from ..data.images import network_input, predict_in_batches
 from ..data.workers import available_cores
 from ..errors import ModelFileError, UsageError
 from ..predictor import Prediction, ProbabilityPredictor
@@ -73,35 +73,12 @@ class OnnxClassifier(ProbabilityPredictor):
         """The network's input for one image: uint8, channels first, resized and cropped."""
         return network_input(path, self.preprocessing)
 
-    def _decode(self, path: Path) -> np.ndarray | str:
-        try:
-            return self.pixels(path)
-        except Exception as exc:  # Pillow raises many exception types for malformed files
-            return decode_failure(path, exc)
-
     def iter_predict(self, paths: Sequence[str | Path], batch_size: int | None = None, tta: bool = False
                      ) -> Iterator[Prediction]:
-        """Predictions for ``paths`` in order, batch by batch; decoding runs on every core
-        (Pillow releases the GIL while it decodes and resizes)."""
-        paths = [Path(p) for p in paths]
-        size = batch_size or self.batch_size
-        with ThreadPoolExecutor(max_workers=available_cores()) as pool:
-            for start in range(0, len(paths), size):
-                chunk = paths[start:start + size]
-                decoded = list(pool.map(self._decode, chunk))
-                good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
-                proba = {}
-                if good:
-                    batch = np.stack([decoded[i] for i in good])
-                    out = self.run(batch)
-                    if tta:
-                        out = (out + self.run(np.ascontiguousarray(batch[..., ::-1]))) / 2
-                    proba = dict(zip(good, out))
-                for i, path in enumerate(chunk):
-                    if i in proba:
-                        yield Prediction(path, proba[i])
-                    else:
-                        yield Prediction(path, None, decoded[i])
+        """Predictions for ``paths`` in order, batch by batch; decoding runs on every core."""
+        for path, proba, error in predict_in_batches([Path(p) for p in paths], self.preprocessing, self.run,
+                                                     batch_size or self.batch_size, tta):
+            yield Prediction(path, proba, error)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for a uint8 batch (N, 3, H, W)."""
