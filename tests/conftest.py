@@ -81,6 +81,18 @@ def tiny_weights(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_weights: Path) -> Path:
+    """A run folder trained for one epoch on a tiny folder (classes blue and red), for tests that
+    only read it (serve, damaged copies of its files)."""
+    import headstart
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    clf = headstart.ImageClassifier(backbone=TINY_BACKBONE, weights=str(tiny_weights), image_size=32,
+                                    workflow="standard", epochs=1, batch_size=8, workers=0, verbose=0)
+    return clf.fit(make_folder(root / "data", per_class=6)).save(root / "run")
+
+
 @pytest.fixture
 def tiny_args(tiny_weights: Path) -> list[str]:
     """CLI options that train the tiny backbone fast."""

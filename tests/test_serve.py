@@ -21,14 +21,8 @@ from conftest import make_image  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_weights) -> Path:
-    from conftest import make_folder
-    import headstart
-
-    root = tmp_path_factory.mktemp("serve")
-    clf = headstart.ImageClassifier(backbone="test_efficientnet", weights=str(tiny_weights), image_size=32,
-                                    workflow="standard", epochs=1, batch_size=8, workers=0, verbose=0)
-    return clf.fit(make_folder(root / "data", per_class=6)).save(root / "run")
+def run(tiny_run: Path) -> Path:
+    return tiny_run
 
 
 def png_bytes(color=(200, 40, 40), size=(40, 32)) -> bytes:

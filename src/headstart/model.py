@@ -384,11 +384,9 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
     directory = Path(directory)
     config_path, model_path = directory / CONFIG_FILE, directory / MODEL_FILE
     for path in (config_path, model_path):
-        problem = file_problem(path)
-        if problem == "is missing":
-            raise ModelFileError(f"not a headstart model folder: {path} is missing")
+        problem = file_problem(path)  # missing, or a FIFO or device that reading would hang on
         if problem is not None:
-            raise ModelFileError(f"{path} {problem}: refused")
+            raise ModelFileError(f"not a headstart model folder: {path} {problem}")
     raw = read_json(config_path)
     try:
         config = ModelConfig.from_dict(raw)
@@ -416,9 +414,5 @@ def _report_data(split: DatasetSplit, console: Console, val_fraction: float) -> 
                  f"{', ...' if len(split.classes) > 8 else ''}) from {split.root}, using {how}: {split.sizes()}")
     for skipped in split.skipped:
         console.warn(f"skipping {skipped.path}: {skipped.reason}")
-    unseen = sum(n == 0 for n in split.counts()["val"].values())
-    if (split.val or val_fraction > 0) and unseen > len(split.classes) / 2:
-        # A class keeps at least one image for training: with one or two images per class, most
-        # classes have none to validate on, and the validation metrics say little.
-        console.warn(f"{unseen} of {len(split.classes)} classes have no validation image (too few images "
-                     "per class): validation metrics, early stopping and the fine-tuning guard rest on the others")
+    if warning := split.sparse_validation(val_fraction):
+        console.warn(warning)

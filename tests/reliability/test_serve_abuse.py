@@ -17,14 +17,8 @@ MAX_CONNECTIONS = 8
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_weights) -> Path:
-    import headstart
-    from conftest import make_folder
-
-    root = tmp_path_factory.mktemp("serve-abuse")
-    clf = headstart.ImageClassifier(backbone="test_efficientnet", weights=str(tiny_weights), image_size=32,
-                                    workflow="standard", epochs=1, batch_size=8, workers=0, verbose=0)
-    return clf.fit(make_folder(root / "data", per_class=4)).save(root / "run")
+def run(tiny_run: Path) -> Path:
+    return tiny_run
 
 
 @pytest.fixture

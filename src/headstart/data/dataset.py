@@ -68,6 +68,16 @@ class DatasetSplit:
     def sizes(self) -> str:
         return f"{len(self.train)} train / {len(self.val)} val / {len(self.test)} test images"
 
+    def sparse_validation(self, val_fraction: float) -> str | None:
+        """A warning when most classes have no validation image, though validation was asked for."""
+        unseen = sum(n == 0 for n in self.counts()["val"].values())
+        if (self.val or val_fraction > 0) and unseen > len(self.classes) / 2:
+            # A class keeps at least one image for training: with one or two images per class,
+            # most classes have none to validate on, and the validation metrics say little.
+            return (f"{unseen} of {len(self.classes)} classes have no validation image (too few images per "
+                    "class): validation metrics, early stopping and the fine-tuning guard rest on the others")
+        return None
+
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per class in each split."""
         out = {}
@@ -91,7 +101,7 @@ def split_of(name: str) -> str | None:
 def find_split_folders(root: Path) -> dict[str, Path]:
     """The split folders of ``root`` by split; empty when it has none (its folders are classes).
 
-    Raises :class:`DataError` for split folders without a train split, or two of one split.
+    Raises :class:`DataError` for split folders without a train split.
     """
     found: dict[str, list[Path]] = {}
     for folder in _class_folders(root):
@@ -100,14 +110,13 @@ def find_split_folders(root: Path) -> dict[str, Path]:
             found.setdefault(split, []).append(folder)
     if not found:
         return {}
-    names = ", ".join(f"{p.name}/" for group in found.values() for p in group)
-    twice = [group for group in found.values() if len(group) > 1]
-    if twice:
-        raise DataError(f"{root} has two folders for one split ({', '.join(p.name + '/' for p in twice[0])}): "
-                        "keep one")
     if "train" not in found:
+        names = ", ".join(f"{p.name}/" for group in found.values() for p in group)
         raise DataError(f"{root} has split folder(s) {names} but no training split (train/): {_EXPECTED}")
-    return {split: group[0] for split, group in found.items()}
+    # Two folders for one split (val/ and validation/): the name listed first is used, the
+    # other is listed as skipped.
+    return {split: min(group, key=lambda p: SPLIT_FOLDERS[split].index(p.name.lower()))
+            for split, group in found.items()}
 
 
 def _check_not_nested(root: Path, folders: list[Path]) -> None:
@@ -165,8 +174,9 @@ def discover(root: str | Path, val_fraction: float = 0.2, test_fraction: float =
     if split_folders:
         train_images, skipped = _scan_classes(split_folders["train"])
         # Folders beside the split folders (a Kaggle "single_prediction/") are no class: said, not used.
-        skipped += [Skipped(p, "not a split folder (train, val, test): left out")
-                    for p in _class_folders(root) if split_of(p.name) is None]
+        skipped += [Skipped(p, "not a split folder (train, val, test): left out" if split_of(p.name) is None
+                            else f"a second {split_of(p.name)} split folder: left out")
+                    for p in _class_folders(root) if p not in split_folders.values()]
         classes = tuple(sorted(train_images))
         splits = {}
         for name in ("val", "test"):

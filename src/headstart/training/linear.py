@@ -35,8 +35,8 @@ MAX_ITER = 500
 # at once: a 4096-row chunk of 10,000 classes would take 328 MB.
 LOGIT_BYTES = 16 << 20
 # L-BFGS keeps 2 x pairs x parameters floats of history: at most this many bytes of them
-# (10 pairs, SciPy's default, when that fits; never fewer than 3).
-HISTORY_BYTES = 256 << 20
+# (10 pairs, SciPy's default, up to 6,000 classes of Lite0 features; never fewer than 3).
+HISTORY_BYTES = 1 << 30
 
 # Called after each solver iteration with (C, iteration, objective value).
 Progress = Callable[[float, int, float], None]
