@@ -8,8 +8,9 @@ from pathlib import Path
 
 import tempfile
 
-# Tests never touch the network: a hub download must fail fast, as it does offline.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests never touch the network: a hub download must fail fast, as it does offline (forced:
+# an environment with HF_HUB_OFFLINE=0 would otherwise reach it).
+os.environ["HF_HUB_OFFLINE"] = "1"
 # Nor the user's cache folder: features cached by tests go to a temporary one.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="headstart-test-cache-")
 
@@ -78,6 +79,18 @@ def tiny_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_weights: Path) -> Path:
+    """A run folder trained for one epoch on a tiny folder (classes blue and red), for tests that
+    only read it (serve, damaged copies of its files)."""
+    import headstart
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    clf = headstart.ImageClassifier(backbone=TINY_BACKBONE, weights=str(tiny_weights), image_size=32,
+                                    workflow="standard", epochs=1, batch_size=8, workers=0, verbose=0)
+    return clf.fit(make_folder(root / "data", per_class=6)).save(root / "run")
 
 
 @pytest.fixture

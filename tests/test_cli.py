@@ -111,10 +111,15 @@ def test_evaluate_prints_and_writes_metrics(cli, trained: Path, tiny_data: Path,
     assert metrics["count"] == 24 and np.array(metrics["confusion_matrix"]).sum() == 24
 
 
-def test_save_load_gives_identical_predictions_without_unpickling(trained: Path, tiny_data: Path,
-                                                                   monkeypatch, tmp_path: Path):
+@pytest.mark.parametrize("workflow", ["standard", "lightweight"])
+def test_save_load_gives_the_trained_models_predictions_without_unpickling(tiny_data: Path, tiny_weights: Path,
+                                                                          monkeypatch, tmp_path: Path, workflow):
     paths = sorted((tiny_data / "red").glob("*.png"))[:5]
-    first = headstart.load(trained, verbose=0).predict_proba(paths)
+    trained = headstart.ImageClassifier(backbone="test_efficientnet", weights=str(tiny_weights), image_size=32,
+                                        workflow=workflow, epochs=1, batch_size=8, workers=0, verbose=0,
+                                        cache_dir=tmp_path / "cache").fit(tiny_data)
+    expected = trained.predict_proba(paths)
+    saved = trained.save(tmp_path / "run")
 
     def refuse(*args, **kwargs):
         raise AssertionError("loading a model must not unpickle")
@@ -122,10 +127,10 @@ def test_save_load_gives_identical_predictions_without_unpickling(trained: Path,
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(torch, "load", refuse)
-    clf = headstart.load(trained, verbose=0)
+    clf = headstart.load(saved, verbose=0)
+    np.testing.assert_array_equal(expected, clf.predict_proba(paths))
     again = clf.save(tmp_path / "copy")
-    np.testing.assert_array_equal(first, clf.predict_proba(paths))
-    np.testing.assert_array_equal(first, headstart.load(again, verbose=0).predict_proba(paths))
+    np.testing.assert_array_equal(expected, headstart.load(again, verbose=0).predict_proba(paths))
 
 
 @pytest.mark.parametrize("argv,status,message", [

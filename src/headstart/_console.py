@@ -41,7 +41,12 @@ class Console:
         print(f"headstart: error: {message}", file=self.err, flush=True)
 
     def result(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        try:
+            print(text, file=self.out, flush=True)
+        except UnicodeEncodeError:
+            # A file name that is not valid UTF-8 (surrogate escapes), on a strict stdout:
+            # shown with its odd bytes as \xNN rather than losing the line.
+            print(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), file=self.out, flush=True)
 
     def progress(self, items: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:
         """A progress bar over ``items`` on a terminal; the items alone otherwise."""

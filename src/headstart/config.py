@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -275,25 +276,27 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return _coerce(inner, value, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise UsageError(f"'{where}' must be a list. Got {value!r} instead.")
+            raise UsageError(f"'{where}' must be a list. Got {reprlib.repr(value)} instead.")
         inner = args[0]
         return tuple(_coerce(inner, v, where) for v in value)
     if origin is dict:
         if not isinstance(value, dict):
-            raise UsageError(f"'{where}' must be an object. Got {value!r} instead.")
+            raise UsageError(f"'{where}' must be an object. Got {reprlib.repr(value)} instead.")
+        if not all(isinstance(v, (str, int, float)) for v in value.values()):
+            raise UsageError(f"'{where}' must map names to strings. Got {reprlib.repr(value)} instead.")
         return {str(k): str(v) for k, v in value.items()}
     if origin is Literal:
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UsageError(f"'{where}' must be a number. Got {value!r} instead.")
+            raise UsageError(f"'{where}' must be a number. Got {reprlib.repr(value)} instead.")
         return float(value)
     if hint is bool and not isinstance(value, bool):
-        raise UsageError(f"'{where}' must be true or false. Got {value!r} instead.")
+        raise UsageError(f"'{where}' must be true or false. Got {reprlib.repr(value)} instead.")
     if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise UsageError(f"'{where}' must be an integer. Got {value!r} instead.")
+        raise UsageError(f"'{where}' must be an integer. Got {reprlib.repr(value)} instead.")
     if hint is str and not isinstance(value, str):
-        raise UsageError(f"'{where}' must be a string. Got {value!r} instead.")
+        raise UsageError(f"'{where}' must be a string. Got {reprlib.repr(value)} instead.")
     return value
 
 

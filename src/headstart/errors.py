@@ -17,6 +17,7 @@ __all__ = [
     "BackboneError",
     "ModelFileError",
     "NotFittedError",
+    "StorageError",
 ]
 
 
@@ -70,3 +71,10 @@ class NotFittedError(HeadstartError, ValueError, AttributeError):
     """
 
     exit_status = ExitStatus.USAGE
+
+
+class StorageError(HeadstartError):
+    """A file cannot be written or read as the command needs: a cache in use, a run that
+    could not be saved."""
+
+    exit_status = ExitStatus.IO

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._console import Console
-from ._io import atomic_files, json_text, read_json
+from ._io import TEXT_ERRORS, atomic_files, file_problem, json_text, read_json
 from .config import HeadSpec, ModelConfig, TrainingConfig, library_versions
 from .data.dataset import DatasetSplit, Sample, Skipped, discover
 from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
@@ -146,7 +146,7 @@ class ImageClassifier(ProbabilityPredictor):
         clock = time.perf_counter()
         split = data if isinstance(data, DatasetSplit) else discover(
             data, config.val_fraction, config.test_fraction, config.seed)
-        _report_data(split, console)
+        _report_data(split, console, config.val_fraction)
         timings = {"data": time.perf_counter() - clock}
         fitted = fitting.fit(split, config, FitContext(cache, console, on_epoch,
                                                Path(checkpoint_dir) if checkpoint_dir is not None else None))
@@ -223,11 +223,23 @@ class ImageClassifier(ProbabilityPredictor):
         With ``tta``, the probabilities of each image and of its mirror image are
         averaged (test-time augmentation: one more forward pass per image).
         """
+        import torch
+
+        from .data.images import predict_in_batches
         from .data.loader import ImageDataset, make_loader
 
         paths = [Path(p) for p in paths]
         runtime = self._inference()
         if not paths:
+            return
+        if runtime[1].type == "cpu":
+            # Decoding threads share the cores with the forward pass; worker processes would
+            # take them too, and pay to start and to ship every batch (3x slower on small files).
+            run = lambda batch: _probabilities(runtime, torch.from_numpy(batch))  # noqa: E731
+            threads = max(self.workers, 1) if self.workers is not None else None
+            for path, proba, error in predict_in_batches(paths, self.config_.preprocessing, run,
+                                                         batch_size or self.batch_size, tta, threads):
+                yield Prediction(path, proba, error)
             return
         dataset = ImageDataset.for_eval(paths, None, self.config_.preprocessing)
         loader = make_loader(dataset, batch_size or self.batch_size, workers=self.workers,
@@ -274,13 +286,13 @@ class ImageClassifier(ProbabilityPredictor):
         return metrics
 
     def evaluate(self, data: str | Path, tta: bool = False) -> dict:
-        """Metrics on a labelled folder; with split folders, on its test (else val) split."""
+        """Metrics on a labelled folder; with split folders, on its test (else val, else train) split."""
         self._check_fitted()
         split = discover(data, val_fraction=0.0)
         unknown = [c for c in split.classes if c not in self.classes_]
         if unknown:
             raise DataError(f"{data} has classes the model does not know: {', '.join(unknown)}")
-        samples = (split.test or split.val) if split.presplit else split.train
+        samples = split.test or split.val or split.train
         remap = [self.classes_.index(c) for c in split.classes]
         return self.evaluate_samples([Sample(s.path, remap[s.label]) for s in samples], tta=tta)
 
@@ -311,7 +323,7 @@ class ImageClassifier(ProbabilityPredictor):
         with atomic_files(directory) as new:
             save_file(state, str(new(MODEL_FILE)), metadata={"format": "pt", "headstart": "model"})
             for name, text in texts.items():
-                new(name).write_text(text, encoding="utf-8")
+                new(name).write_text(text, encoding="utf-8", errors=TEXT_ERRORS)
         if report and METRICS_FILE in texts:
             from .report.page import write_report
 
@@ -372,8 +384,9 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
     directory = Path(directory)
     config_path, model_path = directory / CONFIG_FILE, directory / MODEL_FILE
     for path in (config_path, model_path):
-        if not path.is_file():
-            raise ModelFileError(f"not a headstart model folder: {path} is missing")
+        problem = file_problem(path)  # missing, or a FIFO or device that reading would hang on
+        if problem is not None:
+            raise ModelFileError(f"not a headstart model folder: {path} {problem}")
     raw = read_json(config_path)
     try:
         config = ModelConfig.from_dict(raw)
@@ -395,9 +408,11 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
     return clf
 
 
-def _report_data(split: DatasetSplit, console: Console) -> None:
+def _report_data(split: DatasetSplit, console: Console, val_fraction: float) -> None:
     how = "split folders" if split.presplit else "a stratified split"
     console.info(f"{len(split.classes)} classes ({', '.join(split.classes[:8])}"
-                 f"{', ...' if len(split.classes) > 8 else ''}) from {split.root}, using {how}")
+                 f"{', ...' if len(split.classes) > 8 else ''}) from {split.root}, using {how}: {split.sizes()}")
     for skipped in split.skipped:
         console.warn(f"skipping {skipped.path}: {skipped.reason}")
+    if warning := split.sparse_validation(val_fraction):
+        console.warn(warning)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._io import csv_text, json_text, read_json
+from ._io import TEXT_ERRORS, csv_text, csv_value, json_text, read_json
 from .errors import ModelFileError, UsageError
 
 if TYPE_CHECKING:
@@ -116,6 +116,8 @@ def read_run_request(run: Path) -> RunRequest:
         return RunRequest(Path(saved["data"]), dict(saved["params"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"{path} is damaged ({exc})") from None
+    except RecursionError:
+        raise UsageError(f"{path} is damaged (its JSON is nested too deeply)") from None
 
 
 def read_run_file(run: Path, name: str, required: bool = True) -> Any:
@@ -136,8 +138,9 @@ def read_csv_file(run: Path, name: str, required: bool = True) -> list[dict] | N
             raise ModelFileError(f"not a run folder: {path} is missing")
         return None
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+        with path.open(newline="", encoding="utf-8", errors=TEXT_ERRORS) as f:
+            return [{k: csv_value(v) if isinstance(v, str) else v for k, v in row.items()}
+                    for row in csv.DictReader(f)]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ModelFileError(f"{path} is not a readable CSV file: {exc}") from None
 

@@ -4,11 +4,15 @@ Concurrent requests are batched together (micro-batching): each request's
 images wait at most ``max_wait_ms`` for others, then one forward pass serves
 them all, which on a CPU is several times cheaper than one pass per request.
 Uploads are bounded in size, count and time; a bad upload gets a 4xx JSON
-error naming the file and the reason, and the server keeps serving.
+error naming the file and the reason, and the server keeps serving. A client
+gets ``timeout_s`` to send its whole request (headers and body), then the
+connection is closed (408); open connections are bounded by ``max_connections``,
+so slow or half-open clients cannot hold the server.
 """
 
 
 import asyncio
+import html
 import io
 import time
 from dataclasses import dataclass
@@ -20,7 +24,7 @@ from .data.images import network_input
 from .errors import UsageError
 from .model import open_model
 
-__all__ = ["ServeConfig", "create_app", "serve"]
+__all__ = ["ServeConfig", "create_app", "server_config", "serve"]
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,9 @@ class ServeConfig:
     max_wait_ms: float = 5.0  # 0 turns micro-batching off: one forward pass per request
     max_upload_mb: float = 20.0
     max_images: int = 16
-    timeout_s: float = 30.0
+    timeout_s: float = 30.0  # to receive a whole request, and for the model to answer it
     top_k: int = 3
+    max_connections: int = 64  # open at once; more are closed on arrival
 
 
 class _Batcher:
@@ -95,7 +100,8 @@ def create_app(model: str | Path, config: ServeConfig | None = None):
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
-        return _PAGE.replace("{{CLASSES}}", ", ".join(classes))
+        # Class names come from folder names or a model file's metadata: text, never markup.
+        return _PAGE.replace("{{CLASSES}}", html.escape(", ".join(classes)))
 
     @app.get("/health")
     async def health() -> dict:
@@ -154,12 +160,71 @@ def _describe(predictor) -> dict:
         k: predictor.metrics_[k]["accuracy"] for k in ("val", "test") if predictor.metrics_ and k in predictor.metrics_}}
 
 
+def server_config(app, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None):
+    """uvicorn's settings for ``app``: every connection bounded in number and time (``config``)."""
+    import uvicorn
+
+    config = config or ServeConfig()
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", http=_deadline_protocol(config),
+                          timeout_keep_alive=5, limit_concurrency=config.max_connections,
+                          h11_max_incomplete_event_size=64 * 1024)
+
+
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None) -> None:
     try:
         import uvicorn
     except ModuleNotFoundError:
         raise UsageError("headstart serve needs the serve extra: pip install 'headstart[serve]'") from None
-    uvicorn.run(create_app(model, config), host=host, port=port, log_level="warning")
+    uvicorn.Server(server_config(create_app(model, config), host, port, config)).run()
+
+
+_TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+def _deadline_protocol(config: ServeConfig):
+    """uvicorn's HTTP/1.1 protocol, plus what it lacks: a deadline to receive each request, and a
+    bound on open connections (its ``limit_concurrency`` answers 503 only to requests that
+    arrive, so clients that never finish their headers would be held forever)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class DeadlineProtocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.deadline = None
+            if len(self.connections) > config.max_connections:
+                transport.close()
+                return
+            self.arm()
+
+        def arm(self) -> None:
+            if self.deadline is None:
+                self.deadline = self.loop.call_later(config.timeout_s, self.too_slow)
+
+        def disarm(self) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+                self.deadline = None
+
+        def data_received(self, data: bytes) -> None:
+            if self.conn.their_state is h11.IDLE:  # a new request on this connection: its own deadline
+                self.arm()
+            super().data_received(data)
+            if self.conn.their_state is not h11.SEND_BODY and self.conn.their_state is not h11.IDLE:
+                self.disarm()  # the request is in (or the connection is ending): the app takes over
+
+        def connection_lost(self, exc) -> None:
+            self.disarm()
+            super().connection_lost(exc)
+
+        def too_slow(self) -> None:
+            self.deadline = None
+            if not self.transport.is_closing():
+                if self.cycle is None or not self.cycle.response_started:
+                    self.transport.write(_TIMED_OUT)
+                self.transport.close()
+
+    return DeadlineProtocol
 
 
 _PAGE = """<!doctype html>

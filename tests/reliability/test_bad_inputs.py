@@ -287,7 +287,7 @@ def test_bad_files_through_train_and_predict(cli, tiny_args, tmp_path: Path, mon
     (tmp_path / "nothing here" / "notes.txt").write_text("no pictures")
     status, captured = cli("predict", out, tmp_path / "nothing here", "--output", tmp_path / "none.csv")
     assert_one_line_error(status, captured, ExitStatus.DATA, f") in {tmp_path / 'nothing here'}")
-    assert "headstart: error: no image files (.bmp, .gif, .jpeg, .jpg" in captured.stderr
+    assert "headstart: error: no image files (.avif, .bmp, .gif, .heic, .heif, .jpeg, .jpg" in captured.stderr
     assert not (tmp_path / "none.csv").exists()
     # A dangling symlink named on the command line is a missing file, as for any other command.
     status, captured = cli("predict", out, root / CAT / "x.jpg")

@@ -83,26 +83,31 @@ def test_interrupted_run_resumes_to_the_same_metrics(cli, data, tiny_args, tmp_p
     assert stages == (["frozen"] * 4 if workflow == "standard" else ["head"]) + ["fine-tune"] * 2
 
 
-def test_kill_leaves_a_consistent_run_that_resumes(data, tiny_weights, tmp_path: Path):
-    """A real SIGTERM to a real process, while it trains."""
+def test_kill_leaves_a_consistent_run_that_resumes(cli, data, tiny_weights, tmp_path: Path):
+    """A real SIGTERM to a real process, while it trains; then --resume finishes the run as an
+    uninterrupted one does."""
     run = tmp_path / "killed"
-    argv = [sys.executable, "-m", "headstart", "train", str(data), "--out", str(run), "--backbone",
-            "test_efficientnet", "--weights", str(tiny_weights), "--image-size", "32", "--workers", "0",
-            "--workflow", "standard", "--epochs", "400", "--patience", "0", "--batch-size", "8"]
+    options = ["--backbone", "test_efficientnet", "--weights", str(tiny_weights), "--image-size", "32", "--workers",
+               "0", "--workflow", "standard", "--epochs", "30", "--patience", "0", "--batch-size", "8"]
+    argv = [sys.executable, "-m", "headstart", "train", str(data), "--out", str(run), *options]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     process = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     while not (run / CHECKPOINT_FILE).exists():
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read() if process.poll() else ""
-        time.sleep(0.05)
-    time.sleep(0.3)  # let it get into the middle of another epoch
-    process.send_signal(signal.SIGTERM)
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)  # in the middle of the second epoch, or a later one
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == ExitStatus.INTERRUPTED, stderr
     assert "--resume" in stderr and "Traceback" not in stderr
     state = load_checkpoint(run)[0]
-    assert state["stage"] == "frozen" and 1 <= state["epoch"] < 400
+    assert state["stage"] == "frozen" and 1 <= state["epoch"] < 30
     assert len(state["history"]) == state["epoch"]
+
+    status, captured = cli("train", "--resume", run)
+    assert status == ExitStatus.SUCCESS and "resuming frozen" in captured.stderr, captured.stderr
+    assert cli("train", data, "--out", tmp_path / "whole", *options)[0] == ExitStatus.SUCCESS
+    assert comparable(metrics_of(run)) == comparable(metrics_of(tmp_path / "whole"))
 
 
 def test_a_full_disk_keeps_the_previous_model(cli, data, tiny_args, tmp_path: Path, monkeypatch):

@@ -7,7 +7,7 @@ import torch
 import headstart
 from headstart import device as device_module
 from headstart._console import Console
-from headstart.data import loader as loader_module
+from headstart.data import images as images_module
 from headstart.data.loader import ImageDataset, make_loader
 from headstart.data.workers import available_cores
 
@@ -21,8 +21,8 @@ def test_predict_streams_batch_by_batch(tmp_path: Path, tiny_weights: Path, monk
                                     verbose=0).fit(data)
     many = sorted(make_folder(tmp_path / "many", per_class=20).rglob("*.png"))
     decoded = []
-    real_load = loader_module.load_image
-    monkeypatch.setattr(loader_module, "load_image", lambda *a, **k: decoded.append(a[0]) or real_load(*a, **k))
+    real_load = images_module.load_image  # on a CPU, images are decoded in threads by data.images
+    monkeypatch.setattr(images_module, "load_image", lambda *a, **k: decoded.append(a[0]) or real_load(*a, **k))
     predictions = clf.iter_predict(many, batch_size=4)
     first = next(predictions)
     assert first.path == many[0] and len(decoded) == 4  # one batch decoded, not forty images

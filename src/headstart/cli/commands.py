@@ -34,7 +34,8 @@ def inspect_command(args: argparse.Namespace, console: Console) -> ExitStatus:
         raise UsageError(f"--out {out} is inside DATA ({args.data}): its files would be inspected next "
                          "time; choose a folder outside it")
     out = prepare_output_dir(out, args.overwrite)
-    result = inspect_folder(split, settings, cache_dir=args.cache_dir, console=console)
+    with CacheLayout(args.cache_dir).in_use():
+        result = inspect_folder(split, settings, cache_dir=args.cache_dir, console=console)
     leaks = [f for f in result.findings if f.leak]
     for finding in leaks[:10]:
         console.warn(f"{finding.kind.replace('_', ' ')} {finding.path}: {finding.detail}")

@@ -213,4 +213,4 @@ def _add_serve(commands) -> None:
                    help="how long an image waits for others to batch with (0: no micro-batching)")
     v.add_argument("--max-upload-mb", type=float, default=20.0)
     v.add_argument("--max-images", type=int, default=16, help="images per request")
-    v.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for the model")
+    v.add_argument("--timeout", type=float, default=30.0, help="seconds a request may take to arrive, and to wait for the model")

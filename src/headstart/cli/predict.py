@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
 from .._console import Console
-from .._io import atomic_path, write_json
+from .._io import TEXT_ERRORS, atomic_path, csv_cell, json_line, write_json
 from ..errors import ExitStatus, UsageError
 from .parser import check_output
 
@@ -29,10 +29,13 @@ def predict_command(args: argparse.Namespace, console: Console) -> ExitStatus:
         raise UsageError(f"--top-k must be at least 1. Got {args.top_k} instead.")
     check_output(args.output, args.overwrite, (".csv", ".json"))
     clf = _open(args, console)
-    paths = collect_images(args.paths)
+    unusable: dict[Path, str] = {}
+    paths = collect_images(args.paths, unusable)
     console.info(f"predicting {len(paths)} image(s) with {args.model}")
     top_k = min(args.top_k, len(clf.classes_))
     rows = _prediction_rows(clf, paths, top_k, args.batch_size, args.tta, console)
+    # Image-like files that cannot be used (SVG, camera raw) get a row with the reason, as unreadable ones do.
+    rows = itertools.chain(rows, (_error_row(path, f"skipped: {reason}", console) for path, reason in unusable.items()))
     if args.output is None:
         count, failed = _print_table(rows, console)
     elif args.output.suffix.lower() == ".csv":
@@ -75,13 +78,17 @@ def _prediction_rows(clf, paths: list[Path], top_k: int, batch_size: int, tta: b
     predictions = clf.iter_predict(paths, batch_size=batch_size, tta=tta)
     for p in console.progress(predictions, total=len(paths), desc="predict"):
         if p.probabilities is None:
-            console.warn(f"cannot read {p.path}: {p.error}")
-            yield {"path": str(p.path), "class": None, "probability": None, "top_k": [], "error": p.error}
+            yield _error_row(p.path, p.error, console)
             continue
         order = p.probabilities.argsort()[::-1][:top_k]
         top = [{"class": clf.classes_[i], "probability": round(float(p.probabilities[i]), 6)} for i in order]
         yield {"path": str(p.path), "class": top[0]["class"], "probability": top[0]["probability"],
                "top_k": top, "error": None}
+
+
+def _error_row(path: Path, error: str, console: Console) -> dict:
+    console.warn(f"cannot read {path}: {error}")
+    return {"path": str(path), "class": None, "probability": None, "top_k": [], "error": error}
 
 
 def _print_table(rows: Iterator[dict], console: Console) -> tuple[int, int]:
@@ -101,7 +108,7 @@ def _write_predictions_csv(rows: Iterator[dict], path: Path, top_k: int) -> tupl
     """One row per image; the runners-up in their own columns, so any class name is safe."""
     count = failed = 0
     ranks = range(2, top_k + 1)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors=TEXT_ERRORS) as f:
         writer = csv.writer(f)
         writer.writerow(["path", "class", "probability", *(f"{c}_{k}" for k in ranks
                                                           for c in ("class", "probability")), "error"])
@@ -110,7 +117,8 @@ def _write_predictions_csv(rows: Iterator[dict], path: Path, top_k: int) -> tupl
             failed += row["error"] is not None
             cells = [(t["class"], f"{t['probability']:.6f}") for t in row["top_k"]]
             cells += [("", "")] * (top_k - len(cells))
-            writer.writerow([row["path"], *cells[0], *(v for pair in cells[1:] for v in pair), row["error"] or ""])
+            writer.writerow([csv_cell(v) for v in (row["path"], *cells[0], *(v for pair in cells[1:] for v in pair),
+                                                   row["error"] or "")])
     return count, failed
 
 
@@ -120,7 +128,7 @@ def _write_predictions_json(rows: Iterator[dict], path: Path) -> tuple[int, int]
         # Streamed item by item, so 100,000 predictions never sit in memory at once.
         f.write("[")
         for row in rows:
-            f.write(("," if count else "") + "\n  " + json.dumps(row, ensure_ascii=False))
+            f.write(("," if count else "") + "\n  " + json_line(row))
             count += 1
             failed += row["error"] is not None
         f.write("\n]\n")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._console import Console
-from ..errors import ExitStatus, UsageError
+from ..errors import ExitStatus, HeadstartError, StorageError, UsageError
 
 if TYPE_CHECKING:
     from ..model import ImageClassifier
@@ -28,6 +28,7 @@ __all__ = ["train_command"]
 
 def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     from .._io import write_text
+    from ..features.cache import CacheLayout
     from ..model import ImageClassifier
     from ..runfolder import CHECKPOINT_FILE, RUN_FILE, new_run_dir, prepare_output_dir, run_json_text
 
@@ -44,17 +45,32 @@ def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
         (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # --overwrite starts afresh, never resumes
         request = clf.run_request(args.data)
         write_text(out / RUN_FILE, run_json_text(request))
-    try:
-        with _terminate_as_interrupt():
-            clf.fit(request.data, console=console, checkpoint_dir=out)
-    except KeyboardInterrupt:
-        console.error(f"interrupted: {out} keeps the last completed epoch; "
-                      f"continue with: headstart train --resume {out}")
-        return ExitStatus.INTERRUPTED
-    clf.save(out, overwrite=True)
+    # The cache is held from the first feature to the saved model: `cache clear` waits its turn.
+    with CacheLayout(clf.cache_dir).in_use():
+        try:
+            with _terminate_as_interrupt():
+                clf.fit(request.data, console=console, checkpoint_dir=out)
+        except KeyboardInterrupt:
+            console.error(f"interrupted: {out} keeps the last completed epoch; "
+                          f"continue with: headstart train --resume {out}")
+            return ExitStatus.INTERRUPTED
+        _save(clf, out)
     (out / CHECKPOINT_FILE).unlink(missing_ok=True)
     console.info(_summary(clf, out))
     return ExitStatus.SUCCESS
+
+
+def _save(clf: ImageClassifier, out: Path) -> None:
+    """Save the trained model; a failure (a full disk) says how to finish the run without retraining
+    it all: the checkpoint and ``run.json`` stay in ``out``."""
+    try:
+        clf.save(out, overwrite=True)
+    except (OSError, HeadstartError) as exc:
+        reason = str(exc) if isinstance(exc, HeadstartError) else f"{exc.filename or out}: {exc.strerror or exc}"
+        error = StorageError(f"the model could not be saved ({reason}); once that is fixed, finish with: "
+                             f"headstart train --resume {out}")
+        error.exit_status = exc.exit_status if isinstance(exc, HeadstartError) else ExitStatus.IO
+        raise error from None
 
 
 def _training_kwargs(args: argparse.Namespace) -> dict:

@@ -1,10 +1,13 @@
 """From a folder of images to labelled samples: discovery and splits.
 
 Layout: one subfolder per class. When the folder holds split folders
-(``train/`` plus ``val/`` or ``validation/``, optionally ``test/``) they are
-used as they are; otherwise a stratified split is drawn with a seed and saved
-with the run. A file that cannot be used is never fatal: it is reported with
-its reason and left out.
+(:data:`SPLIT_FOLDERS`, in any case: ``train/``, ``Training/``, ``training_set/``
+...; ``val/``, ``valid/``, ``dev/`` ...; ``test/``, ``Testing/`` ...) they are
+used as they are, and a train split alone (or with a test split only) gives up
+a stratified share of its images for validation; otherwise a stratified split
+is drawn with a seed and saved with the run. :func:`split_of` is the one rule
+for which folder is which split, for every command. A file that cannot be used
+is never fatal: it is reported with its reason and left out.
 
 Nothing here imports PyTorch: a rerun whose features are all cached finds its
 images without it. Decoding into batches is :mod:`headstart.data.loader`'s.
@@ -20,9 +23,15 @@ from pathlib import Path
 from ..errors import DataError
 from .images import image_files, is_hidden, probe_all
 
-__all__ = ["SPLIT_FOLDERS", "Sample", "Skipped", "DatasetSplit", "discover", "stratified_split"]
+__all__ = ["SPLIT_FOLDERS", "Sample", "Skipped", "DatasetSplit", "discover", "split_of", "find_split_folders",
+           "stratified_split"]
 
-SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
+# The names downloaded datasets give their split folders (compared in lower case).
+SPLIT_FOLDERS = {"train": ("train", "training", "training_set", "train_set"),
+                 "val": ("val", "valid", "validation", "dev"),
+                 "test": ("test", "testing", "test_set")}
+_EXPECTED = ("expected one folder per class holding its images, or split folders (train/, val/, test/) "
+             "each holding one folder per class")
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,16 @@ class DatasetSplit:
     def sizes(self) -> str:
         return f"{len(self.train)} train / {len(self.val)} val / {len(self.test)} test images"
 
+    def sparse_validation(self, val_fraction: float) -> str | None:
+        """A warning when most classes have no validation image, though validation was asked for."""
+        unseen = sum(n == 0 for n in self.counts()["val"].values())
+        if (self.val or val_fraction > 0) and unseen > len(self.classes) / 2:
+            # A class keeps at least one image for training: with one or two images per class,
+            # most classes have none to validate on, and the validation metrics say little.
+            return (f"{unseen} of {len(self.classes)} classes have no validation image (too few images per "
+                    "class): validation metrics, early stopping and the fine-tuning guard rest on the others")
+        return None
+
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per class in each split."""
         out = {}
@@ -74,6 +93,44 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
+def split_of(name: str) -> str | None:
+    """The split ("train", "val" or "test") a folder named ``name`` holds, or None."""
+    return next((split for split, names in SPLIT_FOLDERS.items() if name.lower() in names), None)
+
+
+def find_split_folders(root: Path) -> dict[str, Path]:
+    """The split folders of ``root`` by split; empty when it has none (its folders are classes).
+
+    Raises :class:`DataError` for split folders without a train split.
+    """
+    found: dict[str, list[Path]] = {}
+    for folder in _class_folders(root):
+        split = split_of(folder.name)
+        if split is not None:
+            found.setdefault(split, []).append(folder)
+    if not found:
+        return {}
+    if "train" not in found:
+        names = ", ".join(f"{p.name}/" for group in found.values() for p in group)
+        raise DataError(f"{root} has split folder(s) {names} but no training split (train/): {_EXPECTED}")
+    # Two folders for one split (val/ and validation/): the name listed first is used, the
+    # other is listed as skipped.
+    return {split: min(group, key=lambda p: SPLIT_FOLDERS[split].index(p.name.lower()))
+            for split, group in found.items()}
+
+
+def _check_not_nested(root: Path, folders: list[Path]) -> None:
+    """Refuse class folders that all hold the same folders: a layout turned inside out (one folder
+    per split inside each class, or split folders under unknown names), which would train a
+    model to tell the wrong things apart."""
+    inside = [{p.name for p in _class_folders(f)} for f in folders]
+    shared = set.intersection(*inside) if inside else set()
+    if len(shared) >= 2 and all(names == shared for names in inside):
+        listed = ", ".join(f"{n}/" for n in sorted(shared))
+        raise DataError(f"every folder of {root} ({', '.join(f.name + '/' for f in folders[:4])}"
+                        f"{', ...' if len(folders) > 4 else ''}) holds the same folders ({listed}): {_EXPECTED}")
+
+
 def _scan_classes(root: Path, classes: Sequence[str] | None = None) -> tuple[dict[str, list[Path]], list[Skipped]]:
     """Usable images per class folder of ``root``, and the files left out with a reason."""
     folders = _class_folders(root)
@@ -83,13 +140,15 @@ def _scan_classes(root: Path, classes: Sequence[str] | None = None) -> tuple[dic
         if len(folders) < 2:
             raise DataError(f"{root} has a single class folder ({folders[0].name}): "
                             "a classifier needs at least two classes")
+        _check_not_nested(root, folders)
     else:
         unknown = sorted(p.name for p in folders if p.name not in classes)
         if unknown:
             raise DataError(f"{root} has class folder(s) not in the training split: {', '.join(unknown)}")
-    files = {p.name: image_files(p) for p in folders}
+    unusable: dict[Path, str] = {}
+    files = {p.name: image_files(p, unusable) for p in folders}
     bad = probe_all([f for paths in files.values() for f in paths])
-    skipped = [Skipped(p, r) for p, r in bad.items()]
+    skipped = [Skipped(p, r) for p, r in {**unusable, **bad}.items()]
     images = {name: [f for f in paths if f not in bad] for name, paths in files.items()}
     for name, paths in images.items():
         if not paths:
@@ -101,33 +160,36 @@ def _scan_classes(root: Path, classes: Sequence[str] | None = None) -> tuple[dic
     return images, skipped
 
 
-def _find_split_folders(root: Path) -> dict[str, Path]:
-    found = {}
-    for split, names in SPLIT_FOLDERS.items():
-        for name in names:
-            if (root / name).is_dir():
-                found[split] = root / name
-                break
-    return found if "train" in found and "val" in found else {}
-
-
 def discover(root: str | Path, val_fraction: float = 0.2, test_fraction: float = 0.0,
              seed: int = 0) -> DatasetSplit:
-    """Find the classes and images under ``root`` and split them into train / val / test."""
+    """Find the classes and images under ``root`` and split them into train / val / test.
+
+    With split folders but no validation one, ``val_fraction`` of each class of the train
+    split is drawn for validation (``test_fraction`` too, when there is no test folder).
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}")
-    split_folders = _find_split_folders(root)
+    split_folders = find_split_folders(root)
     if split_folders:
         train_images, skipped = _scan_classes(split_folders["train"])
+        # Folders beside the split folders (a Kaggle "single_prediction/") are no class: said, not used.
+        skipped += [Skipped(p, "not a split folder (train, val, test): left out" if split_of(p.name) is None
+                            else f"a second {split_of(p.name)} split folder: left out")
+                    for p in _class_folders(root) if p not in split_folders.values()]
         classes = tuple(sorted(train_images))
-        splits = {"train": train_images}
+        splits = {}
         for name in ("val", "test"):
             if name in split_folders:
                 splits[name], more = _scan_classes(split_folders[name], classes)
                 skipped += more
         samples = {name: _to_samples(images, classes) for name, images in splits.items()}
-        return DatasetSplit(root, classes, samples["train"], samples["val"], samples.get("test", []),
+        drawn = (0.0 if "val" in samples else val_fraction, 0.0 if "test" in samples else test_fraction)
+        if any(drawn):
+            train, val, test = stratified_split(train_images, classes, *drawn, seed)
+        else:
+            train, val, test = _to_samples(train_images, classes), [], []
+        return DatasetSplit(root, classes, train, samples.get("val", val), samples.get("test", test),
                             skipped, presplit=True)
     images, skipped = _scan_classes(root)
     classes = tuple(sorted(images))

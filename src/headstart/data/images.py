@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,9 +33,30 @@ __all__ = [
     "decode_failure",
     "DECODE_ERRORS",
     "load_thumbnail",
+    "predict_in_batches",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+try:  # HEIC/HEIF (every iPhone photo) through libheif: registered as one more Pillow format
+    from pillow_heif import register_heif_opener
+except ModuleNotFoundError:  # an install without it: such files are listed as skipped, with why
+    _HEIF = False
+else:
+    register_heif_opener()
+    _HEIF = True
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".avif", ".heic",
+                              ".heif"})
+# Files a user takes for images that headstart cannot use: listed as skipped with the reason
+# (and what to do), never silently left out.
+_RAW = (".cr2", ".cr3", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".orf", ".rw2", ".raf", ".pef", ".srw",
+        ".raw", ".rwl", ".3fr", ".erf", ".kdc", ".mrw", ".x3f")
+UNUSABLE_EXTENSIONS = {
+    **dict.fromkeys((".svg", ".svgz"), "a vector image (SVG): export it as PNG to use it"),
+    **dict.fromkeys(_RAW, "a camera raw file: export it as JPEG to use it"),
+    **dict.fromkeys((".psd", ".psb"), "a Photoshop document: export it as PNG or JPEG to use it"),
+    **({} if _HEIF else dict.fromkeys((".heic", ".heif"), "a HEIC/HEIF image: reading it needs pillow-heif "
+                                                          "(pip install pillow-heif)")),
+}
 # What decoding a bad file raises (load_image turns Pillow's bomb warning into an error).
 DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
@@ -62,8 +83,18 @@ def walk_files(folder: Path) -> Iterable[Path]:
                 yield Path(dirpath) / name
 
 
-def image_files(folder: Path) -> list[Path]:
-    return [p for p in walk_files(folder) if p.suffix.lower() in IMAGE_EXTENSIONS]
+def image_files(folder: Path, unusable: dict[Path, str] | None = None) -> list[Path]:
+    """The image files below ``folder``; image-like files that cannot be used (SVG, camera raw,
+    Photoshop) go into ``unusable`` with the reason, when given."""
+    found = []
+    for path in walk_files(folder):
+        suffix = path.suffix.lower()
+        if suffix in UNUSABLE_EXTENSIONS:
+            if unusable is not None:
+                unusable[path] = UNUSABLE_EXTENSIONS[suffix]
+        elif suffix in IMAGE_EXTENSIONS:
+            found.append(path)
+    return found
 
 
 def probe_image(path: Path) -> str | None:
@@ -104,20 +135,23 @@ def probe_all(paths: Sequence[Path]) -> dict[Path, str]:
     return {p: r for p, r in zip(paths, reasons) if r is not None}
 
 
-def collect_images(paths: Iterable[str | Path]) -> list[Path]:
-    """Image files named by ``paths``: files as given, folders searched recursively."""
+def collect_images(paths: Iterable[str | Path], unusable: dict[Path, str] | None = None) -> list[Path]:
+    """Image files named by ``paths``: files as given, folders searched recursively (image-like
+    files found there that cannot be used go into ``unusable``, with the reason)."""
     paths = [Path(p) for p in paths]
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += image_files(path)
+            found += image_files(path, unusable)
         elif path.is_file():
             found.append(path)
         else:
             raise DataError(f"no such file or folder: {path}")
     if paths and not found:
         # Zero predictions and success would hide a wrong folder or unsupported files.
-        raise DataError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {', '.join(map(str, paths))}")
+        why = next((f": {p.name} is {r}" for p, r in (unusable or {}).items()), "")
+        raise DataError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in "
+                        f"{', '.join(map(str, paths))}{why}")
     return found
 
 
@@ -191,6 +225,41 @@ def network_input(source, pre: Preprocessing) -> np.ndarray:
     resized and centre-cropped per ``pre``."""
     image = CenterCropResize(pre)(load_image(source, resize_size(pre)))
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def predict_in_batches(paths: Sequence[Path], pre: Preprocessing, run: Callable[[np.ndarray], np.ndarray],
+                       batch_size: int, tta: bool = False, threads: int | None = None
+                       ) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+    """``(path, probabilities, None)``, or ``(path, None, why)`` for an image that cannot be
+    decoded, for each of ``paths`` in order: ``run`` (uint8 images in, probabilities out) on one
+    batch at a time; with ``tta``, averaged with the mirror images'.
+
+    Decoding runs on a pool of threads in this process (Pillow releases the GIL while it decodes
+    and resizes): no worker process to start, and no batch to ship between processes, which for
+    50,000 small files cost more than decoding them (see benchmarks/bench_hardening.py).
+    """
+    from .workers import available_cores
+
+    def decode(path: Path) -> np.ndarray | str:
+        try:
+            return network_input(path, pre)
+        except Exception as exc:  # Pillow raises many exception types for malformed files
+            return decode_failure(path, exc)
+
+    with ThreadPoolExecutor(max_workers=threads or available_cores()) as pool:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            decoded = list(pool.map(decode, chunk))
+            good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+            proba = {}
+            if good:
+                batch = np.stack([decoded[i] for i in good])
+                out = run(batch)
+                if tta:
+                    out = (out + run(np.ascontiguousarray(batch[..., ::-1]))) / 2
+                proba = dict(zip(good, out))
+            for i, path in enumerate(chunk):
+                yield (path, proba[i], None) if i in proba else (path, None, decoded[i])
 
 
 def decode_failure(path: Path, exc: Exception) -> str:

@@ -10,7 +10,8 @@ in a cache keyed by
   git do), plus the variant (the image itself, or its mirror image).
 
 A rerun with another head setting, learning rate or split reads every
-feature back; a changed or added image is recomputed alone. Features are
+feature back; a changed or added image is recomputed alone. A cache in a
+folder that cannot be written (a shared, read-only copy) is read as it is. Features are
 stored as float16 in SQLite (one transaction per batch, so an interrupted
 extraction keeps what it did) with a CRC32 of each row: a damaged entry is
 detected, recomputed and never silently used.
@@ -20,16 +21,19 @@ detected, recomputed and never silently used.
     <root>/features/<extractor digest>/features.sqlite, extractor.json
     <root>/engines/<extractor digest>.onnx, <digest>.verified.json
     <root>/backbones/<request digest>/backbone.json, tensors.safetensors
+    <root>/.lock   held shared by every run using the cache, exclusively by ``cache clear``
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ import numpy as np
 
 from .._io import file_digest, write_json
 from ..config import Preprocessing
+from ..errors import StorageError
 from .rows import FeatureMatrix
 
 __all__ = ["ORIGINAL", "FLIPPED", "ExtractorKey", "CacheLayout", "FeatureCache", "default_cache_dir",
@@ -88,6 +93,13 @@ class CacheLayout:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
 
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Hold the cache for a run: ``cache clear`` refuses to delete it meanwhile (a run that lost
+        its backbone record while saving would lose the finished model)."""
+        with _lock(self.root, exclusive=False):
+            yield
+
     def features_folder(self, key: ExtractorKey) -> Path:
         return self.root / "features" / key.digest()
 
@@ -98,7 +110,7 @@ class CacheLayout:
         meta = folder / "extractor.json"
         if not meta.exists():
             meta.write_text(json.dumps(asdict(key), indent=2) + "\n")
-        return FeatureCache(folder / "features.sqlite", key)
+        return FeatureCache(folder / "features.sqlite", key, read_only=not _writable(folder))
 
     def engine_file(self, key: ExtractorKey) -> Path:
         """Where the backbone exported for ``key`` (an ONNX graph) is kept."""
@@ -155,14 +167,49 @@ class CacheLayout:
                 "backbone records": (len(records), _bytes(self.root / "backbones"))}
 
     def clear(self) -> int:
-        """Delete every cached feature, exported engine and backbone record; returns the bytes freed."""
+        """Delete every cached feature, exported engine and backbone record; returns the bytes freed.
+
+        Refused (:class:`StorageError`) while a run holds the cache (:meth:`in_use`).
+        """
         freed = 0
-        for name in ("features", "engines", "backbones"):
-            folder = self.root / name
-            if folder.is_dir():
-                freed += _bytes(folder)
-                shutil.rmtree(folder)
+        with _lock(self.root, exclusive=True):
+            for name in ("features", "engines", "backbones"):
+                folder = self.root / name
+                if folder.is_dir():
+                    freed += _bytes(folder)
+                    shutil.rmtree(folder)
         return freed
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
+
+
+@contextlib.contextmanager
+def _lock(root: Path, exclusive: bool) -> Iterator[None]:
+    """An advisory lock on ``root/.lock``: shared by runs, exclusive for a clear, which does not
+    wait. A cache that cannot be written needs no lock (it cannot be cleared); neither can a
+    system without ``fcntl`` (Windows) take one, and there a clear is not guarded."""
+    try:
+        import fcntl
+    except ModuleNotFoundError:
+        yield
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / ".lock", "a+b")
+    except OSError:
+        if exclusive:
+            raise
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            raise StorageError(f"the cache {root} is in use by a running headstart command (train or "
+                               "inspect): clear it when that has finished") from None
+        yield
 
 
 def _bytes(folder: Path) -> int:
@@ -172,17 +219,38 @@ def _bytes(folder: Path) -> int:
 def file_identity(path: Path) -> tuple[str, int, int]:
     """(absolute path, size, mtime in ns): a changed file gets a new identity."""
     stat = path.stat()
-    return str(path.absolute()), stat.st_size, stat.st_mtime_ns
+    return _path_key(path.absolute()), stat.st_size, stat.st_mtime_ns
+
+
+def _path_key(path: Path) -> str:
+    """The text a file's row is keyed by: its absolute path. A name that is not valid UTF-8
+    (held as surrogate escapes, which SQLite cannot store) is keyed by its bytes in hex after
+    a "?", which begins no absolute path, so no two files share a key."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "?" + os.fsencode(text).hex()
+    return text
 
 
 class FeatureCache:
     """Pooled features of one extractor, in one SQLite database (see :meth:`CacheLayout.open_features`)."""
 
-    def __init__(self, path: Path, key: ExtractorKey):
+    def __init__(self, path: Path, key: ExtractorKey, read_only: bool = False):
         self.key = key
         self.path = path
         self.folder = path.parent
-        self._db = self._connect()
+        # A folder that cannot be written (a shared cache, a read-only disk): its features are
+        # read, and new ones are computed but not kept.
+        self.read_only = read_only and path.is_file()
+        self._db = _open_read_only(path) if self.read_only else self._connect()
+
+    @property
+    def scratch_folder(self) -> Path | None:
+        """Where temporary feature files go: beside the cache (the same disk), or the system's
+        temporary folder when the cache cannot be written."""
+        return None if self.read_only else self.folder
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -225,7 +293,9 @@ class FeatureCache:
         return missing
 
     def store(self, paths: Sequence[Path], features: np.ndarray, variant: int = ORIGINAL) -> None:
-        """Save one batch of features in one transaction."""
+        """Save one batch of features in one transaction (none in a read-only cache)."""
+        if self.read_only:
+            return
         records = []
         for path, feature in zip(paths, np.asarray(features, dtype=np.float16)):
             name, size, mtime_ns = file_identity(path)
@@ -233,6 +303,12 @@ class FeatureCache:
             records.append((name, variant, size, mtime_ns, zlib.crc32(data), data))
         with self._db:
             self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?, ?)", records)
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    # ``immutable``: SQLite then takes no lock and wants no -wal or -shm file, which it could
+    # not create in a folder it cannot write.
+    return sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro&immutable=1", uri=True)
 
 
 def _open_database(path: Path) -> sqlite3.Connection:

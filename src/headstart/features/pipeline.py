@@ -112,7 +112,7 @@ def _without_pytorch(paths: list[Path], request: FeatureRequest, record: Backbon
     key = ExtractorKey(record.spec.architecture, record.spec.weights, record.preprocessing, engine,
                        record.spec.num_features)
     with cache.open_features(key) as features:
-        found = _matrices(len(paths), key.num_features, features.folder, request.flip)
+        found = _matrices(len(paths), key.num_features, features.scratch_folder, request.flip)
         todo = _lookup(features, paths, found)
         runner = _exported_engine(cache, key) if todo else None
         if todo and runner is None:
@@ -159,7 +159,7 @@ def _through_pytorch(paths: list[Path], request: FeatureRequest, backbone: Pretr
     # The first candidate engine is the one used unless it fails: look there first, so a
     # warm run never builds an engine at all.
     features = cache.open_features(key_for(names[0]))
-    found = _matrices(len(paths), spec.num_features, features.folder, request.flip)
+    found = _matrices(len(paths), spec.num_features, features.scratch_folder, request.flip)
     todo = _lookup(features, paths, found)
     used = names[0]
     failed: dict[Path, str] = {}
@@ -187,7 +187,7 @@ def _through_pytorch(paths: list[Path], request: FeatureRequest, backbone: Pretr
                       time.perf_counter() - start)
 
 
-def _matrices(rows: int, dim: int, folder: Path, flip: bool) -> dict[int, FeatureMatrix]:
+def _matrices(rows: int, dim: int, folder: Path | None, flip: bool) -> dict[int, FeatureMatrix]:
     """One float16 matrix per variant asked for, beside the cache (so on the same disk)."""
     return {variant: FeatureMatrix(rows, dim, folder) for variant in ([ORIGINAL, FLIPPED] if flip else [ORIGINAL])}
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._console import Console
 from ..config import BackboneRequest, require_engine
-from ..data.dataset import SPLIT_FOLDERS, DatasetSplit, discover
+from ..data.dataset import DatasetSplit, discover, split_of
 from ..errors import UsageError
 from ..features.cache import CacheLayout
 from ..features.pipeline import FeatureRequest, extract_features
@@ -200,7 +200,7 @@ def _place_of(path: Path, split: DatasetSplit) -> _Place:
     relative = path.relative_to(split.root).as_posix()
     parts = Path(relative).parts
     if split.presplit and len(parts) >= 2:
-        name = next((s for s, names in SPLIT_FOLDERS.items() if parts[0] in names), "")
+        name = split_of(parts[0]) or ""
         return _Place(relative, name, parts[1] if len(parts) > 2 else "")
     return _Place(relative, "train", parts[0] if len(parts) > 1 else "")
 

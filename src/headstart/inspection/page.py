@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from .. import _html
-from .._io import atomic_files, csv_text
+from .._io import TEXT_ERRORS, atomic_files, csv_text
 from .checks import FEW_IMAGES, IMBALANCE_RATIO, KINDS, TITLES
 from .folder import Inspection, summary_lines
 
@@ -30,8 +30,8 @@ def write_inspection(result: Inspection, out: str | Path) -> tuple[Path, Path]:
     csv_path, html_path = out / "inspect.csv", out / "inspect.html"
     text, page = csv_text(CSV_COLUMNS, rows), _html_page(result)
     with atomic_files(out) as new:
-        new(csv_path.name).write_text(text, encoding="utf-8")
-        new(html_path.name).write_text(page, encoding="utf-8")
+        new(csv_path.name).write_text(text, encoding="utf-8", errors=TEXT_ERRORS)
+        new(html_path.name).write_text(page, encoding="utf-8", errors=TEXT_ERRORS)
     return csv_path, html_path
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import file_problem
 from ..config import Preprocessing
-from ..data.images import decode_failure, network_input
+from ..data.images import network_input, predict_in_batches
 from ..data.workers import available_cores
 from ..errors import ModelFileError, UsageError
 from ..predictor import Prediction, ProbabilityPredictor
@@ -33,8 +34,11 @@ class OnnxClassifier(ProbabilityPredictor):
         import onnxruntime as ort
 
         path = Path(path)
-        if not path.is_file():
+        problem = file_problem(path)
+        if problem == "is missing":
             raise ModelFileError(f"model file not found: {path}")
+        if problem is not None:
+            raise ModelFileError(f"{path} {problem}: refused")
         try:
             options = ort.SessionOptions()
             options.log_severity_level = 3  # errors only: graph-cleanup notices are not the user's concern
@@ -53,6 +57,14 @@ class OnnxClassifier(ProbabilityPredictor):
                                                   "std": tuple(meta["preprocessing"]["std"])})
         except (ValueError, KeyError, TypeError, UsageError) as exc:
             raise ModelFileError(f"{path}: damaged headstart metadata ({exc})") from None
+        except RecursionError:
+            raise ModelFileError(f"{path}: damaged headstart metadata (its JSON is nested too deeply)") from None
+        outputs = self.session.get_outputs()[0].shape[-1]
+        # A model whose metadata names fewer (or more) classes than it outputs would index
+        # past its class list, or label every image wrongly: refused on opening.
+        if isinstance(outputs, int) and outputs != len(self.classes_):
+            raise ModelFileError(f"{path}: its metadata names {len(self.classes_)} classes but the model "
+                                 f"outputs {outputs} probabilities per image")
         self.metadata = meta
         self.batch_size = batch_size
         self._input = self.session.get_inputs()[0].name
@@ -61,39 +73,20 @@ class OnnxClassifier(ProbabilityPredictor):
         """The network's input for one image: uint8, channels first, resized and cropped."""
         return network_input(path, self.preprocessing)
 
-    def _decode(self, path: Path) -> np.ndarray | str:
-        try:
-            return self.pixels(path)
-        except Exception as exc:  # Pillow raises many exception types for malformed files
-            return decode_failure(path, exc)
-
     def iter_predict(self, paths: Sequence[str | Path], batch_size: int | None = None, tta: bool = False
                      ) -> Iterator[Prediction]:
-        """Predictions for ``paths`` in order, batch by batch; decoding runs on every core
-        (Pillow releases the GIL while it decodes and resizes)."""
-        paths = [Path(p) for p in paths]
-        size = batch_size or self.batch_size
-        with ThreadPoolExecutor(max_workers=available_cores()) as pool:
-            for start in range(0, len(paths), size):
-                chunk = paths[start:start + size]
-                decoded = list(pool.map(self._decode, chunk))
-                good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
-                proba = {}
-                if good:
-                    batch = np.stack([decoded[i] for i in good])
-                    out = self.run(batch)
-                    if tta:
-                        out = (out + self.run(np.ascontiguousarray(batch[..., ::-1]))) / 2
-                    proba = dict(zip(good, out))
-                for i, path in enumerate(chunk):
-                    if i in proba:
-                        yield Prediction(path, proba[i])
-                    else:
-                        yield Prediction(path, None, decoded[i])
+        """Predictions for ``paths`` in order, batch by batch; decoding runs on every core."""
+        for path, proba, error in predict_in_batches([Path(p) for p in paths], self.preprocessing, self.run,
+                                                     batch_size or self.batch_size, tta):
+            yield Prediction(path, proba, error)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for a uint8 batch (N, 3, H, W)."""
-        return self.session.run(None, {self._input: batch})[0]
+        out = self.session.run(None, {self._input: batch})[0]
+        if out.ndim != 2 or out.shape[1] != len(self.classes_):  # an output size the graph did not declare
+            raise ModelFileError(f"the model outputs {out.shape[-1]} probabilities per image, but its metadata "
+                                 f"names {len(self.classes_)} classes")
+        return out
 
 
 class FeatureSession:

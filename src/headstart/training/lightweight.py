@@ -16,7 +16,7 @@ import numpy as np
 from ..config import HeadSpec, TrainingConfig
 from ..data.dataset import DatasetSplit
 from ..features.pipeline import Extraction, extract_features
-from .linear import LinearHead, fit_linear_head, probabilities
+from .linear import LinearHead, Progress, fit_linear_head, probabilities
 from .plan import FitContext, feature_request
 from .results import Fitted, StageResult, TrainResult
 
@@ -60,6 +60,25 @@ class HeadFit:
     proba: dict[str, np.ndarray]  # the head's probabilities for the val and test images, NaN where undecodable
 
 
+# A fit that outlasts this says where it is this often (thousands of classes take minutes).
+PROGRESS_SECONDS = 10.0
+
+
+def _progress_every(seconds: float, console) -> Progress:
+    """A solver progress callback that prints a line at most every ``seconds``."""
+    start = last = time.perf_counter()
+
+    def report(c: float, iteration: int, objective: float) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= seconds:
+            last = now
+            console.info(f"fitting the head: L2 C={c:g}, iteration {iteration}, objective {objective:.4f}, "
+                         f"{now - start:.0f} s")
+
+    return report
+
+
 def fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfig, context: FitContext) -> HeadFit:
     """The lightweight workflow's stage 1: a linear head on the features, in seconds."""
     features, console = extraction.features, context.console
@@ -73,7 +92,7 @@ def fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfig
     rows = {name: features.rows(index, labels[index], with_flipped=name == "train")
             for name, index in usable.items()}
     head = fit_linear_head(rows["train"], rows["val"] if len(rows["val"]) else None, len(split.classes),
-                           config.class_weight, config.seed)
+                           config.class_weight, config.seed, progress=_progress_every(PROGRESS_SECONDS, console))
     result = TrainResult(failed=dict(features.failed))
     row = {"epoch": 1, "stage": "head", "train_loss": head.train.loss, "train_accuracy": head.train.accuracy,
            "val_loss": head.val.loss if head.val else math.nan,

@@ -7,13 +7,16 @@ calling scikit-learn because that solver copies every feature to float64 in
 memory (10 kB per image for Lite0): here the features stay in float16 files and
 each pass streams them in float32 chunks (:class:`headstart.features.rows.Rows`), so
 memory stays flat however many images there are. Standardisation is folded
-into the weights, never materialised.
+into the weights, never materialised. Memory stays bounded with many classes
+too: logits are computed a bounded block of rows at a time, and the solver keeps
+fewer correction pairs when the weights are large (10,000 classes).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,12 +24,22 @@ import numpy as np
 from ..features.rows import Rows
 from .results import EpochStats
 
-__all__ = ["C_GRID", "LinearHead", "fit_linear_head", "fit_logistic", "linear_probabilities", "probabilities"]
+__all__ = ["C_GRID", "LinearHead", "Progress", "fit_linear_head", "fit_logistic", "linear_probabilities",
+           "probabilities"]
 
 # Inverse L2 strengths tried: from strong regularisation, which a few hundred
 # images need, to almost none.
 C_GRID = tuple(float(c) for c in np.logspace(-4, 1, 6))
 MAX_ITER = 500
+# At most this many bytes of logits or probabilities (rows x classes, float64 in the metrics)
+# at once: a 4096-row chunk of 10,000 classes would take 328 MB.
+LOGIT_BYTES = 16 << 20
+# L-BFGS keeps 2 x pairs x parameters floats of history: at most this many bytes of them
+# (10 pairs, SciPy's default, up to 6,000 classes of Lite0 features; never fewer than 3).
+HISTORY_BYTES = 1 << 30
+
+# Called after each solver iteration with (C, iteration, objective value).
+Progress = Callable[[float, int, float], None]
 
 
 @dataclass
@@ -42,25 +55,28 @@ class LinearHead:
 
 
 def fit_linear_head(train: Rows, val: Rows | None, num_classes: int, class_weight: str | None = None,
-                    seed: int = 0) -> LinearHead:
+                    seed: int = 0, progress: Progress | None = None) -> LinearHead:
     """Fit the head; its L2 strength is the one of :data:`C_GRID` with the lowest validation
-    log loss, or without validation rows, the lowest stratified cross-validated log loss."""
+    log loss, or without validation rows, the lowest stratified cross-validated log loss.
+    ``progress`` hears of every solver iteration."""
     from threadpoolctl import threadpool_limits
 
     # Each L-BFGS step is a few thin matrix products, which BLAS threads only slow down:
     # 0.30 s single-threaded against 0.6-1.7 s with 2 threads, on 3,000 Lite0 features.
-    with threadpool_limits(1, user_api="blas"):
-        return _fit_linear_head(train, val, num_classes, class_weight, seed)
+    # With thousands of classes the products are wide, and every core helps.
+    threads = 1 if num_classes * train.dim < 1 << 20 else None
+    with threadpool_limits(threads, user_api="blas"):
+        return _fit_linear_head(train, val, num_classes, class_weight, seed, progress)
 
 
 def _fit_linear_head(train: Rows, val: Rows | None, num_classes: int, class_weight: str | None,
-                     seed: int) -> LinearHead:
+                     seed: int, progress: Progress | None = None) -> LinearHead:
     start = time.perf_counter()
     has_val = val is not None and len(val) > 0
     present = np.bincount(train.labels, minlength=num_classes)
     present = present[present > 0]
     if has_val:
-        path = _path(train, num_classes, class_weight)
+        path = _path(train, num_classes, class_weight, progress)
         losses = [_stats(val, w, b, num_classes).loss for w, b in path]
         best = int(np.argmin(losses))
         weight, bias, c = *path[best], C_GRID[best]
@@ -68,29 +84,31 @@ def _fit_linear_head(train: Rows, val: Rows | None, num_classes: int, class_weig
         if present.min() >= 2:
             losses = np.zeros(len(C_GRID))
             for fit_rows, held_out in _folds(train, int(min(5, present.min())), seed):
-                path = _path(fit_rows, num_classes, class_weight)
+                path = _path(fit_rows, num_classes, class_weight, progress)
                 losses += [_stats(held_out, w, b, num_classes).loss for w, b in path]
             c = C_GRID[int(np.argmin(losses))]
         else:  # a class with a single image: nothing to validate on, take a middle strength
             c = 0.1
-        weight, bias = fit_logistic(train, num_classes, c, class_weight)
+        weight, bias = fit_logistic(train, num_classes, c, class_weight, progress=progress)
     return LinearHead(weight, bias, c, _stats(train, weight, bias, num_classes),
                       _stats(val, weight, bias, num_classes) if has_val else None, time.perf_counter() - start)
 
 
 def fit_logistic(rows: Rows, num_classes: int, C: float, class_weight: str | None = None,
-                 start: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 start: tuple[np.ndarray, np.ndarray] | None = None,
+                 progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Weight and bias, on raw features, of the logistic regression with inverse L2 strength ``C``."""
     objective = _Objective(rows, num_classes, class_weight)
-    return objective.unscale(objective.minimize(C, objective.scale(*start) if start else None))
+    return objective.unscale(objective.minimize(C, objective.scale(*start) if start else None, progress))
 
 
-def _path(rows: Rows, num_classes: int, class_weight: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def _path(rows: Rows, num_classes: int, class_weight: str | None,
+          progress: Progress | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """The solution for each C of the grid, from strong to weak L2, each warm-started from the last."""
     objective = _Objective(rows, num_classes, class_weight)
     params, path = None, []
     for c in C_GRID:
-        params = objective.minimize(c, params)
+        params = objective.minimize(c, params, progress)
         path.append(objective.unscale(params))
     return path
 
@@ -127,16 +145,19 @@ class _Objective:
     def __call__(self, params: np.ndarray, l2: float) -> tuple[float, np.ndarray]:
         weight, bias = self.unscale(params)
         loss, grad_w, grad_b, offset = 0.0, np.zeros((self.k, self.d)), np.zeros(self.k), 0
-        for x in self.rows.chunks():
+        for x in _blocks(self.rows, self.k):
             y = self.rows.labels[offset:offset + len(x)]
             sw = self.sample_weight[offset:offset + len(x)]
             offset += len(x)
-            logits = x @ weight.T + bias
-            logits -= logits.max(axis=1, keepdims=True)
-            exp = np.exp(logits)
-            norm = exp.sum(axis=1)
-            loss -= float(np.dot(sw, logits[np.arange(len(x)), y] - np.log(norm)))
-            g = exp / norm[:, None]
+            # One (rows x classes) buffer, worked in place: logits, then exp, then the gradient.
+            g = x @ weight.T
+            g += bias
+            g -= g.max(axis=1, keepdims=True)
+            true_logit = g[np.arange(len(x)), y]
+            np.exp(g, out=g)
+            norm = g.sum(axis=1)
+            loss -= float(np.dot(sw, true_logit - np.log(norm)))
+            g /= norm[:, None]
             g[np.arange(len(x)), y] -= 1
             g *= sw[:, None].astype(np.float32)
             grad_w += g.T @ x
@@ -147,17 +168,34 @@ class _Objective:
         grad_w = (grad_w - np.outer(grad_b, self.mean)) / self.std + l2 * w
         return loss + 0.5 * l2 * float(np.sum(w * w)), np.concatenate([grad_w.ravel(), grad_b])
 
-    def minimize(self, C: float, start: np.ndarray | None) -> np.ndarray:
+    def minimize(self, C: float, start: np.ndarray | None, progress: Progress | None = None) -> np.ndarray:
         from scipy.optimize import minimize
 
         # scikit-learn minimises C * sum(loss) + |W|^2 / 2; divided by C * n it is this mean form.
         l2 = 1.0 / (C * self.total_weight)
         x0 = start if start is not None else np.zeros(self.k * (self.d + 1))
+        pairs = int(np.clip(HISTORY_BYTES // (16 * x0.size), 3, 10))
+        iteration = 0
+
+        def step(intermediate_result) -> None:  # the name SciPy passes the current result by
+            nonlocal iteration
+            iteration += 1
+            progress(C, iteration, float(intermediate_result.fun))
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # exp overflow is handled by the max shift
-            result = minimize(self, x0, args=(l2,), jac=True, method="L-BFGS-B",
-                              options={"maxiter": MAX_ITER, "gtol": 1e-4, "ftol": 64 * np.finfo(float).eps})
+            result = minimize(self, x0, args=(l2,), jac=True, method="L-BFGS-B", callback=step if progress else None,
+                              options={"maxiter": MAX_ITER, "gtol": 1e-4, "ftol": 64 * np.finfo(float).eps,
+                                       "maxcor": pairs})
         return result.x
+
+
+def _blocks(rows: Rows, num_classes: int):
+    """The rows' chunks, cut so that one block's logits stay within :data:`LOGIT_BYTES`."""
+    size = max(1, LOGIT_BYTES // (8 * num_classes))
+    for x in rows.chunks():
+        for start in range(0, len(x), size):
+            yield x[start:start + size]
 
 
 def probabilities(rows: Rows, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -168,18 +206,29 @@ def probabilities(rows: Rows, weight: np.ndarray, bias: np.ndarray) -> np.ndarra
 
 def linear_probabilities(weight: np.ndarray, bias: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Softmax of ``x @ weight.T + bias`` for an in-memory array of features."""
-    logits = np.asarray(x, dtype=np.float64) @ np.asarray(weight, dtype=np.float64).T + bias
-    logits -= logits.max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    return p / p.sum(axis=1, keepdims=True)
+    p = np.asarray(x, dtype=np.float64) @ np.asarray(weight, dtype=np.float64).T
+    p += bias
+    p -= p.max(axis=1, keepdims=True)
+    np.exp(p, out=p)  # in place: with thousands of classes, each copy is rows x classes x 8 bytes
+    p /= p.sum(axis=1, keepdims=True)
+    return p
 
 
 def _stats(rows: Rows, weight: np.ndarray, bias: np.ndarray, num_classes: int) -> EpochStats:
-    from sklearn.metrics import log_loss
-
-    p = probabilities(rows, weight, bias)
-    return EpochStats(float(log_loss(rows.labels, p, labels=list(range(num_classes)))),
-                 float((p.argmax(axis=1) == rows.labels).mean()), len(rows))
+    """Log loss (scikit-learn's: probabilities clipped at machine epsilon) and accuracy, a block
+    at a time: all rows' probabilities at once would take rows x classes x 8 bytes (1.6 GB
+    for 10,000 classes of one image and its mirror image)."""
+    if len(rows) == 0:
+        return EpochStats(np.nan, np.nan, 0)
+    eps = np.finfo(np.float64).eps
+    loss, correct, offset = 0.0, 0, 0
+    for x in _blocks(rows, num_classes):
+        y = rows.labels[offset:offset + len(x)]
+        offset += len(x)
+        p = linear_probabilities(weight, bias, x)
+        loss -= float(np.log(np.clip(p[np.arange(len(x)), y], eps, 1 - eps)).sum())
+        correct += int((p.argmax(axis=1) == y).sum())
+    return EpochStats(loss / len(rows), correct / len(rows), len(rows))
 
 
 def _folds(rows: Rows, n_splits: int, seed: int):

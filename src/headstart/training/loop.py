@@ -27,8 +27,8 @@ from ..device import autocast, to_device
 from .checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
 from .results import EpochStats, StageResult, TrainResult
 
-__all__ = ["Trainer", "EarlyStopping", "StageCheckpoint", "run_epoch", "train_stage", "stats_dict", "stats_from",
-           "stage_dict", "stage_from"]
+__all__ = ["Trainer", "EarlyStopping", "StageCheckpoint", "run_epoch", "train_stage", "resume_after", "stats_dict",
+           "stats_from", "stage_dict", "stage_from"]
 
 
 @dataclass
@@ -189,7 +189,7 @@ def train_stage(trainer: Trainer, stage: str, epochs: int, lr: float, result: Tr
             checkpoint.save({"stage": stage, "epoch": epoch, "complete": False, "history": result.history,
                              **best_state, "optimizer": optim_state, "schedule": schedule.state_dict()},
                             {**_prefixed("net.", net.state_dict()), **optim_tensors, **best_tensors,
-                             **_rng_tensors(trainer.device), "rng.loader": trainer.train_loader.generator.get_state()})
+                             **_rng_tensors(trainer)})
         if trainer.on_epoch is not None:
             trainer.on_epoch(row)
         if stopped:
@@ -198,9 +198,20 @@ def train_stage(trainer: Trainer, stage: str, epochs: int, lr: float, result: Tr
             break
     stopping.restore(net)
     outcome = StageResult(stopping.best_val, epoch, stopping.best_epoch, epoch < epochs)
+    # The random state goes with the finished stage too: a run resumed from here draws the next
+    # stage's shuffles, augmentations and dropout as the uninterrupted run does.
     checkpoint.save({"stage": stage, "epoch": epoch, "complete": True, "history": result.history,
-                     "result": stage_dict(outcome)}, _prefixed("net.", net.state_dict()))
+                     "result": stage_dict(outcome)}, {**_prefixed("net.", net.state_dict()), **_rng_tensors(trainer)})
     return outcome
+
+
+def resume_after(trainer: Trainer, stage: str) -> None:
+    """Continue after ``stage``, finished before the interruption: its random state back, and say so."""
+    checkpoint = trainer.checkpoint
+    # A checkpoint written before the random state was kept with a finished stage lacks it.
+    if "rng.torch" in checkpoint.tensors:
+        _restore_rng(checkpoint.tensors, trainer)
+    trainer.console.info(f"resuming after {stage} (finished at epoch {checkpoint.state['epoch']})")
 
 
 def _resume(trainer: Trainer, stage: str, optimizer: torch.optim.Optimizer, schedule, stopping: EarlyStopping,
@@ -212,8 +223,7 @@ def _resume(trainer: Trainer, stage: str, optimizer: torch.optim.Optimizer, sche
     restore_optimizer(optimizer, saved["optimizer"], tensors, "optim.")
     schedule.load_state_dict(saved["schedule"])
     stopping.load(saved, checkpoint)
-    _restore_rng(tensors, trainer.device)
-    trainer.train_loader.generator.set_state(tensors["rng.loader"])
+    _restore_rng(tensors, trainer)
     result.history[:] = saved["history"]
     return saved["epoch"] + 1
 
@@ -268,19 +278,21 @@ def stage_from(data: dict) -> StageResult:
     return StageResult(stats_from(data["val"]), data["epochs_run"], data["best_epoch"], data["stopped_early"])
 
 
-def _rng_tensors(device: torch.device) -> dict[str, torch.Tensor]:
-    """The random state a resumed epoch must continue from: on a GPU, dropout draws from CUDA's generator."""
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+def _rng_tensors(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """The random state a resumed epoch must continue from: the shuffling loader's generator
+    (which also seeds its workers), and on a GPU, dropout draws from CUDA's generator."""
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.loader": trainer.train_loader.generator.get_state()}
+    if trainer.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(trainer.device)
     return tensors
 
 
-def _restore_rng(tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+def _restore_rng(tensors: dict[str, torch.Tensor], trainer: Trainer) -> None:
     torch.set_rng_state(tensors["rng.torch"])
+    trainer.train_loader.generator.set_state(tensors["rng.loader"])
     # A checkpoint written on another kind of device carries no state for this one's generator.
-    if device.type == "cuda" and "rng.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+    if trainer.device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], trainer.device)
 
 
 def _class_weights(loader: DataLoader, config: TrainingConfig, device: torch.device) -> torch.Tensor | None:

@@ -15,7 +15,7 @@ import copy
 from torch import nn
 
 from ..backbone.freeze import freeze, unfreeze
-from .loop import Trainer, run_epoch, stage_dict, stage_from, stats_dict, stats_from, train_stage
+from .loop import Trainer, resume_after, run_epoch, stage_dict, stage_from, stats_dict, stats_from, train_stage
 from .results import EpochStats, TrainResult
 
 __all__ = ["train_frozen", "fine_tune", "fine_tune_improved"]
@@ -32,6 +32,7 @@ def train_frozen(trainer: Trainer) -> TrainResult:
         if saved["stage"] == "frozen":
             trainer.net.load_state_dict(checkpoint.tensors_with("net."))
             result.stage1 = stage_from(saved["result"])
+            resume_after(trainer, "stage 1")
         else:
             trainer.net.load_state_dict(checkpoint.tensors_with("stage1."))
             result.stage1 = stage_from(saved["stage1"])

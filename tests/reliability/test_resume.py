@@ -1,0 +1,111 @@
+"""A resumed run finishes as if it had never stopped: same metrics, same history losses, same
+weights, with decoding workers or without; and a rejected fine-tune leaves stage 1's weights."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headstart.errors import ExitStatus
+from headstart.runfolder import CHECKPOINT_FILE
+
+from conftest import make_folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("resume") / "data", per_class=12)
+
+
+def train_args(data: Path, out: Path, tiny_args, workers: int, *extra) -> list:
+    return ["train", data, "--out", out, *tiny_args, "--epochs", "3", "--patience", "0", "--fine-tune-epochs", "2",
+            "--workers", str(workers), *extra]
+
+
+def history(run: Path) -> list[dict]:
+    """history.csv without the wall-clock column."""
+    with open(run / "history.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def tensors(run: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(run / "model.safetensors"))
+
+
+def comparable(run: Path) -> dict:
+    metrics = json.loads((run / "metrics.json").read_text())
+    return {k: metrics[k] for k in ("val", "test", "stage1", "fine_tune", "counts") if k in metrics}
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert comparable(a) == comparable(b)
+    assert history(a) == history(b)
+    ta, tb = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        assert np.array_equal(ta[key], tb[key]), key
+
+
+# Interrupted mid-stage-1 (a mid-stage checkpoint), and during the first fine-tuning epoch, when the
+# checkpoint is the one stage 1 left as it finished: the case whose random state was lost.
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("where", ["stage 1", "first fine-tuning epoch"])
+def test_a_resumed_run_is_the_uninterrupted_run(cli, data, tiny_args, tmp_path: Path, monkeypatch, where, workers):
+    whole = tmp_path / "whole"
+    status, captured = cli(*train_args(data, whole, tiny_args, workers))
+    assert status == ExitStatus.SUCCESS, captured.stderr
+
+    from headstart.training import loop, stages
+
+    real_train_stage, real_run_epoch = stages.train_stage, loop.run_epoch
+    if where == "stage 1":
+        calls = []
+
+        def run_epoch(trainer, loader, *args, **kwargs):
+            if kwargs.get("desc", "").startswith("frozen 2"):
+                calls.append(1)
+                raise KeyboardInterrupt  # Ctrl-C in the middle of stage 1's second epoch
+            return real_run_epoch(trainer, loader, *args, **kwargs)
+
+        monkeypatch.setattr(loop, "run_epoch", run_epoch)
+    else:
+        def train_stage(trainer, stage, *args):
+            if stage == "fine-tune":
+                raise KeyboardInterrupt  # before the first fine-tuning epoch ends
+            return real_train_stage(trainer, stage, *args)
+
+        monkeypatch.setattr(stages, "train_stage", train_stage)
+    cut = tmp_path / "cut"
+    status, captured = cli(*train_args(data, cut, tiny_args, workers))
+    assert status == ExitStatus.INTERRUPTED, captured.stderr
+    assert (cut / CHECKPOINT_FILE).is_file()
+
+    monkeypatch.setattr(stages, "train_stage", real_train_stage)
+    monkeypatch.setattr(loop, "run_epoch", real_run_epoch)
+    status, captured = cli("train", "--resume", cut)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    assert "resuming" in captured.stderr
+    assert_same_run(cut, whole)
+
+
+def test_a_rejected_fine_tune_saves_the_stage_1_tensors(cli, data, tiny_args, tmp_path: Path, monkeypatch):
+    from headstart.training import stages
+
+    stage1 = tmp_path / "stage1"
+    assert cli(*train_args(data, stage1, tiny_args, 0, "--fine-tune-epochs", "0"))[0] == ExitStatus.SUCCESS
+    kept = tmp_path / "kept"
+    monkeypatch.setattr(stages, "fine_tune_improved", lambda before, after: True)
+    assert cli(*train_args(data, kept, tiny_args, 0))[0] == ExitStatus.SUCCESS
+    rejected = tmp_path / "rejected"
+    monkeypatch.setattr(stages, "fine_tune_improved", lambda before, after: False)
+    status, captured = cli(*train_args(data, rejected, tiny_args, 0))
+    assert status == ExitStatus.SUCCESS and "keeping the stage-1 weights" in captured.stderr
+    first, fine, final = tensors(stage1), tensors(kept), tensors(rejected)
+    assert any(not np.array_equal(first[k], fine[k]) for k in first)  # fine-tuning did change weights
+    for key in first:
+        assert np.array_equal(first[key], final[key]), key
+    assert json.loads((rejected / "metrics.json").read_text())["fine_tune"]["kept"] is False

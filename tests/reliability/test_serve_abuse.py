@@ -1,0 +1,131 @@
+"""A hostile HTTP client against a real server on the loopback: slow uploads and half-open
+connections are cut off at the deadline, open connections stay bounded, and the server keeps
+answering. Every loop here is bounded."""
+
+import select
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from headstart.serve import ServeConfig, create_app, server_config
+
+TIMEOUT = 1.0
+MAX_CONNECTIONS = 8
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run: Path) -> Path:
+    return tiny_run
+
+
+@pytest.fixture
+def server(run: Path):
+    import uvicorn
+
+    config = ServeConfig(timeout_s=TIMEOUT, max_connections=MAX_CONNECTIONS)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(server_config(create_app(run, config), "127.0.0.1", port, config))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+def connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return s
+
+
+def closed_by_server(s: socket.socket, within: float) -> bytes | None:
+    """What the server sent before closing ``s`` within ``within`` seconds; None if still open."""
+    s.settimeout(within)
+    received = b""
+    try:
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                return received
+            received += chunk
+    except socket.timeout:
+        return None
+    except ConnectionResetError:
+        return received
+
+
+def health(port: int) -> int:
+    with connect(port) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        reply = closed_by_server(s, 5) or b""
+    return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.1") else 0
+
+
+def test_a_slow_upload_is_cut_off_at_the_deadline(server):
+    with connect(server) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: multipart/form-data; boundary=b\r\n"
+                  b"content-length: 100000\r\n\r\n--b\r\n")
+        start = time.monotonic()
+        reply = None
+        for _ in range(int(10 * TIMEOUT / 0.1)):  # one byte every 0.1 s: 10 B/s, never finishing
+            try:
+                s.sendall(b"x")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            reply = closed_by_server(s, 0.1)
+            if reply is not None:
+                break
+        elapsed = time.monotonic() - start
+    assert elapsed < 3 * TIMEOUT, f"still open after {elapsed:.1f} s"
+    assert reply is None or reply == b"" or b" 408 " in reply.split(b"\r\n")[0]
+    assert health(server) == 200
+
+
+def still_open(sockets: list[socket.socket], wait: float) -> list[socket.socket]:
+    """The sockets the server has not closed: nothing to read on them (a closed one reads as EOF)."""
+    readable, _, _ = select.select(sockets, [], [], wait)
+    return [s for s in sockets if s not in readable or closed_by_server(s, 0.01) is None]
+
+
+def test_slow_headers_and_idle_connections_are_closed_and_bounded(server):
+    sockets = [connect(server) for _ in range(4 * MAX_CONNECTIONS)]
+    try:
+        sockets[0].sendall(b"GET /health HTTP/1.1\r\nhost:")  # headers begun, never finished
+        time.sleep(0.3)
+        held = still_open(sockets, 0.1)
+        assert len(held) <= MAX_CONNECTIONS  # the connections beyond the bound are closed on arrival
+        time.sleep(TIMEOUT)
+        assert still_open(held, 0.5) == []  # and the others at the deadline
+    finally:
+        for s in sockets:
+            s.close()
+    assert health(server) == 200
+
+
+def test_a_model_slower_than_the_timeout_gets_503(run: Path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    import headstart.serve
+    from conftest import make_image
+
+    real_open = headstart.serve.open_model
+
+    def slow_model(path):
+        model = real_open(path)
+        run_model = model.run
+        model.run = lambda batch: (time.sleep(2), run_model(batch))[1]
+        return model
+
+    monkeypatch.setattr(headstart.serve, "open_model", slow_model)
+    image = make_image(run.parent / "x.png", (200, 40, 40)).read_bytes()
+    with TestClient(create_app(run, ServeConfig(timeout_s=0.3))) as client:
+        response = client.post("/predict", files=[("files", ("x.png", image, "image/png"))])
+    assert response.status_code == 503 and "did not answer within 0.3 s" in response.json()["error"]
