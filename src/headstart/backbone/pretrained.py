@@ -56,7 +56,9 @@ def resolve_architecture(name: str) -> str:
     architecture = ALIASES.get(name, name)
     if timm.is_model(architecture):
         return architecture
-    close = difflib.get_close_matches(name, list(EMBEDDED) + timm.list_models(), n=3, cutoff=0.6)
+    # dict.fromkeys: the embedded names are timm names too, and would be suggested twice.
+    close = difflib.get_close_matches(name, list(dict.fromkeys([*EMBEDDED, *timm.list_models()])), n=3,
+                                      cutoff=0.6)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise BackboneError(
         f"unknown backbone {name!r}: expected efficientnet_lite0/1/2 or a timm model name "

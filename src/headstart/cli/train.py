@@ -27,9 +27,8 @@ __all__ = ["train_command"]
 
 
 def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
-    from .._io import write_text
     from ..model import ImageClassifier
-    from ..runfolder import CHECKPOINT_FILE, RUN_FILE, new_run_dir, prepare_output_dir, run_json_text
+    from ..runfolder import CHECKPOINT_FILE, lock_run, new_run_dir
 
     if args.resume is not None:
         out = args.resume
@@ -40,21 +39,51 @@ def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
             raise UsageError("train: give the image folder DATA, or --resume RUN")
         clf = ImageClassifier(**_training_kwargs(args), verbose=console.verbosity)
         clf.training_config()  # a bad option fails before any work
-        out = prepare_output_dir(args.out or new_run_dir(), args.overwrite)
-        (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # --overwrite starts afresh, never resumes
-        request = clf.run_request(args.data)
-        write_text(out / RUN_FILE, run_json_text(request))
-    try:
-        with _terminate_as_interrupt():
-            clf.fit(request.data, console=console, checkpoint_dir=out)
-    except KeyboardInterrupt:
-        console.error(f"interrupted: {out} keeps the last completed epoch; "
-                      f"continue with: headstart train --resume {out}")
-        return ExitStatus.INTERRUPTED
-    clf.save(out, overwrite=True)
-    (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+        out = args.out or new_run_dir()
+        request = None
+    tracker = _tracker(args, console)
+    # Held until the model is saved: a second `train` into this folder is refused, naming this process.
+    with lock_run(out):
+        if request is None:
+            request = _start(clf, args, out)
+        with tracker.run(out, request) if tracker is not None else contextlib.nullcontext():
+            try:
+                with _terminate_as_interrupt():
+                    clf.fit(request.data, console=console, checkpoint_dir=out,
+                            on_epoch=tracker.log_epoch if tracker is not None else None)
+            except KeyboardInterrupt:
+                console.error(f"interrupted: {out} keeps the last completed epoch; "
+                              f"continue with: headstart train --resume {out}")
+                if tracker is not None:
+                    tracker.status = "KILLED"
+                return ExitStatus.INTERRUPTED
+            clf.save(out, overwrite=True)
+            (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+            if tracker is not None:
+                tracker.log_run(out)
     console.info(_summary(clf, out))
     return ExitStatus.SUCCESS
+
+
+def _start(clf: ImageClassifier, args: argparse.Namespace, out: Path) -> RunRequest:
+    """A new run in ``out``: refused unless empty or ``--overwrite``; its ``run.json`` written first."""
+    from .._io import write_text
+    from ..runfolder import CHECKPOINT_FILE, RUN_FILE, prepare_output_dir, run_json_text
+
+    prepare_output_dir(out, args.overwrite)
+    (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # --overwrite starts afresh, never resumes
+    request = clf.run_request(args.data)
+    write_text(out / RUN_FILE, run_json_text(request))
+    return request
+
+
+def _tracker(args: argparse.Namespace, console: Console):
+    """The MLflow run this training is logged to with ``--track mlflow`` (None without it)."""
+    if getattr(args, "track", None) != "mlflow":
+        return None
+    from ..tracking import MlflowTracker
+
+    return MlflowTracker.create(console)
 
 
 def _training_kwargs(args: argparse.Namespace) -> dict:
