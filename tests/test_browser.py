@@ -110,7 +110,7 @@ def test_several_files_in_order_named_with_a_bad_one_among_them(server, tmp_path
     url, data = server
     ant = sorted((data / "val" / "ants").glob("*.jpg"))[0]
     bee = sorted((data / "val" / "bees").glob("*.jpg"))[0]
-    bad = tmp_path / "<b>notes</b>.jpg"  # not an image, and a name that must show as text
+    bad = tmp_path / "<b>notes.jpg"  # not an image, and a name that must show as text
     bad.write_text("a shopping list")
     with browser_page() as (page, errors, _):
         page.goto(url)
@@ -127,7 +127,7 @@ def test_several_files_in_order_named_with_a_bad_one_among_them(server, tmp_path
     assert tops[0].startswith("ants") and tops[1].startswith("bees")
     assert error == [f"{bad.name}: not an image headstart can read (UnidentifiedImageError)"]
     assert int(weights[0]) > int(weights[1])  # the predicted class stands out from the runner-up
-    assert "notes" not in bolded  # the file name was shown as text, never parsed as markup
+    assert not any("notes" in b for b in bolded)  # the file name was shown as text, never parsed as markup
     assert errors == []
 
 

@@ -250,10 +250,11 @@ const drop = document.getElementById("drop"), pick = document.getElementById("pi
 const results = document.getElementById("results"), hint = document.getElementById("hint");
 let count = 0;
 drop.onclick = () => pick.click();
-pick.onchange = () => { send(pick.files); pick.value = ""; };
+// A copy: clearing the input (so the same file can be chosen again) empties its live FileList.
+pick.onchange = () => { send(Array.from(pick.files)); pick.value = ""; };
 drop.ondragover = e => { e.preventDefault(); drop.classList.add("over"); };
 drop.ondragleave = () => drop.classList.remove("over");
-drop.ondrop = e => { e.preventDefault(); drop.classList.remove("over"); send(e.dataTransfer.files); };
+drop.ondrop = e => { e.preventDefault(); drop.classList.remove("over"); send(Array.from(e.dataTransfer.files)); };
 async function send(files) {
   if (!files.length) return;
   const form = new FormData();
@@ -264,7 +265,7 @@ async function send(files) {
   } catch (e) { body = {error: "the server did not answer (" + e.message + ")"}; }
   // One entry per file, even when the whole request was refused (too many images).
   const entries = body.predictions || [];
-  Array.from(files).forEach((f, i) => show(f, entries[i] || {error: body.error || "no answer"}));
+  files.forEach((f, i) => show(f, entries[i] || {error: body.error || "no answer"}));
 }
 function show(file, entry) {
   const box = document.createElement("div"); box.className = "result";
