@@ -84,6 +84,10 @@ class ProbabilityPredictor:
         cannot be read, and a ``UserWarning`` names it. With ``tta``, each image's
         probabilities are averaged with its mirror image's.
         """
+        return self._probabilities(paths, tta)
+
+    def _probabilities(self, paths: Sequence[str | Path] | str | Path, tta: bool) -> np.ndarray:
+        """``predict_proba``'s work, for every public method: its warning points at the user's call."""
         self._check_fitted()
         paths = expand_images(paths)
         failed: list[Prediction] = []
@@ -99,19 +103,19 @@ class ProbabilityPredictor:
             shown = "; ".join(f"{p.path}: {p.error}" for p in failed[:5])
             more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
             warnings.warn(f"{len(failed)} of {len(paths)} image(s) could not be read, their rows are NaN: "
-                          f"{shown}{more}", UserWarning, stacklevel=2)
+                          f"{shown}{more}", UserWarning, stacklevel=3)
         return proba
 
     def predict(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
         """The most probable class name per image (None, with a warning, for one that cannot be read)."""
-        return best_classes(self.predict_proba(paths, tta=tta), self.classes_)
+        return best_classes(self._probabilities(paths, tta), self.classes_)
 
     def score(self, paths: Sequence[str | Path] | str | Path, y: Sequence[str], tta: bool = False) -> float:
         """Mean accuracy of ``predict(paths)`` against the class names ``y`` (scikit-learn's ``score``).
 
         An image that cannot be read counts as a mistake (and is named in a warning).
         """
-        predicted = self.predict(paths, tta=tta)
+        predicted = best_classes(self._probabilities(paths, tta), self.classes_)
         y = np.asarray(list(y), dtype=object)
         if len(y) != len(predicted):
             raise UsageError(f"score: expected one class name in y per image. Received {len(y)} names "
