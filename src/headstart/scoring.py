@@ -3,7 +3,7 @@
 Honest means three things. It says what it scores: ``test/`` (else ``val/``) of a
 folder with split folders, else every image. It leaves out, with a warning, the
 images the run was trained on (its ``split.csv`` lists them): the demo's own folder
-scored 98.66% with them, 95.91% without; and it counts those that chose the model
+scored 98.66% with them, 95.54% without; and it counts those that chose the model
 (the validation split picked the L2 strength and guarded fine-tuning), whose score
 is slightly optimistic. And it
 goes through the :class:`~headstart.predictor.Predictor` protocol, so an exported
