@@ -30,7 +30,7 @@ def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext
     console = context.console
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    backbone = create_backbone(config.backbone_request)
+    backbone = create_backbone(config.backbone_request, console=console)
     console.info(backbone.spec.describe(backbone.preprocessing))
     net = prepare(ClassifierNet.create(backbone, HeadSpec(len(split.classes), config.dropout)), device)
     dtype = resolve_precision(config.precision, device)
