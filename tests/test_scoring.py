@@ -92,9 +92,10 @@ def test_predict_writes_an_error_row_for_a_missing_file(cli, trained, tmp_path: 
     rows = list(csv.DictReader(open(out)))
     assert [r["path"] for r in rows] == [str(p) for p in images]
     assert rows[1]["error"] == "no such file or folder" and not rows[0]["error"] and not rows[2]["error"]
-    status, captured = cli("predict", run, missing)
-    assert status == ExitStatus.DATA  # one row, and nothing predicted at all
-    assert captured.stdout.startswith(f"{missing}\t-\t-\tERROR: no such file or folder")
+    status, captured = cli("predict", run, missing, "--output", tmp_path / "none.csv")
+    assert status == ExitStatus.DATA  # nothing at all to predict: a user error, and no file
+    assert captured.stderr.strip().endswith(f"headstart: error: no such file or folder: {missing}")
+    assert not (tmp_path / "none.csv").exists()
 
 
 @contextlib.contextmanager

@@ -78,6 +78,21 @@ def test_a_training_run_is_logged_to_the_tracking_server(cli, mlflow_server, tin
     assert Path(local).read_bytes() == (out / "model.safetensors").read_bytes()
 
 
+def test_an_unreachable_tracking_server_is_one_line_and_writes_nothing(cli, tiny_data: Path, tiny_args,
+                                                                      tmp_path: Path, monkeypatch):
+    pytest.importorskip("mlflow", reason="the track extra (pip install 'headstart[track]')")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", closed)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    out = tmp_path / "run"
+    status, captured = cli("train", tiny_data, "--out", out, *tiny_args, "--track", "mlflow")
+    assert status == ExitStatus.USAGE
+    assert captured.stderr.startswith(f"headstart: error: --track mlflow: cannot start a run at {closed}")
+    assert captured.stderr.count("\n") == 1 and list(out.iterdir()) == []  # rerun as it was, no --overwrite
+
+
 def test_compare_puts_runs_side_by_side(cli, tiny_data: Path, tiny_args, tmp_path: Path):
     runs = []
     for lr in ("0.001", "0.01"):

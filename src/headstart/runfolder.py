@@ -258,8 +258,8 @@ def check_finished(run: str | Path) -> None:
     A run still training names its process; an interrupted one gets its resume command.
     """
     run = Path(run)
-    if (run / CONFIG_FILE).is_file() and (run / MODEL_FILE).is_file():
-        return
+    if any((run / name).is_file() for name in (CONFIG_FILE, MODEL_FILE, METRICS_FILE)):
+        return  # written together when training ends: with one of them there, the rest is damage, not a run to resume
     if not (run / RUN_FILE).is_file():
         return  # not a run started by `headstart train`: the caller's own error says what is missing
     owner = lock_owner(run)

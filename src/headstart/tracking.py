@@ -4,7 +4,8 @@ A training run becomes an MLflow run: its settings as parameters, each epoch's
 losses and accuracies as metrics with the epoch as step, the final metrics of
 ``metrics.json``, and the run folder's report, configuration and model as
 artifacts. Where they go is MLflow's usual ``MLFLOW_TRACKING_URI`` (a server,
-a database), else a local ``./mlruns`` folder; the experiment is
+a database), else MLflow's local default (``./mlruns``; with MLflow 3, ``./mlflow.db``
+with the artifacts in ``./mlruns``); the experiment is
 ``MLFLOW_EXPERIMENT_NAME``, else "headstart". MLflow is an optional extra
 (``pip install "headstart[track]"``), imported only here and only when asked for.
 """
@@ -49,8 +50,8 @@ class MlflowTracker:
             import mlflow
         except ModuleNotFoundError:
             raise UsageError("--track mlflow needs MLflow: pip install 'headstart[track]'") from None
-        # Set explicitly: recent MLflow versions default to a database file, the issue's users expect ./mlruns.
-        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or Path("mlruns").resolve().as_uri())
+        # Unset, MLflow picks its own local default: ./mlruns (MLflow 2), or ./mlflow.db with the
+        # artifacts in ./mlruns (MLflow 3, which refuses a plain ./mlruns folder as a store).
         return cls(mlflow, console)
 
     @contextlib.contextmanager
@@ -67,8 +68,12 @@ class MlflowTracker:
 
     def _start(self, out: Path, request: RunRequest) -> None:
         mlflow = self.mlflow
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "headstart")
-        run = mlflow.start_run(run_name=Path(out).name)
+        try:
+            mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "headstart")
+            run = mlflow.start_run(run_name=Path(out).name)
+        except Exception as exc:  # MLflow raises its own and its HTTP client's errors: name the store
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"--track mlflow: cannot start a run at {mlflow.get_tracking_uri()}: {reason}") from None
         self.run_id = run.info.run_id
         params = {k: ("" if v is None else str(v)) for k, v in request.params.items() if k != "cache_dir"}
         mlflow.log_params({**params, "data": str(request.data), "run_folder": str(Path(out).resolve())})

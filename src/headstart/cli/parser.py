@@ -91,7 +91,7 @@ def _add_train(commands) -> None:
     t.add_argument("--resume", type=Path, metavar="RUN", help="finish an interrupted run, from its last "
                    "completed epoch, with the settings it was started with")
     t.add_argument("--track", choices=("mlflow",), help="also log settings, per-epoch and final metrics, "
-                   "the report and the model to MLflow (MLFLOW_TRACKING_URI, default ./mlruns; "
+                   "the report and the model to MLflow (MLFLOW_TRACKING_URI, else MLflow's local default; "
                    "pip install 'headstart[track]')")
     _add_backbone(t.add_argument_group("backbone"), _DEFAULT)
     g = t.add_argument_group("stage 1: the head on the frozen backbone")
@@ -218,8 +218,8 @@ def _add_evaluate(commands) -> None:
     e.add_argument("data", type=Path, metavar="DATA", help="one subfolder per class (with split "
                    "folders, test/ is used, else val/)")
     e.add_argument("--include-training-images", action="store_true",
-                   help="also score images the run was trained or validated on (by default they are "
-                   "left out, as its split.csv lists them: their score flatters the model)")
+                   help="also score the images the run was trained on (by default they are left out, "
+                   "as its split.csv lists them: their score flatters the model)")
     e.add_argument("--output", type=Path, metavar="FILE", help="also write the metrics as JSON")
     e.add_argument("--report", type=Path, metavar="FILE", help="also write an HTML page: metrics, plots, "
                    "most confused classes and the most confidently wrong images")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .._console import Console
 from .._io import atomic_path, write_json
-from ..errors import ExitStatus, UsageError
+from ..errors import DataError, ExitStatus, UsageError
 from .parser import check_output
 
 __all__ = ["predict_command", "evaluate_command"]
@@ -31,6 +31,9 @@ def predict_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     clf = _open(args, console)
     with tempfile.TemporaryDirectory(prefix="headstart-") as downloads:
         inputs = _inputs(args.paths, Path(downloads))
+        if all(i.path is None for i in inputs):  # nothing to predict is a user error, not a table of errors
+            first = inputs[0]
+            raise DataError(first.error if first.name in first.error else f"{first.error}: {first.name}")
         console.info(f"predicting {len(inputs)} image(s) with {args.model}")
         top_k = min(args.top_k, len(clf.classes_))
         rows = _prediction_rows(clf, inputs, top_k, args.batch_size, args.tta, console)
@@ -42,7 +45,7 @@ def predict_command(args: argparse.Namespace, console: Console) -> ExitStatus:
             count, failed = _write_predictions_json(rows, args.output)
     where = f", written to {args.output}" if args.output else ""
     console.info(f"{count - failed} prediction(s){where}; {failed} image(s) could not be read")
-    # One row per input whatever happens; the status says whether anything was predicted at all.
+    # One row per input; the status says whether anything at all could be predicted.
     return ExitStatus.DATA if failed == count else ExitStatus.SUCCESS
 
 
@@ -60,8 +63,6 @@ def _inputs(arguments: list[str], downloads: Path) -> list[_Input]:
     sorted), URLs downloaded into ``downloads``."""
     from ..data.download import download, is_url
     from ..data.images import IMAGE_EXTENSIONS, image_files
-    from ..errors import DataError
-
     inputs = []
     for argument in arguments:
         if is_url(argument):
@@ -74,7 +75,7 @@ def _inputs(arguments: list[str], downloads: Path) -> list[_Input]:
         if path.is_dir():
             found = image_files(path)
             inputs += [_Input(str(p), p) for p in found] or [
-                _Input(argument, None, f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this folder")]
+                _Input(argument, None, f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {argument}")]
         elif path.exists():
             inputs.append(_Input(argument, path))
         else:

@@ -28,7 +28,7 @@ __all__ = ["train_command"]
 
 def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..model import ImageClassifier
-    from ..runfolder import CHECKPOINT_FILE, lock_run, new_run_dir
+    from ..runfolder import CHECKPOINT_FILE, lock_run, new_run_dir, prepare_output_dir
 
     if args.resume is not None:
         out = args.resume
@@ -40,13 +40,16 @@ def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
         clf = ImageClassifier(**_training_kwargs(args), verbose=console.verbosity)
         clf.training_config()  # a bad option fails before any work
         out = args.out or new_run_dir()
-        request = None
+        request = clf.run_request(args.data)
+    fresh = args.resume is None
     tracker = _tracker(args, console)
     # Held until the model is saved: a second `train` into this folder is refused, naming this process.
     with lock_run(out):
-        if request is None:
-            request = _start(clf, args, out)
+        if fresh:  # a full folder is refused before anything is logged or written
+            prepare_output_dir(out, args.overwrite)
         with tracker.run(out, request) if tracker is not None else contextlib.nullcontext():
+            if fresh:
+                _start(out, request)
             try:
                 with _terminate_as_interrupt():
                     clf.fit(request.data, console=console, checkpoint_dir=out,
@@ -65,16 +68,13 @@ def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     return ExitStatus.SUCCESS
 
 
-def _start(clf: ImageClassifier, args: argparse.Namespace, out: Path) -> RunRequest:
-    """A new run in ``out``: refused unless empty or ``--overwrite``; its ``run.json`` written first."""
+def _start(out: Path, request: RunRequest) -> None:
+    """A new run in ``out``: its ``run.json`` first, and no checkpoint (--overwrite starts afresh)."""
     from .._io import write_text
-    from ..runfolder import CHECKPOINT_FILE, RUN_FILE, prepare_output_dir, run_json_text
+    from ..runfolder import CHECKPOINT_FILE, RUN_FILE, run_json_text
 
-    prepare_output_dir(out, args.overwrite)
-    (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # --overwrite starts afresh, never resumes
-    request = clf.run_request(args.data)
+    (out / CHECKPOINT_FILE).unlink(missing_ok=True)
     write_text(out / RUN_FILE, run_json_text(request))
-    return request
 
 
 def _tracker(args: argparse.Namespace, console: Console):
