@@ -52,8 +52,22 @@ def test_names_resolve_with_aliases_and_suggestions():
 
 
 def test_hub_backbone_offline_gives_a_clear_error():
+    import io
+
+    from headstart._console import Console
+
+    err = io.StringIO()
     with pytest.raises(BackboneError, match="--weights FILE"):
-        create_pretrained("resnet18")
+        create_pretrained("resnet18", console=Console(err=err))
+    # Said before the hub is tried: offline, its retries can take most of a minute.
+    assert "getting the pretrained weights of resnet18 from the Hugging Face hub" in err.getvalue()
+
+
+def test_a_suggestion_never_repeats_a_name():
+    with pytest.raises(BackboneError) as raised:
+        resolve_architecture("efficientnet-lite0")
+    suggested = str(raised.value).split("Did you mean ")[1].rstrip("?").split(", ")
+    assert "'efficientnet_lite0'" in suggested and len(suggested) == len(set(suggested))
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])

@@ -106,6 +106,31 @@ def test_drop_a_real_photo_and_see_its_class(server):
     assert errors == []
 
 
+def test_several_files_in_order_named_with_a_bad_one_among_them(server, tmp_path):
+    url, data = server
+    ant = sorted((data / "val" / "ants").glob("*.jpg"))[0]
+    bee = sorted((data / "val" / "bees").glob("*.jpg"))[0]
+    bad = tmp_path / "<b>notes.jpg"  # not an image, and a name that must show as text
+    bad.write_text("a shopping list")
+    with browser_page() as (page, errors, _):
+        page.goto(url)
+        page.set_input_files("#pick", [str(ant), str(bad)])
+        page.wait_for_function("document.querySelectorAll('.result').length === 2", timeout=30000)
+        page.set_input_files("#pick", str(bee))  # a second request: its result goes below
+        page.wait_for_function("document.querySelectorAll('.result').length === 3", timeout=30000)
+        names = page.locator(".result .name").all_inner_texts()
+        tops = page.locator(".result .row.top").all_inner_texts()
+        error = page.locator(".result .error").all_inner_texts()
+        weights = page.eval_on_selector_all(".result .row", "rows => rows.map(r => getComputedStyle(r).fontWeight)")
+        bolded = page.locator(".result b").all_inner_texts()
+    assert names == [f"#1 {ant.name}", f"#2 {bad.name}", f"#3 {bee.name}"]
+    assert tops[0].startswith("ants") and tops[1].startswith("bees")
+    assert error == [f"{bad.name}: not an image headstart can read (UnidentifiedImageError)"]
+    assert int(weights[0]) > int(weights[1])  # the predicted class stands out from the runner-up
+    assert not any("notes" in b for b in bolded)  # the file name was shown as text, never parsed as markup
+    assert errors == []
+
+
 def test_report_opens_offline_with_every_image_rendered(trained):
     run, _ = trained
     report = run / "report.html"
@@ -121,8 +146,8 @@ def test_report_opens_offline_with_every_image_rendered(trained):
     # Self-contained: the page itself, then only inline data, never a file or server beside it.
     assert [u for u in fetched if not u.startswith("data:")] == [report.as_uri()]
     alts = [i["alt"] for i in images]
-    for plot in ("learning curves", "confusion counts", "confusion normalised", "per class f1", "reliability",
-                 "most confidently wrong images"):
+    for plot in ("validation loss and accuracy against the L2 strength", "confusion counts", "confusion normalised",
+                 "per class f1", "reliability", "roc pr", "most confidently wrong images"):
         assert plot in alts
     assert len(images) > 6 + 10, "the top losses table shows a thumbnail per image"
     assert [i["alt"] for i in images if not i["ok"]] == []

@@ -45,7 +45,8 @@ def test_exported_model_predicts_like_the_run(cli, run: Path, tiny_data: Path, t
     np.testing.assert_allclose(exported.predict_proba(images), original.predict_proba(images), atol=1e-4)
     np.testing.assert_allclose(exported.predict_proba(images, tta=True),
                                original.predict_proba(images, tta=True), atol=1e-4)
-    assert list(exported.predict([images[0], broken])) == [original.predict([images[0]])[0], None]
+    with pytest.warns(UserWarning, match="broken.png: empty file"):
+        assert list(exported.predict([images[0], broken])) == [original.predict([images[0]])[0], None]
     status, captured = cli("predict", run / "model.onnx", tiny_data, broken, "--output", tmp_path / "p.csv")
     assert status == ExitStatus.SUCCESS, captured.stderr
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))

@@ -4,6 +4,7 @@ The browser test (tests/test_browser.py) opens a real run's report in Chromium.
 """
 
 import csv
+import html
 import json
 import re
 from pathlib import Path
@@ -16,7 +17,7 @@ from headstart.evaluate import calibration_bins, expected_calibration_error
 from headstart.report import plots
 
 PLOTS = {"learning_curves.png", "confusion_counts.png", "confusion_normalised.png", "per_class_f1.png",
-         "reliability.png"}
+         "reliability.png", "roc_pr.png"}
 
 
 @pytest.fixture
@@ -55,8 +56,18 @@ def test_training_leaves_predictions_plots_and_a_self_contained_report(run: Path
     assert "src=\"http" not in page and "href=\"http" not in page and "<script" not in page
     alts = {alt for _, alt in _embedded_images(page)}
     assert {"learning curves", "confusion counts", "confusion normalised", "per class f1", "reliability"} <= alts
-    for text in ("fine-tuning", "Top losses", "Timings", "test accuracy", "blue", "red"):
+    for text in ("fine-tuning", "Top losses", "Timings", "test accuracy", "blue", "red", "accuracy, 95% interval",
+                 "its score is slightly optimistic", "roc pr"):
         assert text in page
+    # The guard's own reason, in the log's words.
+    reason = metrics["fine_tune"]["reason"]
+    assert re.match(r"(raised|lowered) validation accuracy: |improved validation loss at equal accuracy|"
+                    r"validation accuracy unchanged", reason), reason
+    assert f"it {html.escape(reason)}" in page
+    # Only the settings the standard workflow and fine-tuning read, with resolved values.
+    settings = page[page.index("<h2>Settings</h2>"):page.index("<h2>Training")]
+    assert "<td>fine tune epochs</td><td>1</td>" in settings and "flip features" not in settings
+    assert "<td>workflow</td><td>standard</td>" in settings
 
 
 def test_report_command_rebuilds_the_page_and_plots(cli, run: Path):
@@ -101,7 +112,8 @@ def test_learning_curves_mark_where_fine_tuning_starts():
                                                "train_accuracy": 0.8, "val_accuracy": 0.7}] * 2
     figure = plots.learning_curves(history, fine_tune_kept=False)
     loss, accuracy = figure.axes
-    assert [t.get_text() for t in loss.texts] == ["fine-tuning (not kept)"]
+    # In the legend, never written across a curve.
+    assert len(loss.texts) == 0 and "fine-tuning starts (not kept)" in [t.get_text() for t in loss.get_legend().texts]
     assert loss.lines[-1].get_xdata()[0] == pytest.approx(3.5)  # between epoch 3 (stage 1) and 4
     assert [list(line.get_ydata()) for line in accuracy.lines[:2]] == [[0.5] * 3 + [0.8] * 2,
                                                                         [0.6] * 3 + [0.7] * 2]
@@ -147,3 +159,50 @@ def test_class_names_are_drawn_as_written():
     labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
     # "$5 bill$" would be typeset as a formula: its dollars are escaped, so it is drawn as written.
     assert labels == ["\\$5 bill\\$", "x_y^z"] and not any(is_math_text(t) for t in labels)
+
+
+@pytest.mark.parametrize("low,high", [(0.99, 1.0), (0.9, 1.0), (0.0, 1.0), (0.995, 1.0)])
+def test_percentage_ticks_never_repeat(low, high):
+    figure = plots.learning_curves([{"stage": "frozen", "train_accuracy": low, "val_accuracy": high,
+                                     "train_loss": 1.0, "val_loss": 0.5},
+                                    {"stage": "frozen", "train_accuracy": high, "val_accuracy": high,
+                                     "train_loss": 0.5, "val_loss": 0.4}])
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure).draw()
+    axis = figure.axes[1].yaxis
+    labels = [t.get_text() for t in axis.get_ticklabels() if t.get_text()]
+    assert len(labels) >= 3 and len(labels) == len(set(labels)), labels
+    assert all(label.endswith("%") for label in labels)
+
+
+def test_a_lightweight_run_plots_its_l2_search(cli, tiny_data: Path, tmp_path: Path, tiny_weights: Path):
+    from conftest import TINY_BACKBONE
+
+    out = tmp_path / "light"
+    status, captured = cli("train", tiny_data, "--out", out, "--backbone", TINY_BACKBONE, "--weights", tiny_weights,
+                           "--image-size", "32", "--workers", "0", "--workflow", "lightweight",
+                           "--cache-dir", tmp_path / "cache")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    search = metrics["head"]["search"]
+    assert [row["C"] for row in search] == pytest.approx(list(np.logspace(-4, 1, 6)))
+    best = min(search, key=lambda row: row["val_loss"])
+    assert best["C"] == metrics["head"]["C"] and 0 <= best["val_accuracy"] <= 1
+    page = (out / "report.html").read_text()
+    alts = {alt for _, alt in _embedded_images(page)}
+    assert "validation loss and accuracy against the L2 strength" in alts
+    assert "learning curves" not in alts  # one row of history is a point, not a curve
+    settings = page[page.index("<h2>Settings</h2>"):page.index("<h2>Training")]
+    assert "feature engine" in settings and "<td>epochs</td>" not in settings and "<td>lr</td>" not in settings
+
+
+def test_most_confused_pairs_and_the_wilson_interval():
+    from headstart.evaluate import most_confused, wilson_interval
+
+    pairs = most_confused([[5, 3, 0], [1, 6, 0], [0, 4, 2]], ["a", "b", "c"])
+    assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [("c", "b", 4), ("a", "b", 3), ("b", "a", 1)]
+    assert pairs[0]["fraction_of_true"] == pytest.approx(4 / 6)
+    low, high = wilson_interval(95, 100)  # the textbook value: 88.82% - 97.85%
+    assert low == pytest.approx(0.8882, abs=1e-4) and high == pytest.approx(0.9785, abs=1e-4)
+    assert wilson_interval(10, 10)[1] == pytest.approx(1.0) and wilson_interval(10, 10)[0] > 0.69

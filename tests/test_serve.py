@@ -3,6 +3,7 @@
 import asyncio
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,44 @@ def test_bad_uploads_get_a_4xx_and_the_server_keeps_serving(client, upload, stat
     response = client.post("/predict", files=upload)
     assert response.status_code == status and message in response.json()["error"]
     assert client.post("/predict", files=[("files", ("ok.png", png_bytes(), "image/png"))]).status_code == 200
+
+
+def test_a_bad_file_among_good_ones_gets_its_own_error(client):
+    files = [("files", ("good.png", png_bytes(), "image/png")), ("files", ("bad.jpg", b"nope", "image/jpeg")),
+             ("files", ("also.png", png_bytes((1, 2, 250)), "image/png"))]
+    response = client.post("/predict", files=files)
+    assert response.status_code == 200, response.text
+    good, bad, also = response.json()["predictions"]
+    assert good["filename"] == "good.png" and good["class"] in ("blue", "red")
+    assert bad == {"filename": "bad.jpg", "error": "bad.jpg: not an image headstart can read (UnidentifiedImageError)"}
+    assert also["filename"] == "also.png" and also["class"] in ("blue", "red")
+
+
+@pytest.mark.parametrize("method,path,kwargs,status", [
+    ("post", "/predict", {"files": [("image", ("a.png", png_bytes(), "image/png"))]}, 422),  # a wrong field name
+    ("post", "/predict", {}, 422),
+    ("get", "/nothing", {}, 404),
+    ("get", "/predict", {}, 405),
+])
+def test_every_error_has_one_shape(client, method, path, kwargs, status):
+    response = getattr(client, method)(path, **kwargs)
+    assert response.status_code == status
+    body = response.json()
+    assert list(body) == ["error"] and isinstance(body["error"], str) and body["error"]
+    if status == 422:
+        assert "files: Field required" in body["error"] and "field 'files'" in body["error"]
+
+
+def test_each_request_is_logged_in_one_line(client, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="headstart.serve.access"):
+        client.get("/health")
+        client.post("/predict", files=[("files", ("a.png", png_bytes(), "image/png"))])
+    lines = [r.getMessage() for r in caplog.records if r.name == "headstart.serve.access"]
+    assert len(lines) == 2
+    assert re.fullmatch(r'\S+ "GET /health" 200 [\d.]+ ms', lines[0]), lines[0]
+    assert re.fullmatch(r'\S+ "POST /predict" 200 [\d.]+ ms', lines[1]), lines[1]
 
 
 def test_a_decompression_bomb_is_refused(client):

@@ -1,8 +1,11 @@
 """All terminal output goes through one :class:`Console`.
 
 stderr carries progress and messages; stdout carries results only, so
-``headstart predict ... | sort`` pipes cleanly. Progress bars appear only on
-a terminal; elsewhere (CI logs, files) each epoch is one plain line.
+``headstart predict ... | sort`` pipes cleanly. Progress bars appear on a
+terminal and in Jupyter (tqdm's notebook widget, when IPython runs the code);
+elsewhere (CI logs, files) each epoch is one plain line. A result printed while
+a bar is showing clears the bar first and redraws it below, so a result line
+never carries a piece of the bar.
 """
 
 from __future__ import annotations
@@ -11,11 +14,16 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TextIO, TypeVar
 
-from tqdm.auto import tqdm
-
-__all__ = ["Console"]
+__all__ = ["Console", "in_notebook"]
 
 T = TypeVar("T")
+
+
+def in_notebook() -> bool:
+    """Whether a Jupyter kernel runs this code (where stderr is no terminal, yet a bar shows)."""
+    shell = sys.modules.get("IPython")
+    get = getattr(shell, "get_ipython", None)
+    return bool(get and get() is not None and type(get()).__name__ == "ZMQInteractiveShell")
 
 
 class Console:
@@ -25,6 +33,7 @@ class Console:
         self.verbosity = verbosity
         self.err = err if err is not None else sys.stderr
         self.out = out if out is not None else sys.stdout
+        self._bars = 0  # progress bars showing now
 
     @property
     def interactive(self) -> bool:
@@ -32,27 +41,58 @@ class Console:
 
     def info(self, message: str) -> None:
         if self.verbosity >= 1:
-            print(message, file=self.err, flush=True)
+            self._print(message, self.err)
 
     def warn(self, message: str) -> None:
-        print(f"headstart: warning: {message}", file=self.err, flush=True)
+        self._print(f"headstart: warning: {message}", self.err)
 
     def error(self, message: str) -> None:
-        print(f"headstart: error: {message}", file=self.err, flush=True)
+        self._print(f"headstart: error: {message}", self.err)
 
     def result(self, text: str) -> None:
+        self._print(text, self.out)
+
+    def _print(self, text: str, stream: TextIO) -> None:
         try:
-            print(text, file=self.out, flush=True)
+            self._write(text, stream)
         except UnicodeEncodeError:
-            # A file name that is not valid UTF-8 (surrogate escapes), on a strict stdout:
+            # A file name that is not valid UTF-8 (surrogate escapes), on a strict stream:
             # shown with its odd bytes as \xNN rather than losing the line.
-            print(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), file=self.out, flush=True)
+            self._write(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), stream)
+
+    def _write(self, text: str, stream: TextIO) -> None:
+        if self._bars:
+            from tqdm import tqdm
+
+            # Clears every bar, writes the line, redraws the bars below it.
+            tqdm.write(text, file=stream)
+            stream.flush()
+        else:
+            print(text, file=stream, flush=True)
 
     def progress(self, items: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:
-        """A progress bar over ``items`` on a terminal; the items alone otherwise."""
-        if self.verbosity < 1 or not self.interactive:
+        """A progress bar over ``items`` on a terminal or in a notebook; the items alone otherwise.
+
+        The clock starts again after the first item: its time is mostly warm-up (workers
+        starting, a model's first call), and counting it would inflate the ETA many times.
+        """
+        notebook = in_notebook()
+        if self.verbosity < 1 or not (self.interactive or notebook):
             yield from items
             return
-        with tqdm(items, total=total, desc=desc, file=self.err, leave=False, dynamic_ncols=True) as bar:
-            yield from bar
-
+        if notebook:  # the widget where ipywidgets is installed, else tqdm's text bar
+            from tqdm.auto import tqdm
+        else:
+            from tqdm import tqdm
+        bar = tqdm(total=total, desc=desc, file=None if notebook else self.err, leave=False,
+                   dynamic_ncols=True, smoothing=0.1)
+        self._bars += 1
+        try:
+            for i, item in enumerate(items):
+                yield item
+                if i == 0:
+                    bar.reset(total=total)
+                bar.update(1)
+        finally:
+            self._bars -= 1
+            bar.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -17,7 +18,8 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-__all__ = ["classification_metrics", "calibration_bins", "expected_calibration_error", "format_metrics"]
+__all__ = ["classification_metrics", "decoded_metrics", "calibration_bins", "expected_calibration_error", "format_metrics",
+           "wilson_interval", "most_confused"]
 
 CALIBRATION_BINS = 15
 
@@ -50,6 +52,8 @@ def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Se
     }
     if not len(y_true):
         return metrics
+    metrics["accuracy_ci95"] = list(wilson_interval(int((y_pred == y_true).sum()), len(y_true)))
+    metrics["most_confused"] = most_confused(metrics["confusion_matrix"], classes)
     proba = proba / proba.sum(axis=1, keepdims=True)  # float32 softmax rounding: exact sums for log_loss
     metrics["log_loss"] = float(log_loss(y_true, proba, labels=labels))
     metrics["expected_calibration_error"] = expected_calibration_error(y_true, proba)
@@ -59,6 +63,37 @@ def classification_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Se
     elif len(np.unique(y_true)) == 2:
         metrics["roc_auc"] = float(roc_auc_score(y_true, proba[:, 1]))
         metrics["pr_auc"] = float(average_precision_score(y_true, proba[:, 1]))
+    return metrics
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% by default): unlike the normal
+    approximation, it stays inside [0, 1] and is sound for accuracies near 100% and small n."""
+    if n == 0:
+        return math.nan, math.nan
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def most_confused(matrix: Sequence[Sequence[int]], classes: Sequence[str], most: int = 10) -> list[dict]:
+    """The off-diagonal cells of the confusion matrix with the most images, largest first
+    (fastai's ``most_confused``): which class is taken for which, and how often."""
+    counts = np.asarray(matrix)
+    cells = [(int(counts[i, j]), i, j) for i in range(len(classes)) for j in range(len(classes))
+             if i != j and counts[i, j] > 0]
+    cells.sort(key=lambda cell: (-cell[0], cell[1], cell[2]))
+    return [{"true": classes[i], "predicted": classes[j], "count": n,
+             "fraction_of_true": n / max(int(counts[i].sum()), 1)} for n, i, j in cells[:most]]
+
+
+def decoded_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str]) -> dict:
+    """:func:`classification_metrics` of the images that could be decoded (the rows of ``proba``
+    that are not NaN), with ``undecodable`` counting the others."""
+    ok = ~np.isnan(proba).any(axis=1)
+    metrics = classification_metrics(np.asarray(y_true)[ok], proba[ok], classes)
+    metrics["undecodable"] = int((~ok).sum())
     return metrics
 
 
@@ -96,7 +131,9 @@ def format_metrics(metrics: dict, title: str = "") -> str:
     classes = metrics["classes"]
     width = max(9, *(len(c) for c in classes))
     lines = [title] if title else []
-    lines.append(f"accuracy {metrics['accuracy']:.2%}  balanced accuracy {metrics['balanced_accuracy']:.2%}  "
+    interval = metrics.get("accuracy_ci95")
+    ci = f" (95% CI {interval[0]:.2%}-{interval[1]:.2%})" if interval else ""
+    lines.append(f"accuracy {metrics['accuracy']:.2%}{ci}  balanced accuracy {metrics['balanced_accuracy']:.2%}  "
                  f"({metrics['count']} images)")
     extra = [f"{label} {metrics[key]:.4f}" for key, label in (
         ("log_loss", "log loss"), ("expected_calibration_error", "calibration error (ECE)"),
@@ -113,4 +150,7 @@ def format_metrics(metrics: dict, title: str = "") -> str:
     lines.append(" " * width + "  " + " ".join(f"{c[:8]:>8}" for c in classes))
     for name, row in zip(classes, metrics["confusion_matrix"]):
         lines.append(f"{name:<{width}}  " + " ".join(f"{v:8d}" for v in row))
+    if len(classes) > 2 and metrics.get("most_confused"):
+        lines.append("most confused (true -> predicted: images)")
+        lines += [f"  {c['true']} -> {c['predicted']}: {c['count']}" for c in metrics["most_confused"][:5]]
     return "\n".join(lines)

@@ -25,13 +25,13 @@ from ._console import Console
 from ._io import TEXT_ERRORS, atomic_files, file_problem, json_text, read_json
 from .config import HeadSpec, ModelConfig, TrainingConfig, library_versions
 from .data.dataset import DatasetSplit, Sample, Skipped, discover
-from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
+from .errors import BackboneError, ModelFileError, NotFittedError, UsageError
 from .features.cache import CacheLayout
 from .features.pipeline import check_backbone
 from .predictor import Prediction, ProbabilityPredictor
 from .runfolder import (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE, RUN_FILE,
-                        SKIPPED_FILE, SPLIT_FILE, RunRequest, history_csv, predictions_csv, prepare_output_dir,
-                        run_json_text, skipped_csv, split_csv)
+                        SKIPPED_FILE, SPLIT_FILE, RunRequest, check_finished, history_csv, predictions_csv,
+                        prepare_output_dir, read_csv_file, run_json_text, skipped_csv, split_csv)
 from .training import fitting
 from .training.plan import FitContext, feature_request
 from .training.results import Fitted, without_failed
@@ -58,7 +58,8 @@ class ImageClassifier(ProbabilityPredictor):
     their meaning. ``verbose``: 0 silent, 1 progress and one line per epoch.
 
     Attributes set by :meth:`fit` (or :func:`load`) end in ``_``:
-    ``classes_``, ``config_``, ``net_``, ``metrics_``, ``history_``,
+    ``classes_``, ``config_``, ``net_``, ``metrics_``, ``history_`` (one dict per epoch, with
+    :data:`headstart.runfolder.HISTORY_COLUMNS`: ``pandas.DataFrame(clf.history_)`` tabulates it),
     ``split_``, ``skipped_`` and ``predictions_`` (the final model's
     probabilities for the val and test images, in ``split_`` order). ``cache_dir`` is where the lightweight workflow
     keeps features (default: the user's cache folder); it is not saved with the model.
@@ -182,7 +183,8 @@ class ImageClassifier(ProbabilityPredictor):
             **fitted.head_info,
         }
         if result.fine_tune is not None:
-            metrics["fine_tune"] = {**result.fine_tune.summary(), "kept": result.fine_tune_kept}
+            metrics["fine_tune"] = {**result.fine_tune.summary(), "kept": result.fine_tune_kept,
+                                    "reason": result.fine_tune_reason}
         stage1_only = result.fine_tune is None or not result.fine_tune_kept
         self.predictions_ = {}
         for name, samples in (("val", split.val), ("test", split.test)):
@@ -277,24 +279,20 @@ class ImageClassifier(ProbabilityPredictor):
         return self._metrics_of(samples, self.predict_proba([s.path for s in samples], tta=tta))
 
     def _metrics_of(self, samples: Sequence[Sample], proba: np.ndarray) -> dict:
-        from .evaluate import classification_metrics  # scikit-learn: not needed to open an .onnx model
+        from .evaluate import decoded_metrics  # scikit-learn: not needed to open an .onnx model
 
-        labels = np.array([s.label for s in samples])
-        ok = ~np.isnan(proba).any(axis=1)
-        metrics = classification_metrics(labels[ok], proba[ok], self.classes_)
-        metrics["undecodable"] = int((~ok).sum())
-        return metrics
+        return decoded_metrics([s.label for s in samples], proba, self.classes_)
 
     def evaluate(self, data: str | Path, tta: bool = False) -> dict:
-        """Metrics on a labelled folder; with split folders, on its test (else val, else train) split."""
+        """Metrics on a labelled folder: its test (else val, else train) split with split folders,
+        else every image; images this model was fitted on in this session are left out
+        (:func:`headstart.scoring.evaluate_folder`)."""
+        from .scoring import evaluate_folder
+
         self._check_fitted()
-        split = discover(data, val_fraction=0.0)
-        unknown = [c for c in split.classes if c not in self.classes_]
-        if unknown:
-            raise DataError(f"{data} has classes the model does not know: {', '.join(unknown)}")
-        samples = split.test or split.val or split.train
-        remap = [self.classes_.index(c) for c in split.classes]
-        return self.evaluate_samples([Sample(s.path, remap[s.label]) for s in samples], tta=tta)
+        split = getattr(self, "split_", None)
+        seen = {s.path.resolve(): name for name in ("train", "val") for s in split.splits()[name]} if split else None
+        return evaluate_folder(self, data, seen, tta=tta).metrics
 
     # -- persistence ------------------------------------------------------------------------
     def run_request(self, data: str | Path) -> RunRequest:
@@ -382,6 +380,7 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
     from .backbone.saved import build_network, load_tensors
 
     directory = Path(directory)
+    check_finished(directory)
     config_path, model_path = directory / CONFIG_FILE, directory / MODEL_FILE
     for path in (config_path, model_path):
         problem = file_problem(path)  # missing, or a FIFO or device that reading would hang on
@@ -405,6 +404,8 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
     clf.config_ = config
     metrics_path = directory / METRICS_FILE
     clf.metrics_ = read_json(metrics_path) if metrics_path.is_file() else None
+    clf.history_ = [{k: v if k == "stage" else int(v) if k == "epoch" else float(v) for k, v in row.items()}
+                    for row in read_csv_file(directory, HISTORY_FILE, required=False) or []]
     return clf
 
 

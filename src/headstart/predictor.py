@@ -4,10 +4,16 @@
 
 ``predict``, ``serve`` and ``evaluate`` use a model only through this
 protocol; :func:`headstart.model.open_model` opens either kind. No PyTorch here.
+
+The Python API follows scikit-learn: ``predict_proba`` and ``predict`` return
+one row per image (a folder stands for its images, searched recursively in
+sorted order, as ``headstart predict`` lists them), an image that cannot be read
+gets a NaN row and a ``UserWarning`` naming it, and ``score`` is the mean accuracy.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +22,11 @@ from typing import Protocol
 import numpy as np
 
 from .config import Preprocessing
+from .data.images import image_files
+from .errors import UsageError
 
-__all__ = ["Prediction", "Predictor", "ProbabilityPredictor", "stack_probabilities", "best_classes"]
+__all__ = ["Prediction", "Predictor", "ProbabilityPredictor", "expand_images", "stack_probabilities",
+           "best_classes"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,9 @@ class Predictor(Protocol):
     def predict(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
         """The most probable class name per path (None for an image that cannot be decoded)."""
 
+    def score(self, paths: Sequence[str | Path] | str | Path, y: Sequence[str], tta: bool = False) -> float:
+        """Mean accuracy against the class names ``y``."""
+
 
 class ProbabilityPredictor:
     """``predict_proba`` and ``predict`` from a model's ``iter_predict``, written once for both kinds."""
@@ -65,18 +77,60 @@ class ProbabilityPredictor:
         raise NotImplementedError
 
     def predict_proba(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
-        """Class probabilities, one row per path (columns in ``classes_`` order).
+        """Class probabilities, one row per image (columns in ``classes_`` order).
 
-        A row is NaN for an image that cannot be decoded. With ``tta``, each image's
+        ``paths``: image files, or folders, which stand for their images (searched
+        recursively, in :func:`expand_images`'s order). A row is NaN for an image that
+        cannot be read, and a ``UserWarning`` names it. With ``tta``, each image's
         probabilities are averaged with its mirror image's.
         """
-        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        return self._probabilities(paths, tta)
+
+    def _probabilities(self, paths: Sequence[str | Path] | str | Path, tta: bool) -> np.ndarray:
+        """``predict_proba``'s work, for every public method: its warning points at the user's call."""
         self._check_fitted()
-        return stack_probabilities(self.iter_predict(paths, tta=tta), len(paths), len(self.classes_))
+        paths = expand_images(paths)
+        failed: list[Prediction] = []
+
+        def noting_failures() -> Iterator[Prediction]:
+            for prediction in self.iter_predict(paths, tta=tta):
+                if prediction.probabilities is None:
+                    failed.append(prediction)
+                yield prediction
+
+        proba = stack_probabilities(noting_failures(), len(paths), len(self.classes_))
+        if failed:
+            shown = "; ".join(f"{p.path}: {p.error}" for p in failed[:5])
+            more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
+            warnings.warn(f"{len(failed)} of {len(paths)} image(s) could not be read, their rows are NaN: "
+                          f"{shown}{more}", UserWarning, stacklevel=3)
+        return proba
 
     def predict(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
-        """The most probable class name per path (None for an image that cannot be decoded)."""
-        return best_classes(self.predict_proba(paths, tta=tta), self.classes_)
+        """The most probable class name per image (None, with a warning, for one that cannot be read)."""
+        return best_classes(self._probabilities(paths, tta), self.classes_)
+
+    def score(self, paths: Sequence[str | Path] | str | Path, y: Sequence[str], tta: bool = False) -> float:
+        """Mean accuracy of ``predict(paths)`` against the class names ``y`` (scikit-learn's ``score``).
+
+        An image that cannot be read counts as a mistake (and is named in a warning).
+        """
+        predicted = best_classes(self._probabilities(paths, tta), self.classes_)
+        y = np.asarray(list(y), dtype=object)
+        if len(y) != len(predicted):
+            raise UsageError(f"score: expected one class name in y per image. Received {len(y)} names "
+                             f"for {len(predicted)} image(s).")
+        return float(np.mean(predicted == y)) if len(y) else float("nan")
+
+
+def expand_images(paths: Sequence[str | Path] | str | Path) -> list[Path]:
+    """Image files of ``paths``: a file as given (even missing: its row will say so), a folder
+    as its images, searched recursively, sorted by folder then name (hidden files skipped)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    found: list[Path] = []
+    for path in map(Path, paths):
+        found += image_files(path) if path.is_dir() else [path]
+    return found
 
 
 def stack_probabilities(predictions: Iterator[Prediction], rows: int, classes: int) -> np.ndarray:

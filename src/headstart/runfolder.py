@@ -12,19 +12,28 @@ A run folder is what ``headstart train`` writes and every other command reads:
 ``skipped.csv``           files left out, and why
 ``run.json``              what was asked for: the data folder and every setting
 ``checkpoint.safetensors``  the last completed epoch, while training
+``run.lock``              while training: the writer's process id, and its lock
 ``report.html``, plots/   the run's page
 ========================  ==========================================================
 
 This module is the one place that knows those names, writes the text files
 and reads ``run.json`` and the CSV files back. It imports nothing heavy.
+
+A run being written is locked (:func:`lock_run`: ``flock`` on ``run.lock``, which
+holds the writer's pid), so a second ``train`` into the same folder is refused with
+the running process named, and a command on a run that has no model yet says whether
+it is still training or was interrupted (:func:`check_finished`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
+import fcntl
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +50,8 @@ __all__ = [
     "MODEL_FILE", "CONFIG_FILE", "METRICS_FILE", "HISTORY_FILE", "SPLIT_FILE", "PREDICTIONS_FILE",
     "SKIPPED_FILE", "RUN_FILE", "CHECKPOINT_FILE", "REPORT_FILE", "PLOTS_DIR", "ONNX_FILE",
     "HISTORY_COLUMNS", "RunRequest", "run_json_text", "history_csv", "split_csv", "predictions_csv", "skipped_csv", "read_run_request", "read_run_file", "read_csv_file",
-    "split_images", "prepare_output_dir", "new_run_dir", "relative_path",
+    "split_images", "prepare_output_dir", "new_run_dir", "relative_path", "LOCK_FILE", "lock_run",
+    "lock_owner", "check_finished",
 ]
 
 MODEL_FILE = "model.safetensors"
@@ -56,6 +66,7 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
 ONNX_FILE = "model.onnx"  # where ``headstart export`` writes by default
+LOCK_FILE = "run.lock"
 
 # history.csv, one row per epoch of either stage.
 HISTORY_COLUMNS = ("epoch", "stage", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -161,7 +172,7 @@ def prepare_output_dir(directory: str | Path, overwrite: bool) -> Path:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"output {directory} exists and is not a folder")
-    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
+    if directory.is_dir() and any(p.name != LOCK_FILE for p in directory.iterdir()) and not overwrite:
         raise UsageError(f"output folder {directory} is not empty: choose another --out or pass --overwrite")
     directory.mkdir(parents=True, exist_ok=True)
     return directory
@@ -183,3 +194,80 @@ def relative_path(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix()
     except ValueError:
         return str(path)
+
+
+@contextlib.contextmanager
+def lock_run(directory: str | Path) -> Iterator[Path]:
+    """Hold the run folder ``directory`` (created if needed) for writing, or refuse naming its writer.
+
+    The lock is ``flock``'s: the kernel drops it when the process ends, however it
+    ends, so a killed run never leaves a stale lock behind; ``run.lock`` itself
+    only says who holds it.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"output {directory} exists and is not a folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            owner = lock_owner(directory)
+            raise UsageError(f"{directory} is being written by another headstart process"
+                             f"{f' (pid {owner})' if owner else ''}: wait for it to end, or stop it") from None
+        # The previous holder may have removed the file between our open and our lock:
+        # then we hold a lock on a file nobody else sees; take the one on disk instead.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield directory
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)  # closing releases the lock
+
+
+def lock_owner(directory: str | Path) -> int | None:
+    """The pid of the process writing the run folder ``directory``, or None when none is."""
+    path = Path(directory) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None  # a file left by nothing that still runs
+    finally:
+        os.close(fd)
+
+
+def check_finished(run: str | Path) -> None:
+    """Refuse a run folder whose model is not written yet, saying why and what to do.
+
+    A run still training names its process; an interrupted one gets its resume command.
+    """
+    run = Path(run)
+    if any((run / name).is_file() for name in (CONFIG_FILE, MODEL_FILE, METRICS_FILE)):
+        return  # written together when training ends: with one of them there, the rest is damage, not a run to resume
+    if not (run / RUN_FILE).is_file():
+        return  # not a run started by `headstart train`: the caller's own error says what is missing
+    owner = lock_owner(run)
+    if owner is not None:
+        who = f" (pid {owner})" if owner > 0 else ""
+        raise ModelFileError(f"{run} is still training{who}: its model is written when training ends")
+    raise ModelFileError(f"{run} is unfinished: training stopped before its model was written; "
+                         f"finish it with: headstart train --resume {run}")

@@ -3,8 +3,11 @@
 Concurrent requests are batched together (micro-batching): each request's
 images wait at most ``max_wait_ms`` for others, then one forward pass serves
 them all, which on a CPU is several times cheaper than one pass per request.
-Uploads are bounded in size, count and time; a bad upload gets a 4xx JSON
-error naming the file and the reason, and the server keeps serving. A client
+Uploads are bounded in size, count and time. In a request of several images, a bad
+one gets its own error entry (naming the file and the reason) and the good ones
+their predictions; a request with no usable image gets a 4xx. Every error, FastAPI's
+422 validation errors included, has one shape: ``{"error": "..."}``. Each request
+is logged in one line (client, method, path, status, milliseconds). A client
 gets ``timeout_s`` to send its whole request (headers and body), then the
 connection is closed (408); open connections are bounded by ``max_connections``,
 so slow or half-open clients cannot hold the server.
@@ -14,6 +17,8 @@ so slow or half-open clients cannot hold the server.
 import asyncio
 import html
 import io
+import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +29,10 @@ from .data.images import network_input
 from .errors import UsageError
 from .model import open_model
 
-__all__ = ["ServeConfig", "create_app", "server_config", "serve"]
+__all__ = ["ServeConfig", "create_app", "server_config", "serve", "ACCESS_LOG"]
+
+# One line per request; `headstart serve` prints it on stderr, an embedding application routes it as it likes.
+ACCESS_LOG = logging.getLogger("headstart.serve.access")
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,9 @@ class _Batcher:
 def create_app(model: str | Path, config: ServeConfig | None = None):
     """The FastAPI application serving ``model`` (a run folder or an exported ``.onnx`` file)."""
     from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     config = config or ServeConfig()
     predictor = open_model(model)
@@ -94,9 +104,23 @@ def create_app(model: str | Path, config: ServeConfig | None = None):
     info = {"model": str(model), "classes": classes, **_describe(predictor)}
     app = FastAPI(title="headstart", description=f"Image classifier: {', '.join(classes)}")
 
-    @app.exception_handler(HTTPException)
-    async def json_error(request: Request, exc: HTTPException):
+    # Starlette's class, not FastAPI's subclass: a 404 or 405 from the router is caught too.
+    @app.exception_handler(StarletteHTTPException)
+    async def json_error(request: Request, exc: StarletteHTTPException):
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        return JSONResponse({"error": _validation_message(exc)}, status_code=422)
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        client = request.client.host if request.client else "-"
+        ACCESS_LOG.info('%s "%s %s" %d %.1f ms', client, request.method, request.url.path,
+                        response.status_code, 1000 * (time.perf_counter() - start))
+        return response
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
@@ -112,31 +136,62 @@ def create_app(model: str | Path, config: ServeConfig | None = None):
         return info
 
     @app.post("/predict")
-    async def predict(files: list[UploadFile] = File(...)) -> dict:
+    async def predict(files: list[UploadFile] = File(...)):
         if len(files) > config.max_images:
             raise HTTPException(413, f"too many images: {len(files)} (at most {config.max_images} per request)")
-        pixels = []
-        limit = int(config.max_upload_mb * 2**20)
-        for upload in files:
-            data = await upload.read(limit + 1)
-            name = upload.filename or "upload"
-            if len(data) > limit:
-                raise HTTPException(413, f"{name}: larger than {config.max_upload_mb:g} MB")
-            pixels.append(await asyncio.to_thread(_decode, predictor, data, name))
+        decoded = [await _read(upload, predictor, config) for upload in files]
+        good = [i for i, item in enumerate(decoded) if not isinstance(item, HTTPException)]
+        if not good:  # nothing to predict: the request itself failed, with the first file's reason
+            first = decoded[0]
+            return JSONResponse({"error": first.detail, "predictions": _entries(files, decoded, {}, classes, config)},
+                                status_code=first.status_code)
         try:
-            proba = await asyncio.wait_for(batcher.predict(pixels), config.timeout_s)
+            proba = await asyncio.wait_for(batcher.predict([decoded[i] for i in good]), config.timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(503, f"the model did not answer within {config.timeout_s:g} s") from None
-        k = min(config.top_k, len(classes))
-        results = []
-        for upload, row in zip(files, proba):
-            order = np.argsort(row)[::-1][:k]
-            results.append({"filename": upload.filename, "class": classes[order[0]],
-                            "probability": float(row[order[0]]),
-                            "top_k": [{"class": classes[i], "probability": float(row[i])} for i in order]})
-        return {"predictions": results}
+        return {"predictions": _entries(files, decoded, dict(zip(good, proba)), classes, config)}
 
     return app
+
+
+async def _read(upload, predictor, config: ServeConfig):
+    """An upload's network input, or the HTTPException saying why there is none."""
+    from fastapi import HTTPException
+
+    limit = int(config.max_upload_mb * 2**20)
+    data = await upload.read(limit + 1)
+    name = upload.filename or "upload"
+    if len(data) > limit:
+        return HTTPException(413, f"{name}: larger than {config.max_upload_mb:g} MB")
+    try:
+        return await asyncio.to_thread(_decode, predictor, data, name)
+    except HTTPException as exc:
+        return exc
+
+
+def _entries(files, decoded, proba: dict, classes: list[str], config: ServeConfig) -> list[dict]:
+    """One entry per uploaded file, in upload order: its top-k classes, or its error."""
+    k = min(config.top_k, len(classes))
+    entries = []
+    for i, upload in enumerate(files):
+        if i not in proba:
+            entries.append({"filename": upload.filename, "error": decoded[i].detail})
+            continue
+        row = proba[i]
+        order = np.argsort(row)[::-1][:k]
+        entries.append({"filename": upload.filename, "class": classes[order[0]],
+                        "probability": float(row[order[0]]),
+                        "top_k": [{"class": classes[j], "probability": float(row[j])} for j in order]})
+    return entries
+
+
+def _validation_message(exc) -> str:
+    """FastAPI's list of validation problems as one line: "files: Field required"."""
+    parts = []
+    for problem in exc.errors():
+        where = ".".join(str(p) for p in problem.get("loc", ()) if p not in ("body", "query"))
+        parts.append(f"{where}: {problem.get('msg', 'invalid')}" if where else problem.get("msg", "invalid"))
+    return "; ".join(parts) + " (POST images as multipart form data, field 'files')"
 
 
 def _decode(predictor, data: bytes, name: str) -> np.ndarray:
@@ -165,9 +220,10 @@ def server_config(app, host: str = "127.0.0.1", port: int = 8000, config: ServeC
     import uvicorn
 
     config = config or ServeConfig()
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", http=_deadline_protocol(config),
-                          timeout_keep_alive=5, limit_concurrency=config.max_connections,
-                          h11_max_incomplete_event_size=64 * 1024)
+    # uvicorn's own access log is off: ours (ACCESS_LOG) has the timing, and one line per request is enough.
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                          http=_deadline_protocol(config), timeout_keep_alive=5,
+                          limit_concurrency=config.max_connections, h11_max_incomplete_event_size=64 * 1024)
 
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None) -> None:
@@ -175,6 +231,10 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, config: 
         import uvicorn
     except ModuleNotFoundError:
         raise UsageError("headstart serve needs the serve extra: pip install 'headstart[serve]'") from None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    ACCESS_LOG.addHandler(handler)
+    ACCESS_LOG.setLevel(logging.INFO)
     uvicorn.Server(server_config(create_app(model, config), host, port, config)).run()
 
 
@@ -234,47 +294,64 @@ _PAGE = """<!doctype html>
 body{font:16px system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;color:#222}
 #drop{border:2px dashed #888;border-radius:.5rem;padding:2.5rem;text-align:center;cursor:pointer}
 #drop.over{background:#eef5ff;border-color:#36c}
-.result{display:flex;gap:1rem;margin:1rem 0;align-items:flex-start}
+.result{display:flex;gap:1rem;margin:1rem 0;align-items:flex-start;border-top:1px solid #ddd;padding-top:1rem}
 .result img{width:8rem;height:8rem;object-fit:cover;border-radius:.3rem}
 .result>div{flex:1}
-.bar{height:.9rem;background:#36c;border-radius:.2rem}
+.name{font-size:.85rem;color:#555;word-break:break-all;margin-bottom:.3rem}
+.name b{color:#222}
+.bar{height:.9rem;background:#9ab;border-radius:.2rem}
 .row{display:grid;grid-template-columns:8rem 1fr 4rem;gap:.5rem;align-items:center;margin:.2rem 0}
+.row.top{font-weight:600}.row.top .bar{background:#36c}
 .error{color:#b00}
 </style></head><body>
 <h1>headstart</h1>
 <p>Classes: {{CLASSES}}</p>
 <div id="drop">Drop images here, or click to choose<input id="pick" type="file" accept="image/*" multiple hidden></div>
+<p id="hint" hidden>Results in the order sent, the newest at the bottom.</p>
 <div id="results"></div>
 <script>
+// Text is only ever set with textContent: file and class names are data, never markup.
 const drop = document.getElementById("drop"), pick = document.getElementById("pick");
-const results = document.getElementById("results");
+const results = document.getElementById("results"), hint = document.getElementById("hint");
+let count = 0;
 drop.onclick = () => pick.click();
-pick.onchange = () => send(pick.files);
+// A copy: clearing the input (so the same file can be chosen again) empties its live FileList.
+pick.onchange = () => { send(Array.from(pick.files)); pick.value = ""; };
 drop.ondragover = e => { e.preventDefault(); drop.classList.add("over"); };
 drop.ondragleave = () => drop.classList.remove("over");
-drop.ondrop = e => { e.preventDefault(); drop.classList.remove("over"); send(e.dataTransfer.files); };
+drop.ondrop = e => { e.preventDefault(); drop.classList.remove("over"); send(Array.from(e.dataTransfer.files)); };
 async function send(files) {
   if (!files.length) return;
   const form = new FormData();
   for (const f of files) form.append("files", f);
-  const response = await fetch("/predict", {method: "POST", body: form});
-  const body = await response.json();
-  if (!response.ok) { show(null, null, body.error); return; }
-  body.predictions.forEach((p, i) => show(files[i], p, null));
+  let body;
+  try {
+    body = await (await fetch("/predict", {method: "POST", body: form})).json();
+  } catch (e) { body = {error: "the server did not answer (" + e.message + ")"}; }
+  // One entry per file, even when the whole request was refused (too many images).
+  const entries = body.predictions || [];
+  files.forEach((f, i) => show(f, entries[i] || {error: body.error || "no answer"}));
 }
-function show(file, prediction, error) {
+function show(file, entry) {
   const box = document.createElement("div"); box.className = "result";
-  if (file) { const img = document.createElement("img"); img.src = URL.createObjectURL(file); box.append(img); }
+  const img = document.createElement("img"); img.src = URL.createObjectURL(file); img.alt = file.name; box.append(img);
   const text = document.createElement("div");
-  if (error) { text.className = "error"; text.textContent = error; }
-  else for (const t of prediction.top_k) {
-    const row = document.createElement("div"); row.className = "row";
-    const name = document.createElement("span"); name.textContent = t.class;
+  const name = document.createElement("div"); name.className = "name";
+  const number = document.createElement("b"); number.textContent = "#" + (++count) + " ";
+  name.append(number, document.createTextNode(file.name));
+  text.append(name);
+  if (entry.error) {
+    const error = document.createElement("div"); error.className = "error"; error.textContent = entry.error;
+    text.append(error);
+  } else entry.top_k.forEach((t, i) => {
+    const row = document.createElement("div"); row.className = i === 0 ? "row top" : "row";
+    const label = document.createElement("span"); label.textContent = t.class;
     const bar = document.createElement("div"); bar.className = "bar"; bar.style.width = (100 * t.probability) + "%";
     const pct = document.createElement("span"); pct.textContent = (100 * t.probability).toFixed(1) + "%";
-    row.append(name, bar, pct); text.append(row);
-  }
-  box.append(text); results.prepend(box);
+    row.append(label, bar, pct); text.append(row);
+  });
+  box.append(text); results.append(box); hint.hidden = false;
+  box.scrollIntoView({block: "nearest"});
 }
 </script></body></html>
 """

@@ -25,6 +25,7 @@ import timm
 import torch
 from torch import nn
 
+from .._console import Console
 from ..config import INTERPOLATIONS, BackboneRequest, BackboneSpec, Preprocessing
 from ..errors import BackboneError
 from .weights import EMBEDDED, embedded_source, file_source
@@ -56,7 +57,9 @@ def resolve_architecture(name: str) -> str:
     architecture = ALIASES.get(name, name)
     if timm.is_model(architecture):
         return architecture
-    close = difflib.get_close_matches(name, list(EMBEDDED) + timm.list_models(), n=3, cutoff=0.6)
+    # dict.fromkeys: the embedded names are timm names too, and would be suggested twice.
+    close = difflib.get_close_matches(name, list(dict.fromkeys([*EMBEDDED, *timm.list_models()])), n=3,
+                                      cutoff=0.6)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise BackboneError(
         f"unknown backbone {name!r}: expected efficientnet_lite0/1/2 or a timm model name "
@@ -64,8 +67,8 @@ def resolve_architecture(name: str) -> str:
     )
 
 
-def create_pretrained(name: str, weights: str | Path | None = None, pretrained: bool = True
-                      ) -> tuple[nn.Module, str]:
+def create_pretrained(name: str, weights: str | Path | None = None, pretrained: bool = True,
+                      console: Console | None = None) -> tuple[nn.Module, str]:
     """Build timm model ``name`` with its pretrained weights and ImageNet classifier.
 
     Returns the model (in eval mode) and a description of the weights' source,
@@ -81,6 +84,9 @@ def create_pretrained(name: str, weights: str | Path | None = None, pretrained: 
         return timm.create_model(architecture, pretrained=False).eval(), "none"
     if name in EMBEDDED:
         return _create_embedded(name)
+    if console is not None:  # offline, the hub's retries take most of a minute: say what is happening
+        console.info(f"getting the pretrained weights of {name} from the Hugging Face hub through timm "
+                     "(kept in its cache after the first time; offline, pass --weights FILE)")
     try:
         model = timm.create_model(architecture, pretrained=True)
     except Exception as exc:  # hub errors come in many types: network, auth, missing file
@@ -102,13 +108,14 @@ class Pretrained(NamedTuple):
     preprocessing: Preprocessing
 
 
-def create_backbone(request: BackboneRequest, pretrained: bool = True) -> Pretrained:
+def create_backbone(request: BackboneRequest, pretrained: bool = True, console: Console | None = None) -> Pretrained:
     """The backbone ``request`` asks for, without its classifier top, its spec, and its preprocessing.
 
     The returned module maps images to feature maps (``forward_features``);
-    pooling belongs to the head.
+    pooling belongs to the head. ``console`` hears of a download from the hub before it starts.
     """
-    model, source = create_pretrained(request.name, weights=request.weights, pretrained=pretrained)
+    model, source = create_pretrained(request.name, weights=request.weights, pretrained=pretrained,
+                                      console=console)
     preprocessing = preprocessing_for(model, request.image_size)
     model.reset_classifier(0, "")
     spec = BackboneSpec(name=request.name, architecture=resolve_architecture(request.name), weights=source,

@@ -13,12 +13,14 @@ itself, so ``headstart predict MODEL.onnx`` never loads PyTorch.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from collections.abc import Sequence
 
 from .._console import Console
 from ..errors import ExitStatus, HeadstartError
-from .commands import cache_command, export_command, inspect_command, report_command, serve_command
+from .commands import (cache_command, compare_command, export_command, inspect_command, report_command,
+                       serve_command)
 from .parser import build_parser
 from .predict import evaluate_command, predict_command
 from .train import train_command
@@ -27,12 +29,16 @@ __all__ = ["main", "run", "build_parser"]
 
 _COMMANDS = {"train": train_command, "predict": predict_command, "evaluate": evaluate_command,
              "cache": cache_command, "report": report_command, "export": export_command, "serve": serve_command,
-             "inspect": inspect_command}
+             "inspect": inspect_command, "compare": compare_command}
 
 # The modules an install may lack, and the extra of pyproject.toml that brings each.
 _EXTRA_OF = {**dict.fromkeys(("torch", "torchvision", "timm", "sklearn", "scipy", "threadpoolctl", "safetensors",
                               "onnx", "platformdirs", "matplotlib"), "train"),
-             **dict.fromkeys(("fastapi", "uvicorn", "multipart"), "serve")}
+             **dict.fromkeys(("fastapi", "uvicorn", "multipart"), "serve"), "mlflow": "track"}
+
+
+# What a shell reports for a tool killed by SIGPIPE (128 + 13), the way `yes | head` ends.
+_SIGPIPE_STATUS = 141
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> ExitStatus:
@@ -50,6 +56,8 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> E
             raise
         console.error(str(exc))
         return exc.exit_status
+    except BrokenPipeError:
+        raise  # the reader of stdout has gone: run() ends quietly, as Unix tools do
     except KeyboardInterrupt:
         console.error("interrupted")
         return ExitStatus.INTERRUPTED
@@ -70,7 +78,14 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> E
 
 def run() -> None:
     """Console-script entry point."""
-    status = main()
+    try:
+        status = main()
+        sys.stdout.flush()  # a closed pipe shows here, not at exit where Python would complain
+    except BrokenPipeError:
+        # `headstart predict ... | head` closed the pipe: stop quietly, as `cat` or `grep` do
+        # (Python's documented recipe: stdout to devnull, so the exit-time flush cannot fail).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(_SIGPIPE_STATUS)
     # Every file is written and closed by now. At exit Python's last garbage collection
     # walks the millions of objects PyTorch, timm and SciPy created at import (1.5 s
     # measured); frozen objects are skipped, and nothing of ours waits on that collection.

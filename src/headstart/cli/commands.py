@@ -15,7 +15,8 @@ from .._console import Console
 from ..errors import ExitStatus, UsageError
 from .parser import check_output
 
-__all__ = ["inspect_command", "report_command", "cache_command", "export_command", "serve_command"]
+__all__ = ["inspect_command", "report_command", "cache_command", "export_command", "serve_command",
+           "compare_command"]
 
 
 def inspect_command(args: argparse.Namespace, console: Console) -> ExitStatus:
@@ -82,7 +83,7 @@ def export_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..onnx.quantize import quantize_int8
     from ..runfolder import ONNX_FILE, split_images
 
-    out = args.out or args.model / ONNX_FILE
+    out = args.output or args.model / ONNX_FILE
     int8_out = out.with_suffix(".int8.onnx")
     check_output(out, args.overwrite, (".onnx",))
     if args.int8:
@@ -112,4 +113,19 @@ def serve_command(args: argparse.Namespace, console: Console) -> ExitStatus:
                          max_images=args.max_images, timeout_s=args.timeout)
     console.info(f"serving {args.model} on http://{args.host}:{args.port}/  (API docs: /docs; Ctrl-C stops)")
     serve(args.model, args.host, args.port, config)
+    return ExitStatus.SUCCESS
+
+
+def compare_command(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from ..compare import compare_runs, comparison_csv, comparison_html, comparison_text
+
+    check_output(args.output, args.overwrite, (".csv",))
+    html = args.output.with_suffix(".html") if args.output else None
+    check_output(html, args.overwrite, (".html",), flag="--output's page")
+    comparison = compare_runs(args.runs)
+    console.result(comparison_text(comparison))
+    if args.output:
+        comparison_csv(comparison, args.output)
+        comparison_html(comparison, html)
+        console.info(f"written to {args.output} and {html}")
     return ExitStatus.SUCCESS

@@ -28,7 +28,29 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with its usage errors reported in headstart's one-line form."""
 
     def error(self, message: str):  # noqa: D401 - argparse's hook
-        raise UsageError(f"{self.prog}: {message}")
+        # "headstart train" -> "train: ...": the console already says "headstart: error:".
+        command = self.prog.removeprefix("headstart").strip()
+        raise UsageError(f"{command}: {message}" if command else message)
+
+
+def _common() -> argparse.ArgumentParser:
+    """-q and --traceback, accepted after the command too (``headstart predict -q ...``).
+
+    SUPPRESS as default: a subcommand that does not see the flag leaves the main parser's value.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="print results and errors only")
+    common.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                        help="show the Python traceback of an error")
+    return common
+
+
+def _command(commands, name: str, help: str, examples: str) -> argparse.ArgumentParser:
+    """A subcommand with its help line, the shared flags and an example or two under its options."""
+    return commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                               epilog="examples:\n" + examples, parents=[_common()],
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,32 +61,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--traceback", action="store_true", help="show the Python traceback of an error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    for add in (_add_train, _add_predict, _add_report, _add_cache, _add_export, _add_serve, _add_evaluate,
-                _add_inspect):
+    for add in (_add_train, _add_predict, _add_evaluate, _add_inspect, _add_report, _add_export, _add_serve,
+                _add_compare, _add_cache):
         add(commands)
     return parser
 
 
-def check_output(path: Path | None, overwrite: bool, suffixes: tuple[str, ...]) -> None:
+def check_output(path: Path | None, overwrite: bool, suffixes: tuple[str, ...], flag: str = "--output") -> None:
     """Refuse an output file before any work: wrong kind, already there, or nowhere to go."""
     if path is None:
         return
     if path.suffix.lower() not in suffixes:
-        raise UsageError(f"--output {path}: expected a file ending in {' or '.join(suffixes)}")
+        raise UsageError(f"{flag} {path}: expected a file ending in {' or '.join(suffixes)}")
     if path.exists() and not overwrite:
-        raise UsageError(f"--output {path} exists: choose another name or pass --overwrite")
+        raise UsageError(f"{flag} {path} exists: choose another name or pass --overwrite")
     if not path.parent.is_dir():
-        raise UsageError(f"--output {path}: folder {path.parent} does not exist")
+        raise UsageError(f"{flag} {path}: folder {path.parent} does not exist")
 
 
 def _add_train(commands) -> None:
-    t = commands.add_parser("train", help="train a classifier on a folder of images, one subfolder per class")
+    t = _command(commands, "train", "train a classifier on a folder of images, one subfolder per class",
+                 "  headstart train photos/ --out runs/pets\n"
+                 "  headstart train photos/ --out runs/pets --fine-tune-epochs 2 --track mlflow\n"
+                 "  headstart train --resume runs/pets")
     t.add_argument("data", type=Path, metavar="DATA", nargs="?", help="image folder: one subfolder per "
                    "class, or train/ and val/ (or validation/) split folders, optionally test/")
     t.add_argument("--out", type=Path, help="run folder to write (default: runs/<timestamp>)")
     t.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     t.add_argument("--resume", type=Path, metavar="RUN", help="finish an interrupted run, from its last "
                    "completed epoch, with the settings it was started with")
+    t.add_argument("--track", choices=("mlflow",), help="also log settings, per-epoch and final metrics, "
+                   "the report and the model to MLflow (MLFLOW_TRACKING_URI, else MLflow's local default; "
+                   "pip install 'headstart[track]')")
     _add_backbone(t.add_argument_group("backbone"), _DEFAULT)
     g = t.add_argument_group("stage 1: the head on the frozen backbone")
     g.add_argument("--workflow", choices=WORKFLOWS, default=_DEFAULT.workflow,
@@ -76,23 +104,32 @@ def _add_train(commands) -> None:
     g.add_argument("--class-weight", choices=[w for w in CLASS_WEIGHTS if w], default=_DEFAULT.class_weight,
                    help="weight classes inversely to their frequency, for imbalanced data")
     g.add_argument("--epochs", type=int, default=_DEFAULT.epochs, help="standard workflow: epochs of stage 1")
-    g.add_argument("--lr", type=float, default=_DEFAULT.lr)
-    g.add_argument("--weight-decay", type=float, default=_DEFAULT.weight_decay)
-    g.add_argument("--batch-size", type=int, default=_DEFAULT.batch_size)
-    g.add_argument("--label-smoothing", type=float, default=_DEFAULT.label_smoothing)
-    g.add_argument("--augment", choices=AUGMENTATIONS, default=_DEFAULT.augment)
-    g.add_argument("--dropout", type=float, default=_DEFAULT.dropout)
+    g.add_argument("--lr", type=float, default=_DEFAULT.lr,
+                   help=f"standard workflow: peak learning rate of AdamW (default: {_DEFAULT.lr:g})")
+    g.add_argument("--weight-decay", type=float, default=_DEFAULT.weight_decay,
+                   help=f"standard workflow and fine-tuning: AdamW's decay (default: {_DEFAULT.weight_decay:g})")
+    g.add_argument("--batch-size", type=int, default=_DEFAULT.batch_size,
+                   help=f"images per batch (default: {_DEFAULT.batch_size}; lowered to fit GPU memory)")
+    g.add_argument("--label-smoothing", type=float, default=_DEFAULT.label_smoothing,
+                   help="standard workflow and fine-tuning: label smoothing of the loss (default: 0)")
+    g.add_argument("--augment", choices=AUGMENTATIONS, default=_DEFAULT.augment,
+                   help="standard workflow and fine-tuning: light = random resized crop and flip, "
+                   "strong adds rotation and colour jitter")
+    g.add_argument("--dropout", type=float, default=_DEFAULT.dropout,
+                   help=f"dropout before the head's dense layer (default: {_DEFAULT.dropout:g})")
     g.add_argument("--patience", type=int, default=_DEFAULT.patience, help="early stopping on validation loss (0: off)")
     g = t.add_argument_group("stage 2: fine-tuning (kept only if validation improves)")
     g.add_argument("--fine-tune-epochs", type=int, default=_DEFAULT.fine_tune_epochs, metavar="N",
                    help="0 skips it (default: 2 on a GPU with --workflow auto, else 0)")
-    g.add_argument("--fine-tune-lr", type=float, default=_DEFAULT.fine_tune_lr)
+    g.add_argument("--fine-tune-lr", type=float, default=_DEFAULT.fine_tune_lr,
+                   help=f"learning rate of fine-tuning, kept very low (default: {_DEFAULT.fine_tune_lr:g})")
     g.add_argument("--unfreeze-last", type=_unfreeze, default=_DEFAULT.unfreeze_last, metavar="K|all",
                    help="unfreeze the last K blocks of the backbone, or all (default)")
     g = t.add_argument_group("data and hardware")
     g.add_argument("--val-fraction", type=float, default=_DEFAULT.val_fraction, help="used when DATA has no val/ folder")
     g.add_argument("--test-fraction", type=float, default=_DEFAULT.test_fraction, help="used when DATA has no test/ folder")
-    g.add_argument("--seed", type=int, default=_DEFAULT.seed)
+    g.add_argument("--seed", type=int, default=_DEFAULT.seed,
+                   help="seeds the split, the head's initialisation and the batch order (default: 0)")
     _add_hardware(g, _DEFAULT)
 
 
@@ -102,7 +139,8 @@ def _add_inspect(commands) -> None:
     from ..inspection import InspectSettings
 
     default = InspectSettings()
-    i = commands.add_parser("inspect", help="find unreadable, duplicated, leaked and likely mislabelled images")
+    i = _command(commands, "inspect", "find unreadable, duplicated, leaked and likely mislabelled images",
+                 "  headstart inspect photos/\n  headstart inspect photos/ --out check --near-duplicate 0.95")
     i.add_argument("data", type=Path, metavar="DATA", help="image folder: one subfolder per class, or "
                    "train/ and val/ (or validation/) split folders, optionally test/")
     i.add_argument("--out", type=Path, help="folder for inspect.csv and inspect.html "
@@ -154,45 +192,64 @@ def _unfreeze(value: str) -> int | None:
 
 
 def _add_predict(commands) -> None:
-    p = commands.add_parser("predict", help="classify images with a trained model")
+    p = _command(commands, "predict", "classify images with a trained model",
+                 "  headstart predict runs/pets photo.jpg more_photos/\n"
+                 "  headstart predict runs/pets/model.onnx https://example.org/cat.jpg\n"
+                 "  headstart predict runs/pets photos/ --top-k 3 --output preds.csv")
     p.add_argument("model", type=Path, metavar="RUN|MODEL.onnx",
                    help="a run folder written by 'headstart train', or a file written by 'headstart export'")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (recursive)")
-    p.add_argument("--top-k", type=int, default=1, metavar="K")
+    # str, not Path: Path would turn "https://host/a.jpg" into "https:/host/a.jpg".
+    p.add_argument("paths", nargs="+", metavar="PATH|URL", help="image files, folders (recursive) "
+                   "or http(s) URLs; one row per image, an error row for one that cannot be had")
+    p.add_argument("--top-k", type=int, default=1, metavar="K", help="the K most probable classes per image")
     p.add_argument("--output", type=Path, metavar="FILE", help="write predictions to FILE (.csv or .json)")
     p.add_argument("--overwrite", action="store_true", help="allow replacing an existing --output")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--tta", action="store_true", help="average with the mirror image's prediction")
     _add_hardware(p)
 
 
 def _add_evaluate(commands) -> None:
-    e = commands.add_parser("evaluate", help="measure a trained model on a labelled image folder")
-    e.add_argument("model", type=Path, metavar="RUN")
+    e = _command(commands, "evaluate", "measure a trained model on a labelled image folder",
+                 "  headstart evaluate runs/pets photos/\n"
+                 "  headstart evaluate runs/pets/model.onnx new_photos/ --output metrics.json --report eval.html")
+    e.add_argument("model", type=Path, metavar="RUN|MODEL.onnx",
+                   help="a run folder written by 'headstart train', or a file written by 'headstart export'")
     e.add_argument("data", type=Path, metavar="DATA", help="one subfolder per class (with split "
                    "folders, test/ is used, else val/)")
+    e.add_argument("--include-training-images", action="store_true",
+                   help="also score the images the run was trained on (by default they are left out, "
+                   "as its split.csv lists them: their score flatters the model)")
     e.add_argument("--output", type=Path, metavar="FILE", help="also write the metrics as JSON")
-    e.add_argument("--overwrite", action="store_true", help="allow replacing an existing --output")
+    e.add_argument("--report", type=Path, metavar="FILE", help="also write an HTML page: metrics, plots, "
+                   "most confused classes and the most confidently wrong images")
+    e.add_argument("--overwrite", action="store_true", help="allow replacing an existing --output or --report")
+    e.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     e.add_argument("--tta", action="store_true", help="average with the mirror image's prediction")
     _add_hardware(e)
 
 
 def _add_report(commands) -> None:
-    r = commands.add_parser("report", help="rebuild a run's report.html (metrics, plots, mistakes) from its files")
+    r = _command(commands, "report", "rebuild a run's report.html (metrics, plots, mistakes) from its files",
+                 "  headstart report runs/pets")
     r.add_argument("run", type=Path, metavar="RUN", help="a run folder written by 'headstart train'")
 
 
 def _add_cache(commands) -> None:
-    c = commands.add_parser("cache", help="show or clear the lightweight workflow's feature cache")
-    c.add_argument("action", choices=("info", "clear"))
+    c = _command(commands, "cache", "show or clear the lightweight workflow's feature cache",
+                 "  headstart cache info\n  headstart cache clear")
+    c.add_argument("action", choices=("info", "clear"), help="info: what is cached; clear: remove it all")
     c.add_argument("--cache-dir", type=Path, help="the cache folder (default: the user cache folder)")
 
 
 def _add_export(commands) -> None:
-    x = commands.add_parser("export", help="export a trained model as one self-describing ONNX file")
+    x = _command(commands, "export", "export a trained model as one self-describing ONNX file",
+                 "  headstart export runs/pets\n  headstart export runs/pets --output pets.onnx --int8")
     x.add_argument("model", type=Path, metavar="RUN", help="a run folder written by 'headstart train'")
-    x.add_argument("--format", choices=("onnx",), default="onnx")
-    x.add_argument("--out", type=Path, metavar="FILE", help="the file to write (default: RUN/model.onnx)")
+    x.add_argument("--format", choices=("onnx",), default="onnx", help="the only format: ONNX")
+    x.add_argument("--output", type=Path, metavar="FILE", help="the file to write (default: RUN/model.onnx)")
+    # The name before --output was the common spelling of predict and evaluate: still accepted, unlisted.
+    x.add_argument("--out", type=Path, dest="output", help=argparse.SUPPRESS)
     x.add_argument("--overwrite", action="store_true", help="allow replacing an existing file")
     x.add_argument("--check-images", type=int, default=200, metavar="N",
                    help="validation images to check parity on (default: 200)")
@@ -200,17 +257,29 @@ def _add_export(commands) -> None:
                    "with ONNX Runtime and calibrated on training images")
     x.add_argument("--max-drop", type=float, default=0.5, metavar="POINTS",
                    help="refuse the int8 model if it loses more validation accuracy (default: 0.5)")
-    x.add_argument("--calibration-images", type=int, default=100, metavar="N")
+    x.add_argument("--calibration-images", type=int, default=100, metavar="N",
+                   help="training images that calibrate the int8 ranges (default: 100)")
 
 
 def _add_serve(commands) -> None:
-    v = commands.add_parser("serve", help="serve a model over HTTP: an API and a web page")
-    v.add_argument("model", type=Path, metavar="RUN|MODEL.onnx")
+    v = _command(commands, "serve", "serve a model over HTTP: an API and a web page",
+                 "  headstart serve runs/pets\n  headstart serve runs/pets/model.onnx --port 8080")
+    v.add_argument("model", type=Path, metavar="RUN|MODEL.onnx",
+                   help="a run folder written by 'headstart train', or a file written by 'headstart export'")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     v.add_argument("--max-batch", type=int, default=32, help="images per forward pass, across requests")
     v.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long an image waits for others to batch with (0: no micro-batching)")
-    v.add_argument("--max-upload-mb", type=float, default=20.0)
+    v.add_argument("--max-upload-mb", type=float, default=20.0, help="largest file accepted (default: 20 MB)")
     v.add_argument("--max-images", type=int, default=16, help="images per request")
     v.add_argument("--timeout", type=float, default=30.0, help="seconds a request may take to arrive, and to wait for the model")
+
+
+def _add_compare(commands) -> None:
+    c = _command(commands, "compare", "put the settings and metrics of runs side by side",
+                 "  headstart compare runs/a runs/b runs/c\n  headstart compare runs/* --output cmp.csv")
+    c.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders written by 'headstart train'")
+    c.add_argument("--output", type=Path, metavar="FILE.csv",
+                   help="also write the table as CSV, and beside it an HTML page (FILE.html)")
+    c.add_argument("--overwrite", action="store_true", help="allow replacing an existing --output")

@@ -10,55 +10,109 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .._console import Console
 from .._io import TEXT_ERRORS, atomic_path, csv_cell, json_line, write_json
-from ..errors import ExitStatus, UsageError
+from ..errors import DataError, ExitStatus, UsageError
 from .parser import check_output
 
 __all__ = ["predict_command", "evaluate_command"]
 
 
 def predict_command(args: argparse.Namespace, console: Console) -> ExitStatus:
-    from ..data.images import collect_images
-
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1. Got {args.top_k} instead.")
     check_output(args.output, args.overwrite, (".csv", ".json"))
     clf = _open(args, console)
-    unusable: dict[Path, str] = {}
-    paths = collect_images(args.paths, unusable)
-    console.info(f"predicting {len(paths)} image(s) with {args.model}")
-    top_k = min(args.top_k, len(clf.classes_))
-    rows = _prediction_rows(clf, paths, top_k, args.batch_size, args.tta, console)
-    # Image-like files that cannot be used (SVG, camera raw) get a row with the reason, as unreadable ones do.
-    rows = itertools.chain(rows, (_error_row(path, f"skipped: {reason}", console) for path, reason in unusable.items()))
-    if args.output is None:
-        count, failed = _print_table(rows, console)
-    elif args.output.suffix.lower() == ".csv":
-        count, failed = _write_predictions_csv(rows, args.output, top_k)
-    else:
-        count, failed = _write_predictions_json(rows, args.output)
+    with tempfile.TemporaryDirectory(prefix="headstart-") as downloads:
+        inputs = _inputs(args.paths, Path(downloads))
+        if all(i.path is None for i in inputs):  # nothing to predict is a user error, not a table of errors
+            first = inputs[0]
+            raise DataError(first.error if first.name in first.error else f"{first.error}: {first.name}")
+        console.info(f"predicting {len(inputs)} image(s) with {args.model}")
+        top_k = min(args.top_k, len(clf.classes_))
+        rows = _prediction_rows(clf, inputs, top_k, args.batch_size, args.tta, console)
+        if args.output is None:
+            count, failed = _print_table(rows, console)
+        elif args.output.suffix.lower() == ".csv":
+            count, failed = _write_predictions_csv(rows, args.output, top_k)
+        else:
+            count, failed = _write_predictions_json(rows, args.output)
     where = f", written to {args.output}" if args.output else ""
-    console.info(f"{count} prediction(s){where}; {failed} image(s) could not be read")
-    return ExitStatus.SUCCESS
+    console.info(f"{count - failed} prediction(s){where}; {failed} image(s) could not be read")
+    # One row per input; the status says whether anything at all could be predicted.
+    return ExitStatus.DATA if failed == count else ExitStatus.SUCCESS
+
+
+@dataclass(frozen=True)
+class _Input:
+    """One row to come: the name it is shown under, the file to read, or why there is none."""
+
+    name: str
+    path: Path | None
+    error: str | None = None
+
+
+def _inputs(arguments: list[str], downloads: Path) -> list[_Input]:
+    """Files as given (a missing one becomes an error row), folders as their images (recursive,
+    sorted; image-like files that cannot be used, such as SVG, become error rows with the reason),
+    URLs downloaded into ``downloads``."""
+    from ..data.download import download, is_url
+    from ..data.images import IMAGE_EXTENSIONS, image_files
+
+    inputs = []
+    for argument in arguments:
+        if is_url(argument):
+            try:
+                inputs.append(_Input(argument, download(argument, downloads)))
+            except DataError as exc:
+                inputs.append(_Input(argument, None, str(exc)))
+            continue
+        path = Path(argument)
+        if path.is_dir():
+            unusable: dict[Path, str] = {}
+            found = image_files(path, unusable)
+            skipped = [_Input(str(p), None, f"skipped: {reason}") for p, reason in unusable.items()]
+            inputs += [_Input(str(p), p) for p in found] + skipped or [
+                _Input(argument, None, f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {argument}")]
+        elif path.exists():
+            inputs.append(_Input(argument, path))
+        else:
+            inputs.append(_Input(argument, None, "no such file or folder"))
+    return inputs
 
 
 def evaluate_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..evaluate import format_metrics
+    from ..scoring import evaluate_folder, run_folder_of, seen_images
 
     check_output(args.output, args.overwrite, (".json",))
-    if args.model.suffix == ".onnx":
-        raise UsageError(f"evaluate takes a run folder, not {args.model}: evaluate the run it was exported from")
+    check_output(args.report, args.overwrite, (".html",), flag="--report")
     clf = _open(args, console)
-    metrics = clf.evaluate(args.data, tta=args.tta)
-    console.result(format_metrics(metrics, title=f"{args.model} on {args.data}"))
+    run = None if args.include_training_images else run_folder_of(args.model)
+    seen = seen_images(run, clf.classes_) if run is not None else None
+    if run is None and not args.include_training_images:
+        console.info(f"{args.model} has no split.csv beside it: images it was trained on cannot be told apart")
+    evaluation = evaluate_folder(clf, args.data, seen, tta=args.tta, batch_size=args.batch_size, console=console)
+    if evaluation.left_out:
+        console.warn(f"left out {evaluation.left_out} image(s) the model was trained on ({run / 'split.csv'}): "
+                     "their score would flatter it; --include-training-images scores them too")
+    if evaluation.validated_on:
+        console.warn(f"{evaluation.validated_on} of the scored images are the run's validation split, which "
+                     "chose the model: their score is slightly optimistic")
+    console.result(format_metrics(evaluation.metrics, title=f"{args.model} on {evaluation.scope}"))
     if args.output:
-        write_json(args.output, metrics)
+        write_json(args.output, evaluation.metrics)
         console.info(f"metrics written to {args.output}")
+    if args.report:
+        from ..report.page import write_evaluation_report
+
+        write_evaluation_report(evaluation, clf.classes_, args.report, f"{args.model} on {evaluation.scope}")
+        console.info(f"report written to {args.report}")
     return ExitStatus.SUCCESS
 
 
@@ -73,22 +127,26 @@ def _open(args: argparse.Namespace, console: Console):
     return clf
 
 
-def _prediction_rows(clf, paths: list[Path], top_k: int, batch_size: int, tta: bool,
+def _prediction_rows(clf, inputs: list[_Input], top_k: int, batch_size: int, tta: bool,
                      console: Console) -> Iterator[dict]:
-    predictions = clf.iter_predict(paths, batch_size=batch_size, tta=tta)
-    for p in console.progress(predictions, total=len(paths), desc="predict"):
-        if p.probabilities is None:
-            yield _error_row(p.path, p.error, console)
+    """One row per input, in order; the model sees only the inputs there is a file for."""
+    readable = [i.path for i in inputs if i.path is not None]
+    predictions = iter(clf.iter_predict(readable, batch_size=batch_size, tta=tta))
+    for item in console.progress(inputs, total=len(inputs), desc="predict"):
+        p = next(predictions) if item.path is not None else None
+        error = item.error if p is None else p.error
+        if p is None or p.probabilities is None:
+            yield _error_row(item.name, error, console)
             continue
         order = p.probabilities.argsort()[::-1][:top_k]
         top = [{"class": clf.classes_[i], "probability": round(float(p.probabilities[i]), 6)} for i in order]
-        yield {"path": str(p.path), "class": top[0]["class"], "probability": top[0]["probability"],
+        yield {"path": item.name, "class": top[0]["class"], "probability": top[0]["probability"],
                "top_k": top, "error": None}
 
 
-def _error_row(path: Path, error: str, console: Console) -> dict:
-    console.warn(f"cannot read {path}: {error}")
-    return {"path": str(path), "class": None, "probability": None, "top_k": [], "error": error}
+def _error_row(name: str, error: str, console: Console) -> dict:
+    console.warn(f"cannot read {name}: {error}")
+    return {"path": name, "class": None, "probability": None, "top_k": [], "error": error}
 
 
 def _print_table(rows: Iterator[dict], console: Console) -> tuple[int, int]:

@@ -27,10 +27,9 @@ __all__ = ["train_command"]
 
 
 def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
-    from .._io import write_text
     from ..features.cache import CacheLayout
     from ..model import ImageClassifier
-    from ..runfolder import CHECKPOINT_FILE, RUN_FILE, new_run_dir, prepare_output_dir, run_json_text
+    from ..runfolder import CHECKPOINT_FILE, lock_run, new_run_dir, prepare_output_dir
 
     if args.resume is not None:
         out = args.resume
@@ -41,21 +40,32 @@ def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
             raise UsageError("train: give the image folder DATA, or --resume RUN")
         clf = ImageClassifier(**_training_kwargs(args), verbose=console.verbosity)
         clf.training_config()  # a bad option fails before any work
-        out = prepare_output_dir(args.out or new_run_dir(), args.overwrite)
-        (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # --overwrite starts afresh, never resumes
+        out = args.out or new_run_dir()
         request = clf.run_request(args.data)
-        write_text(out / RUN_FILE, run_json_text(request))
-    # The cache is held from the first feature to the saved model: `cache clear` waits its turn.
-    with CacheLayout(clf.cache_dir).in_use():
-        try:
-            with _terminate_as_interrupt():
-                clf.fit(request.data, console=console, checkpoint_dir=out)
-        except KeyboardInterrupt:
-            console.error(f"interrupted: {out} keeps the last completed epoch; "
-                          f"continue with: headstart train --resume {out}")
-            return ExitStatus.INTERRUPTED
-        _save(clf, out)
-    (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+    fresh = args.resume is None
+    tracker = _tracker(args, console)
+    # Both held until the model is saved: a second `train` into this folder is refused, naming
+    # this process, and `cache clear` refuses while the run may still read or write features.
+    with lock_run(out), CacheLayout(clf.cache_dir).in_use():
+        if fresh:  # a full folder is refused before anything is logged or written
+            prepare_output_dir(out, args.overwrite)
+        with tracker.run(out, request) if tracker is not None else contextlib.nullcontext():
+            if fresh:
+                _start(out, request)
+            try:
+                with _terminate_as_interrupt():
+                    clf.fit(request.data, console=console, checkpoint_dir=out,
+                            on_epoch=tracker.log_epoch if tracker is not None else None)
+            except KeyboardInterrupt:
+                console.error(f"interrupted: {out} keeps the last completed epoch; "
+                              f"continue with: headstart train --resume {out}")
+                if tracker is not None:
+                    tracker.status = "KILLED"
+                return ExitStatus.INTERRUPTED
+            _save(clf, out)
+            (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+            if tracker is not None:
+                tracker.log_run(out)
     console.info(_summary(clf, out))
     return ExitStatus.SUCCESS
 
@@ -71,6 +81,24 @@ def _save(clf: ImageClassifier, out: Path) -> None:
                              f"headstart train --resume {out}")
         error.exit_status = exc.exit_status if isinstance(exc, HeadstartError) else ExitStatus.IO
         raise error from None
+
+
+def _start(out: Path, request: RunRequest) -> None:
+    """A new run in ``out``: its ``run.json`` first, and no checkpoint (--overwrite starts afresh)."""
+    from .._io import write_text
+    from ..runfolder import CHECKPOINT_FILE, RUN_FILE, run_json_text
+
+    (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+    write_text(out / RUN_FILE, run_json_text(request))
+
+
+def _tracker(args: argparse.Namespace, console: Console):
+    """The MLflow run this training is logged to with ``--track mlflow`` (None without it)."""
+    if getattr(args, "track", None) != "mlflow":
+        return None
+    from ..tracking import MlflowTracker
+
+    return MlflowTracker.create(console)
 
 
 def _training_kwargs(args: argparse.Namespace) -> dict:

@@ -90,7 +90,7 @@ def extract_features(paths: Sequence[Path], request: FeatureRequest, cache: Cach
             return Extraction(found, record.spec, record.preprocessing, record=record)
         from ..backbone.pretrained import create_backbone
 
-        backbone = create_backbone(request.backbone)
+        backbone = create_backbone(request.backbone, console=console)
         console.info(backbone.spec.describe(backbone.preprocessing))
     features = _through_pytorch(paths, request, backbone, cache, console)
     return Extraction(features, backbone.spec, backbone.preprocessing, backbone=backbone)

@@ -140,7 +140,8 @@ def inspect_folder(data: str | Path | DatasetSplit, settings: InspectSettings | 
     result = Inspection(split.root, split.classes, split.presplit, len(paths), {}, [], settings)
     timings = result.timings
 
-    console.info(f"inspecting {len(paths)} image(s) of {len(split.classes)} classes in {split.root}")
+    console.info(f"inspecting {len(paths)} image(s) of {len(split.classes)} classes in {split.root}: "
+                 "hashing the files for exact duplicates")
     tick = time.perf_counter()
     groups = find_exact_duplicates(file_digests(paths))
     timings["hashing"] = time.perf_counter() - tick
@@ -154,6 +155,8 @@ def inspect_folder(data: str | Path | DatasetSplit, settings: InspectSettings | 
 
     result.findings += _unreadable(split, extracted.failed)
     result.findings += _exact_findings(groups, where)
+    console.info(f"comparing features for near-duplicates, then {settings.folds}-fold cross-validation "
+                 "for likely label errors")
     tick = time.perf_counter()
     result.findings += _near_duplicate_findings(features, decoded, groups, where, settings.near_duplicate)
     timings["near_duplicates"] = time.perf_counter() - tick

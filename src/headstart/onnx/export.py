@@ -100,6 +100,7 @@ def export_classifier(clf, path: str | Path, check_images: Sequence[Path], conso
             "output": "class probabilities, N x classes", "versions": config.versions}
     with atomic_files(path.parent) as new:
         tmp = new(path.name)
+        console.info(f"exporting {config.backbone.name} and its head to ONNX")
         export_onnx(module, tmp, config.preprocessing.input_size, output_name="probabilities")
         graph = onnx.load(str(tmp))
         entry = graph.metadata_props.add()
@@ -107,7 +108,7 @@ def export_classifier(clf, path: str | Path, check_images: Sequence[Path], conso
         graph.producer_name = "headstart"
         onnx.save(graph, str(tmp))
         exported = OnnxClassifier(tmp)
-        parity = _check_parity(module, exported, check_images)
+        parity = _check_parity(module, exported, check_images, console)
         console.info(f"parity on {parity.images} image(s): largest probability difference "
                      f"{parity.max_difference:.2e} (tolerance {PARITY_TOLERANCE:g}), "
                      f"top-1 agreement {parity.top1_agreement:.2%}")
@@ -117,10 +118,12 @@ def export_classifier(clf, path: str | Path, check_images: Sequence[Path], conso
     return parity
 
 
-def _check_parity(module: nn.Module, exported, images: Sequence[Path], batch_size: int = 32) -> Parity:
+def _check_parity(module: nn.Module, exported, images: Sequence[Path], console: Console,
+                  batch_size: int = 32) -> Parity:
     """Both models on the same decoded pixels (the runtime's own decoding)."""
     worst, agree, count = 0.0, 0, 0
-    for start in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    for start in console.progress(starts, total=len(starts), desc="check against PyTorch (batches)"):
         pixels = []
         for image in images[start:start + batch_size]:
             try:

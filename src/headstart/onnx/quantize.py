@@ -18,6 +18,7 @@ import numpy as np
 from .._console import Console
 from .._io import atomic_files
 from ..errors import ModelFileError
+from ..predictor import stack_probabilities
 from .runtime import METADATA_KEY, OnnxClassifier
 
 __all__ = ["Int8Report", "quantize_int8"]
@@ -50,7 +51,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: Sequence[Path],
 
     class Images(CalibrationDataReader):
         def __init__(self):
-            self.paths = iter(calibration)
+            self.paths = iter(console.progress(calibration, total=len(calibration), desc="int8 calibration"))
 
         def get_next(self):
             for path in self.paths:
@@ -62,6 +63,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: Sequence[Path],
 
     with atomic_files(int8_path.parent) as new, tempfile.TemporaryDirectory() as scratch:
         tmp, prepared = new(int8_path.name), Path(scratch) / "prepared.onnx"
+        console.info(f"int8: quantizing, calibrated on {len(calibration)} training image(s)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # Shape inference and graph fusion first, as ONNX Runtime's quantizer recommends.
@@ -75,7 +77,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: Sequence[Path],
             onnx.save(graph, str(tmp))
         int8 = OnnxClassifier(tmp)
         labels = np.asarray(val_labels)
-        accuracy = {name: float((m.predict_proba(val_images).argmax(1) == labels).mean())
+        accuracy = {name: _accuracy(m, val_images, labels, console, f"int8: {name} on validation")
                     for name, m in (("fp32", fp32), ("int8", int8))}
         report = Int8Report(accuracy["fp32"], accuracy["int8"], _speed(int8, val_images) / _speed(fp32, val_images))
         console.info(f"int8: validation accuracy {report.fp32_accuracy:.2%} -> {report.int8_accuracy:.2%} "
@@ -87,6 +89,12 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: Sequence[Path],
             raise ModelFileError(f"int8 loses {report.drop_points:.2f} points of validation accuracy "
                                  f"(--max-drop {max_drop:g}): {int8_path} not written")
     return report
+
+
+def _accuracy(model: OnnxClassifier, images: Sequence[Path], labels: np.ndarray, console: Console,
+              desc: str) -> float:
+    predictions = console.progress(model.iter_predict(images), total=len(images), desc=desc)
+    return float((stack_probabilities(predictions, len(images), len(model.classes_)).argmax(1) == labels).mean())
 
 
 def _speed(model: OnnxClassifier, images: Sequence[Path], repeats: int = 3) -> float:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import datetime
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,13 +32,18 @@ from ..runfolder import (
     REPORT_FILE,
     RUN_FILE,
     SKIPPED_FILE,
+    check_finished,
     read_csv_file,
     read_run_file,
 )
 from . import plots
 
-__all__ = ["RunRecord", "read_run", "write_report"]
+if TYPE_CHECKING:
+    from ..scoring import Evaluation
 
+__all__ = ["RunRecord", "read_run", "write_report", "write_evaluation_report"]
+
+EVALUATED = "evaluated"  # the one "split" of an evaluation page
 TOP_LOSSES = 12
 MISTAKES_SHOWN = 16
 SKIPPED_SHOWN = 50
@@ -64,6 +71,7 @@ def read_run(directory: str | Path) -> RunRecord:
     directory = Path(directory)
     if not directory.is_dir():
         raise ModelFileError(f"no such run folder: {directory}")
+    check_finished(directory)
     config = read_run_file(directory, CONFIG_FILE)
     metrics = read_run_file(directory, METRICS_FILE)
     run = read_run_file(directory, RUN_FILE, required=False)
@@ -88,6 +96,25 @@ def write_report(directory: str | Path, console: Console | None = None) -> Path:
     write_text(path, h.page(title, "\n".join(sections)))
     if console is not None:
         console.info(f"report: {path}")
+    return path
+
+
+def write_evaluation_report(evaluation: Evaluation, classes: Sequence[str], path: str | Path, title: str) -> Path:
+    """The page of ``headstart evaluate --report``: the training report's metrics, plots, most
+    confused classes, mistakes and top losses, for the images evaluated (plots embedded only)."""
+    path = Path(path)
+    run = RunRecord(path.parent, {"classes": list(classes)}, {EVALUATED: evaluation.metrics}, [],
+                    evaluation.prediction_rows(classes), [], evaluation.data)
+    notes = [f"<h1>{h.escape(title)}</h1>",
+             f"<p>{len(evaluation.samples)} image(s) scored: {h.escape(evaluation.scope)}.</p>"]
+    if evaluation.left_out:
+        notes.append(f'<p class="warn">{evaluation.left_out} image(s) the model was trained on were left out.</p>')
+    if evaluation.validated_on:
+        notes.append(f'<p class="warn">{evaluation.validated_on} of the scored images are the validation split '
+                     "that chose the model: their score is slightly optimistic.</p>")
+    with tempfile.TemporaryDirectory(prefix="headstart-plots-") as plot_dir:
+        sections = _evaluation_sections(run, Path(plot_dir), splits=(EVALUATED,))
+    write_text(path, h.page(title, "\n".join([*notes, *sections])))
     return path
 
 
@@ -124,18 +151,48 @@ def _data_section(run: RunRecord) -> str:
     return "\n".join(parts)
 
 
+# The settings each part of training reads: the report lists only those a run used.
+_STAGE1_SETTINGS = {"lightweight": ("flip_features", "class_weight"),
+                    "standard": ("epochs", "lr", "weight_decay", "batch_size", "label_smoothing", "augment",
+                                 "dropout", "patience", "class_weight")}
+_FINE_TUNE_SETTINGS = ("fine_tune_epochs", "fine_tune_lr", "unfreeze_last", "weight_decay", "batch_size",
+                       "label_smoothing", "augment", "dropout", "patience")
+_DATA_SETTINGS = ("val_fraction", "test_fraction", "seed", "device", "precision", "workers")
+
+
 def _settings_section(run: RunRecord) -> str:
     training = run.config.get("training") or {}
     backbone = run.config.get("backbone", {})
     pre = run.config.get("preprocessing", {})
+    m = run.metrics
     size = "x".join(map(str, (pre.get("input_size") or [])[1:]))
     rows = [["backbone", f"{backbone.get('name')} (timm {backbone.get('architecture')})"],
             ["weights", backbone.get("weights")], ["features", backbone.get("num_features")],
             ["input", f"{size} px, {pre.get('interpolation')}, crop {pre.get('crop_pct')}, "
-                      f"mean {pre.get('mean')}, std {pre.get('std')}"]]
-    rows += [[name.replace("_", " "), value] for name, value in training.items() if name not in ("backbone", "weights")]
+                      f"mean {pre.get('mean')}, std {pre.get('std')}"],
+            ["workflow", m.get("workflow", training.get("workflow"))]]
+    if m.get("features"):  # the engine that really computed the features, not "auto"
+        rows.append(["feature engine", m["features"].get("engine")])
+    if (m.get("head") or {}).get("C") is not None:
+        rows.append(["head L2 strength", f"C={m['head']['C']:g} (chosen on validation loss)"])
+    used = list(_STAGE1_SETTINGS.get(m.get("workflow"), training))
+    if m.get("fine_tune"):
+        used += [name for name in _FINE_TUNE_SETTINGS if name not in used]
+    for name in (*used, *_DATA_SETTINGS):
+        if name not in training:
+            continue
+        value = training[name]
+        if name == "fine_tune_epochs":
+            value = (m.get("fine_tune") or {}).get("epochs_run", value)
+        elif name == "unfreeze_last" and value is None:
+            value = "all blocks"
+        elif name == "workers" and value is None:
+            value = "automatic"
+        rows.append([name.replace("_", " "), value])
     versions = ", ".join(f"{k} {v}" for k, v in (run.config.get("versions") or {}).items())
-    return "<h2>Settings</h2>" + h.table(["setting", "value"], rows) + f'<p class="muted">{h.escape(versions)}</p>'
+    return ("<h2>Settings</h2>" + h.table(["setting", "value"], rows)
+            + '<p class="muted">The settings this workflow used, as resolved; run.json keeps every one asked for. '
+            + f"{h.escape(versions)}</p>")
 
 
 def _stages_section(run: RunRecord, plot_dir: Path) -> str:
@@ -151,32 +208,50 @@ def _stages_section(run: RunRecord, plot_dir: Path) -> str:
     parts = ["<h2>Training: stage 1 and fine-tuning</h2>",
              h.table(["stage", "val accuracy", "val loss", "epochs", "best epoch", "stopped early", "kept"],
                      rows, numeric=(1, 2, 3, 4))]
-    if fine and stage1 and _finite(fine.get("val_accuracy")) and _finite(stage1.get("val_accuracy")):
+    if fine and fine.get("reason"):
+        verdict = "kept" if fine.get("kept") else "not kept, stage-1 weights restored"
+        parts.append(f"<p>Fine-tuning {verdict}: it {h.escape(fine['reason'])}.</p>")
+    elif fine and stage1 and _finite(fine.get("val_accuracy")) and _finite(stage1.get("val_accuracy")):
         gain = 100 * (fine["val_accuracy"] - stage1["val_accuracy"])
         verdict = "kept" if fine.get("kept") else "not kept"
         parts.append(f"<p>Fine-tuning changed validation accuracy by <b>{gain:+.2f} points</b> "
                      f"({verdict}).</p>")
     elif not fine:
         parts.append('<p class="muted">Fine-tuning was not run (--fine-tune-epochs 0).</p>')
-    if run.history:
+    search = (m.get("head") or {}).get("search")
+    if search:
+        path = plots.save(plots.regularization_path(search, m["head"]["C"]), plot_dir / "l2_search.png")
+        parts.append(h.image(path, "validation loss and accuracy against the L2 strength"))
+    if len(run.history) > 1:  # one row (a lightweight head alone) is a point, not a curve
         kept = fine.get("kept") if fine else None
         path = plots.save(plots.learning_curves(run.history, kept), plot_dir / "learning_curves.png")
         parts.append(h.image(path, "learning curves"))
     return "\n".join(parts)
 
 
-def _evaluation_sections(run: RunRecord, plot_dir: Path) -> list[str]:
+def _evaluation_sections(run: RunRecord, plot_dir: Path, splits: Sequence[str] = ("val", "test")) -> list[str]:
     m = run.metrics
-    evaluated = [name for name in ("val", "test") if name in m]
+    evaluated = [name for name in splits if name in m]
     if not evaluated:
         return ["<h2>Metrics</h2><p>No validation or test images: nothing to measure the model on.</p>"]
     parts = ["<h2>Metrics</h2>", _summary_table(m, evaluated)]
+    if "val" in evaluated:
+        parts.append('<p class="muted">The interval is the 95% Wilson interval of accuracy over these images. '
+                     "The validation split also chose the model (the head's L2 strength, early stopping, "
+                     "whether fine-tuning was kept), so its score is slightly optimistic"
+                     + (": the test split's is the unbiased one.</p>" if "test" in evaluated else
+                        "; keep a test split (--test-fraction, or a test/ folder) for an unbiased one.</p>"))
     for name in evaluated:
         parts.append(f"<h3>Per class, {_split_name(name)}</h3>")
         parts.append(_per_class_table(m[name]))
     # The plots describe one split: test when there is one (the unbiased estimate), else val.
     main = evaluated[-1]
     title = _split_name(main)
+    if len(run.classes) > 2 and m[main].get("most_confused"):
+        parts.append(f"<h3>Most confused classes, {title}</h3>" + h.table(
+            ["true class", "predicted as", "images", "of the true class"],
+            [[c["true"], c["predicted"], c["count"], _pct(c["fraction_of_true"])] for c in m[main]["most_confused"]],
+            numeric=(2, 3)))
     parts.append(f"<h2>Plots ({title})</h2>")
     figures = [(plots.confusion(m[main]["confusion_matrix"], run.classes, False, title), "confusion_counts"),
                (plots.confusion(m[main]["confusion_matrix"], run.classes, True, title), "confusion_normalised"),
@@ -185,6 +260,8 @@ def _evaluation_sections(run: RunRecord, plot_dir: Path) -> list[str]:
     y_true, proba = _probabilities(rows, run.classes)
     if len(rows):
         figures.append((plots.reliability_diagram(y_true, proba, split=title), "reliability"))
+        if len(run.classes) == 2 and len(np.unique(y_true)) == 2:
+            figures.append((plots.roc_pr_curves(y_true, proba, run.classes, title), "roc_pr"))
     for figure, name in figures:
         parts.append(h.image(plots.save(figure, plot_dir / f"{name}.png"), name.replace("_", " ")))
     if run.predictions is None:
@@ -197,7 +274,8 @@ def _evaluation_sections(run: RunRecord, plot_dir: Path) -> list[str]:
 
 
 def _summary_table(m: dict, evaluated: Sequence[str]) -> str:
-    names = [("accuracy", "accuracy", _pct), ("balanced_accuracy", "balanced accuracy", _pct),
+    names = [("accuracy", "accuracy", _pct), ("accuracy_ci95", "accuracy, 95% interval", _interval),
+             ("balanced_accuracy", "balanced accuracy", _pct),
              ("log_loss", "log loss", _num), ("expected_calibration_error", "calibration error (ECE)", _num),
              ("roc_auc", "ROC-AUC", _num), ("pr_auc", "PR-AUC", _num)]
     names += [(key, key.replace("_", " "), _pct) for key in m[evaluated[0]]
@@ -278,7 +356,13 @@ def _image_path(run: RunRecord, path: str) -> Path:
 
 
 def _split_name(name: str) -> str:
-    return {"val": "validation", "test": "test"}.get(name, name)
+    return {"val": "validation", "test": "test", EVALUATED: "evaluated images"}.get(name, name)
+
+
+def _interval(value) -> str:
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_finite, value)):
+        return f"{value[0]:.2%} - {value[1]:.2%}"
+    return "n/a"
 
 
 def _float(value) -> float:

@@ -1,5 +1,7 @@
-"""The run's plots, as matplotlib figures: learning curves, confusion matrices,
-per-class F1, the most confidently wrong images and a reliability diagram.
+"""The run's plots, as matplotlib figures: learning curves (or, for a lightweight head,
+validation loss and accuracy against the L2 strengths tried), confusion matrices,
+per-class F1, ROC and precision-recall curves (two classes), the most confidently
+wrong images and a reliability diagram.
 
 Each function takes plain data (history rows, metrics, probabilities) and
 returns a :class:`~matplotlib.figure.Figure`; :func:`save` writes it as a PNG.
@@ -16,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from .._io import atomic_path
 from ..data.images import DECODE_ERRORS, load_thumbnail
 from ..evaluate import CALIBRATION_BINS, calibration_bins, expected_calibration_error
 
-__all__ = ["learning_curves", "confusion", "per_class_f1", "reliability_diagram", "Mistake",
-           "confident_mistakes", "save"]
+__all__ = ["learning_curves", "regularization_path", "confusion", "per_class_f1", "reliability_diagram",
+           "roc_pr_curves", "Mistake", "confident_mistakes", "save"]
 
 _STAGE_NAMES = {"head": "head on cached features", "frozen": "stage 1 (frozen backbone)", "fine-tune": "fine-tuning"}
 _COLORS = {"train": "#1f77b4", "val": "#d62728"}
@@ -56,18 +59,79 @@ def learning_curves(history: Sequence[dict], fine_tune_kept: bool | None = None)
         else:
             ax.xaxis.get_major_locator().set_params(integer=True)
         if metric == "accuracy":
-            ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+            percent_axis(ax.yaxis)
     starts = [i for i, row in enumerate(history) if row.get("stage") == "fine-tune"]
     if starts:
         kept = {True: " (kept)", False: " (not kept)"}.get(fine_tune_kept, "")
         for ax in axes:
-            ax.axvline(starts[0] + 0.5, color="#555", linestyle="--", linewidth=1)
-            ax.text(starts[0] + 0.6, 0.98, f"fine-tuning{kept}", transform=ax.get_xaxis_transform(),
-                    va="top", fontsize=9, color="#555",
-                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
+            # In the legend, not written on the plot, where it would cross a curve.
+            ax.axvline(starts[0] + 0.5, color="#555", linestyle="--", linewidth=1,
+                       label=f"fine-tuning starts{kept}")
     stages = dict.fromkeys(row.get("stage") for row in history)
     figure.suptitle("Learning curves: " + ", then ".join(_STAGE_NAMES.get(s, str(s)) for s in stages))
-    axes[1].legend(loc="lower right")
+    for ax in axes:
+        ax.legend(loc="best", fontsize=8)
+    return figure
+
+
+def percent_axis(axis) -> None:
+    """Ticks as percentages, with as many decimals as their spacing needs: never two equal labels
+    (an accuracy axis from 99.0% to 100% gets 99.2%, 99.4%...)."""
+    axis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+    axis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
+
+
+def regularization_path(search: Sequence[dict], chosen: float) -> Figure:
+    """A lightweight head's search: validation (or cross-validated) loss, and validation accuracy,
+    against each inverse L2 strength C tried; the chosen one marked."""
+    c = np.array([row["C"] for row in search], dtype=float)
+    loss_key = "val_loss" if "val_loss" in search[0] else "cv_loss"
+    with_accuracy = "val_accuracy" in search[0]
+    figure = Figure(figsize=(10 if with_accuracy else 5.5, 4), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, 2 if with_accuracy else 1))
+    series = [(axes[0], loss_key, "validation loss" if loss_key == "val_loss" else "cross-validated loss")]
+    if with_accuracy:
+        series.append((axes[1], "val_accuracy", "validation accuracy"))
+    for ax, key, label in series:
+        ax.plot(c, [row[key] for row in search], marker="o", color=_COLORS["val"], label=label)
+        ax.axvline(chosen, color="#555", linestyle="--", linewidth=1, label=f"chosen C={chosen:g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("C, inverse L2 strength (left: stronger regularisation)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+        if key == "val_accuracy":
+            percent_axis(ax.yaxis)
+    figure.suptitle("Lightweight head: the L2 strengths tried (the lowest loss is kept)")
+    return figure
+
+
+def roc_pr_curves(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str], split: str = "validation") -> Figure:
+    """ROC and precision-recall curves of a two-class model, the second class as positive."""
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+    score = proba[:, 1]
+    fpr, tpr, _ = roc_curve(y_true, score)
+    precision, recall, _ = precision_recall_curve(y_true, score)
+    figure = Figure(figsize=(10, 4.3), layout="constrained")
+    roc, pr = figure.subplots(1, 2)
+    roc.plot(fpr, tpr, color="#4c72b0", label=f"model (AUC {auc(fpr, tpr):.3f})")
+    roc.plot([0, 1], [0, 1], "--", color="#888", label="chance")
+    roc.set_xlabel("false positive rate")
+    roc.set_ylabel("true positive rate")
+    roc.set_title(f"ROC, {split}")
+    pr.plot(recall, precision, color="#4c72b0", drawstyle="steps-post",
+            label=f"model (AP {average_precision_score(y_true, score):.3f})")
+    pr.axhline(float(np.mean(y_true == 1)), linestyle="--", color="#888", label="chance")
+    pr.set_xlabel("recall")
+    pr.set_ylabel("precision")
+    pr.set_title(f"Precision-recall, {split}")
+    for ax in (roc, pr):
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right" if ax is roc else "lower left", fontsize=8)
+    figure.suptitle(f"Positive class: {_short(classes[1], 40)}")
     return figure
 
 
@@ -141,6 +205,7 @@ def reliability_diagram(y_true: np.ndarray, proba: np.ndarray, bins: int = CALIB
     top.plot([0, 1], [0, 1], "--", color="#555", label="perfect calibration")
     top.set_ylabel("accuracy")
     top.set_ylim(0, 1)
+    percent_axis(top.yaxis)
     top.legend(loc="upper left", fontsize=8)
     top.set_title(f"Reliability diagram, {split} (ECE {ece:.3f})")
     bottom.bar(centres, counts, width=1 / bins, color="#888")

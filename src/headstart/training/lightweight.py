@@ -107,7 +107,7 @@ def fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfig
                  f"train acc {head.train.accuracy:.2%}{val_text}")
     info = {"features": {"engine": features.engine, "computed": features.computed,
                          "cached": len(labels) - features.computed, "seconds": features.seconds},
-            "head": {"C": head.C, "seconds": head.seconds}}
+            "head": {"C": head.C, "seconds": head.seconds, "search": head.search}}
     proba = {}
     for i, name in enumerate(("val", "test"), start=1):
         proba[name] = np.full((bounds[i + 1] - bounds[i], len(split.classes)), np.nan)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,6 +52,9 @@ class LinearHead:
     train: EpochStats
     val: EpochStats | None
     seconds: float
+    # Every C tried, with its validation (else cross-validated) loss, and accuracy with validation:
+    # the report plots them, the regularisation curve that stands in for a lightweight run's epochs.
+    search: list[dict] = field(default_factory=list)
 
 
 def fit_linear_head(train: Rows, val: Rows | None, num_classes: int, class_weight: str | None = None,
@@ -75,23 +78,29 @@ def _fit_linear_head(train: Rows, val: Rows | None, num_classes: int, class_weig
     has_val = val is not None and len(val) > 0
     present = np.bincount(train.labels, minlength=num_classes)
     present = present[present > 0]
+    search = []
     if has_val:
         path = _path(train, num_classes, class_weight, progress)
-        losses = [_stats(val, w, b, num_classes).loss for w, b in path]
-        best = int(np.argmin(losses))
+        scores = [_stats(val, w, b, num_classes) for w, b in path]
+        best = int(np.argmin([score.loss for score in scores]))
         weight, bias, c = *path[best], C_GRID[best]
+        search = [{"C": c_, "val_loss": score.loss, "val_accuracy": score.accuracy}
+                  for c_, score in zip(C_GRID, scores)]
     else:
         if present.min() >= 2:
             losses = np.zeros(len(C_GRID))
-            for fit_rows, held_out in _folds(train, int(min(5, present.min())), seed):
+            folds = int(min(5, present.min()))
+            for fit_rows, held_out in _folds(train, folds, seed):
                 path = _path(fit_rows, num_classes, class_weight, progress)
                 losses += [_stats(held_out, w, b, num_classes).loss for w, b in path]
             c = C_GRID[int(np.argmin(losses))]
+            search = [{"C": c_, "cv_loss": float(loss / folds)} for c_, loss in zip(C_GRID, losses)]
         else:  # a class with a single image: nothing to validate on, take a middle strength
             c = 0.1
         weight, bias = fit_logistic(train, num_classes, c, class_weight, progress=progress)
     return LinearHead(weight, bias, c, _stats(train, weight, bias, num_classes),
-                      _stats(val, weight, bias, num_classes) if has_val else None, time.perf_counter() - start)
+                      _stats(val, weight, bias, num_classes) if has_val else None, time.perf_counter() - start,
+                      search)
 
 
 def fit_logistic(rows: Rows, num_classes: int, C: float, class_weight: str | None = None,

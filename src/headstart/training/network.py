@@ -30,11 +30,14 @@ def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext
     console = context.console
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    backbone = create_backbone(config.backbone_request)
+    backbone = create_backbone(config.backbone_request, console=console)
     console.info(backbone.spec.describe(backbone.preprocessing))
     net = prepare(ClassifierNet.create(backbone, HeadSpec(len(split.classes), config.dropout)), device)
     dtype = resolve_precision(config.precision, device)
-    console.info(f"{workflow} workflow on {device.type} ({str(dtype).removeprefix('torch.')}), {split.sizes()}")
+    precision = str(dtype).removeprefix("torch.")
+    # The lightweight head's features come from the feature engine (named when it runs), not this precision.
+    runs = f"features by the feature engine, fine-tuning in {precision}" if workflow == "lightweight" else precision
+    console.info(f"{workflow} workflow on {device.type} ({runs}), {split.sizes()}")
     fitted = Fitted(workflow, backbone.spec, backbone.preprocessing, TrainResult(), net=net)
     start = time.perf_counter()
     stage1_val = None  # measured by the same pipeline as the fine-tuned model, unless stage 1 ran through it

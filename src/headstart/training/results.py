@@ -55,6 +55,7 @@ class TrainResult:
     stage1: StageResult | None = None
     fine_tune: StageResult | None = None
     fine_tune_kept: bool | None = None  # None: no fine-tuning was asked for
+    fine_tune_reason: str | None = None  # the guard's verdict in words
     failed: dict[Path, str] = field(default_factory=dict)  # images that could not be decoded
     seconds: float = 0.0
 

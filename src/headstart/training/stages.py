@@ -18,7 +18,7 @@ from ..backbone.freeze import freeze, unfreeze
 from .loop import Trainer, resume_after, run_epoch, stage_dict, stage_from, stats_dict, stats_from, train_stage
 from .results import EpochStats, TrainResult
 
-__all__ = ["train_frozen", "fine_tune", "fine_tune_improved"]
+__all__ = ["train_frozen", "fine_tune", "fine_tune_improved", "guard_verdict"]
 
 
 def train_frozen(trainer: Trainer) -> TrainResult:
@@ -43,8 +43,20 @@ def train_frozen(trainer: Trainer) -> TrainResult:
 
 def fine_tune_improved(before: EpochStats, after: EpochStats) -> bool:
     """Keep fine-tuning only for higher validation accuracy, or equal accuracy and lower loss."""
-    return after.accuracy > before.accuracy or (
-        after.accuracy == before.accuracy and after.loss < before.loss)
+    return guard_verdict(before, after)[0]
+
+
+def guard_verdict(before: EpochStats, after: EpochStats) -> tuple[bool, str]:
+    """Whether fine-tuning is kept, and the guard's reason in words (the log and the report say it)."""
+    change = f"{before.accuracy:.2%} -> {after.accuracy:.2%}"
+    losses = f"{before.loss:.4f} -> {after.loss:.4f}"
+    if after.accuracy > before.accuracy:
+        return True, f"raised validation accuracy: {change}"
+    if after.accuracy == before.accuracy and after.loss < before.loss:
+        return True, f"improved validation loss at equal accuracy ({after.accuracy:.2%}): {losses}"
+    if after.accuracy == before.accuracy:
+        return False, f"validation accuracy unchanged ({after.accuracy:.2%}) and loss not lower: {losses}"
+    return False, f"lowered validation accuracy: {change}"
 
 
 def fine_tune(trainer: Trainer, epochs: int, result: TrainResult, before: EpochStats | None = None) -> None:
@@ -87,11 +99,9 @@ def _guard(trainer: Trainer, result: TrainResult, before: EpochStats | None, bef
     if before is None or after is None:
         result.fine_tune_kept = True
         return
-    result.fine_tune_kept = fine_tune_improved(before, after)
+    result.fine_tune_kept, result.fine_tune_reason = guard_verdict(before, after)
     if result.fine_tune_kept:
-        trainer.console.info(f"fine-tuning improved validation accuracy: {before.accuracy:.2%} -> "
-                             f"{after.accuracy:.2%}")
+        trainer.console.info(f"fine-tuning kept: it {result.fine_tune_reason}")
     else:
         trainer.net.load_state_dict(before_state)
-        trainer.console.info(f"fine-tuning did not improve validation ({before.accuracy:.2%} -> "
-                             f"{after.accuracy:.2%}): keeping the stage-1 weights")
+        trainer.console.info(f"fine-tuning not kept ({result.fine_tune_reason}): keeping the stage-1 weights")

@@ -1,0 +1,75 @@
+"""Terminal output: results never carry a piece of a progress bar, ETAs ignore warm-up,
+and a notebook gets a bar although its stderr is no terminal."""
+
+import io
+import sys
+import time
+import types
+
+from headstart._console import Console, in_notebook
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal, so the console draws bars on it."""
+
+    def isatty(self):
+        return True
+
+
+def test_a_result_printed_during_a_bar_is_a_clean_line():
+    # One terminal shows both streams, as `headstart predict` in a shell does.
+    screen = Terminal()
+    console = Console(err=screen, out=screen)
+    for i in console.progress(range(3), total=3, desc="predict"):
+        console.result(f"photo_{i}.jpg\tants\t0.9450")
+    # What a terminal leaves visible on each line: the text after its last carriage return.
+    visible = [line.split("\r")[-1] for line in screen.getvalue().split("\n")]
+    results = [line for line in visible if "photo" in line]
+    assert results == [f"photo_{i}.jpg\tants\t0.9450" for i in range(3)], results
+    assert "predict" in screen.getvalue()  # the bar was there, drawn around the results
+
+
+def test_the_eta_ignores_the_first_items_warm_up(monkeypatch):
+    err = Terminal()
+    console = Console(err=err)
+    bars = []
+    import tqdm
+
+    real = tqdm.tqdm
+
+    def spy(*args, **kwargs):
+        bar = real(*args, **kwargs)
+        bars.append(bar)
+        return bar
+
+    monkeypatch.setattr(tqdm, "tqdm", spy)
+
+    def items():
+        time.sleep(0.5)  # the first batch: workers starting, a model's first call
+        yield 0
+        yield from range(1, 5)
+
+    for _ in console.progress(items(), total=100, desc="features"):
+        pass
+    bar = bars[0]
+    # The clock restarted after the first item: the warm-up is not in the rate the ETA uses.
+    assert bar.n == 5
+    assert time.time() - bar.start_t < 0.4
+
+
+def test_no_bar_when_quiet_or_piped():
+    err = io.StringIO()
+    assert list(Console(err=err).progress(range(3), total=3)) == [0, 1, 2]
+    assert list(Console(0, err=Terminal()).progress(range(3), total=3)) == [0, 1, 2]
+    assert err.getvalue() == ""
+
+
+def test_a_jupyter_kernel_is_recognised(monkeypatch):
+    assert not in_notebook()
+
+    class ZMQInteractiveShell:  # what IPython's get_ipython() returns in a Jupyter kernel
+        pass
+
+    shell = ZMQInteractiveShell()
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    assert in_notebook()
