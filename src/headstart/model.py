@@ -2,6 +2,7 @@
 
 >>> clf = ImageClassifier(backbone="efficientnet_lite0", fine_tune_epochs=1).fit("data/")
 >>> clf.predict(["cat.jpg"])
+>>> clf = ImageClassifier().fit(["a.jpg", "b.jpg", ...], [["beach", "dog"], ["dog"], ...])  # multi-label
 >>> clf.save("runs/pets")
 >>> clf = headstart.load("runs/pets")
 
@@ -24,8 +25,9 @@ import numpy as np
 from ._console import Console
 from ._io import atomic_files, json_text, read_json
 from .config import HeadSpec, ModelConfig, TrainingConfig, library_versions
-from .data.dataset import DatasetSplit, Sample, Skipped, discover
-from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
+from .data.dataset import DatasetSplit, Sample, Skipped, label_matrix
+from .data.labels import evaluation_split, to_split
+from .errors import BackboneError, ModelFileError, NotFittedError, UsageError
 from .features.cache import CacheLayout
 from .features.pipeline import check_backbone
 from .predictor import Prediction, ProbabilityPredictor
@@ -67,7 +69,8 @@ class ImageClassifier(ProbabilityPredictor):
     # Every parameter is a keyword of __init__, stored as given (scikit-learn's estimator contract).
     def __init__(self, backbone: str = "efficientnet_lite0", weights: str | None = None,
                  image_size: int | None = None, workflow: str = "auto", engine: str = "auto",
-                 flip_features: bool = False, class_weight: str | None = None, epochs: int = 5,
+                 flip_features: bool = False, class_weight: str | None = None, multi_label: bool | None = None,
+                 epochs: int = 5,
                  lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 32,
                  label_smoothing: float = 0.0, augment: str = "light", dropout: float = 0.2,
                  patience: int = 3, fine_tune_epochs: int | None = None, fine_tune_lr: float = 1e-5,
@@ -81,6 +84,7 @@ class ImageClassifier(ProbabilityPredictor):
         self.engine = engine
         self.flip_features = flip_features
         self.class_weight = class_weight
+        self.multi_label = multi_label
         self.epochs = epochs
         self.lr = lr
         self.weight_decay = weight_decay
@@ -128,9 +132,15 @@ class ImageClassifier(ProbabilityPredictor):
         return TrainingConfig(**{name: getattr(self, name) for name in _TRAINING_PARAMS})
 
     # -- training ---------------------------------------------------------------------------
-    def fit(self, data: str | Path | DatasetSplit, *, on_epoch: Callable[[dict], None] | None = None,
-            console: Console | None = None, checkpoint_dir: str | Path | None = None) -> ImageClassifier:
-        """Train on an image folder (one subfolder per class), or on a prepared :class:`DatasetSplit`.
+    def fit(self, data, y=None, *, classes: Sequence[str] | None = None,
+            on_epoch: Callable[[dict], None] | None = None, console: Console | None = None,
+            checkpoint_dir: str | Path | None = None) -> ImageClassifier:
+        """Train on an image folder (one subfolder per class), on image paths and labels ``y``, on a
+        DataFrame with ``path`` and ``label`` columns, or on a :class:`DatasetSplit` (from
+        :func:`headstart.data.read_label_file`...). ``y``: a class name per path, or (multi-label)
+        a list of names per path, or an indicator matrix whose columns ``classes`` names, as from
+        ``MultiLabelBinarizer``. A model is multi-label (a sigmoid per class, thresholds tuned on
+        validation) when any image has several labels, or with ``multi_label=True``.
 
         ``on_epoch`` is called with each epoch's history row. ``console``
         receives progress and messages (default: stderr, at ``verbose``). With
@@ -144,8 +154,8 @@ class ImageClassifier(ProbabilityPredictor):
         cache = CacheLayout(self.cache_dir)
         check_backbone(feature_request(config), cache)  # a misspelt name fails before any work
         clock = time.perf_counter()
-        split = data if isinstance(data, DatasetSplit) else discover(
-            data, config.val_fraction, config.test_fraction, config.seed)
+        split = to_split(data, y, classes, config.multi_label, val_fraction=config.val_fraction,
+                         test_fraction=config.test_fraction, seed=config.seed)
         _report_data(split, console)
         timings = {"data": time.perf_counter() - clock}
         fitted = fitting.fit(split, config, FitContext(cache, console, on_epoch,
@@ -156,8 +166,9 @@ class ImageClassifier(ProbabilityPredictor):
 
         self._net, self._state = fitted.net, fitted.state
         self.classes_ = split.classes
-        self.config_ = ModelConfig(classes=split.classes, backbone=fitted.spec,
-                                   head=HeadSpec(num_classes=len(split.classes), dropout=config.dropout),
+        head = HeadSpec(num_classes=len(split.classes), dropout=config.dropout, multi_label=split.multi_label,
+                        thresholds=fitted.thresholds)
+        self.config_ = ModelConfig(classes=split.classes, backbone=fitted.spec, head=head,
                                    preprocessing=fitted.preprocessing, training=config, versions=library_versions())
         self.history_ = result.history
         split, head_proba = without_failed(split, result.failed, fitted.head_proba)
@@ -202,6 +213,16 @@ class ImageClassifier(ProbabilityPredictor):
             raise NotFittedError("this ImageClassifier is not fitted yet: call fit() or headstart.load() first")
 
     @property
+    def multi_label_(self) -> bool:
+        self._check_fitted()
+        return self.config_.head.multi_label
+
+    @property
+    def thresholds_(self) -> np.ndarray | None:
+        self._check_fitted()
+        return np.array(self.config_.head.decision_thresholds()) if self.multi_label_ else None
+
+    @property
     def net_(self) -> ClassifierNet:
         """The network. After a fit without PyTorch, it is built from the fitted
         tensors on first use (that is when PyTorch and timm are imported)."""
@@ -223,6 +244,7 @@ class ImageClassifier(ProbabilityPredictor):
         With ``tta``, the probabilities of each image and of its mirror image are
         averaged (test-time augmentation: one more forward pass per image).
         """
+        from .backbone.head import probabilities
         from .data.loader import ImageDataset, make_loader
 
         paths = [Path(p) for p in paths]
@@ -235,7 +257,7 @@ class ImageClassifier(ProbabilityPredictor):
         for batch in loader:
             probs = {}
             if batch.indices:
-                probs = dict(zip(batch.indices, _probabilities(runtime, batch.images, tta)))
+                probs = dict(zip(batch.indices, probabilities(*runtime, batch.images, tta, self.multi_label_)))
             errors = dict(batch.failed)
             for index in sorted([*probs, *errors]):
                 yield Prediction(paths[index], probs.get(index), errors.get(index))
@@ -258,36 +280,45 @@ class ImageClassifier(ProbabilityPredictor):
         """Class probabilities for a uint8 batch (N, 3, H, W) already resized and cropped."""
         import torch
 
-        return _probabilities(self._inference(), torch.from_numpy(np.ascontiguousarray(batch)))
+        from .backbone.head import probabilities
+
+        return probabilities(*self._inference(), torch.from_numpy(np.ascontiguousarray(batch)),
+                             multi_label=self.multi_label_)
 
     def evaluate_samples(self, samples: Sequence[Sample], tta: bool = False) -> dict:
         """Metrics (:func:`headstart.evaluate.classification_metrics`) on labelled samples."""
         return self._metrics_of(samples, self.predict_proba([s.path for s in samples], tta=tta))
 
     def _metrics_of(self, samples: Sequence[Sample], proba: np.ndarray) -> dict:
-        from .evaluate import classification_metrics  # scikit-learn: not needed to open an .onnx model
+        # scikit-learn: not needed to open an .onnx model
+        from .evaluate import classification_metrics, multilabel_metrics
 
-        labels = np.array([s.label for s in samples])
         ok = ~np.isnan(proba).any(axis=1)
-        metrics = classification_metrics(labels[ok], proba[ok], self.classes_)
+        if self.multi_label_:
+            labels = label_matrix(samples, len(self.classes_))
+            metrics = multilabel_metrics(labels[ok], proba[ok], self.classes_, self.thresholds_)
+        else:
+            labels = np.array([s.label for s in samples])
+            metrics = classification_metrics(labels[ok], proba[ok], self.classes_)
         metrics["undecodable"] = int((~ok).sum())
         return metrics
 
-    def evaluate(self, data: str | Path, tta: bool = False) -> dict:
-        """Metrics on a labelled folder; with split folders, on its test (else val) split."""
+    def evaluate(self, data: str | Path | None, tta: bool = False, labels: str | Path | None = None,
+                 label_sep: str = ";") -> dict:
+        """Metrics on a labelled folder, or a label file's images (``labels``; relative paths from ``data``
+        if given); with splits, on test (else val). Unusable rows are listed in ``skipped``."""
         self._check_fitted()
-        split = discover(data, val_fraction=0.0)
-        unknown = [c for c in split.classes if c not in self.classes_]
-        if unknown:
-            raise DataError(f"{data} has classes the model does not know: {', '.join(unknown)}")
+        split = evaluation_split(data, self.classes_, self.multi_label_, labels, label_sep)
         samples = (split.test or split.val) if split.presplit else split.train
-        remap = [self.classes_.index(c) for c in split.classes]
-        return self.evaluate_samples([Sample(s.path, remap[s.label]) for s in samples], tta=tta)
+        metrics = self.evaluate_samples(samples, tta=tta)
+        metrics["skipped"] = [{"path": str(s.path), "reason": s.reason} for s in split.skipped]
+        return metrics
 
     # -- persistence ------------------------------------------------------------------------
-    def run_request(self, data: str | Path) -> RunRequest:
-        """What ``run.json`` keeps: the data folder and every setting, enough to rerun or resume."""
-        return RunRequest(Path(data).resolve(), {k: v for k, v in self.get_params().items() if k != "verbose"})
+    def run_request(self, data: str | Path, labels: str | Path | None = None, label_sep: str = ";") -> RunRequest:
+        """What ``run.json`` keeps: the data folder (and label file) and every setting, enough to rerun or resume."""
+        return RunRequest(Path(data).resolve(), {k: v for k, v in self.get_params().items() if k != "verbose"},
+                          Path(labels).resolve() if labels is not None else None, label_sep)
 
     def save(self, directory: str | Path, overwrite: bool = False, report: bool = True) -> Path:
         """Write the model folder; refuses a non-empty folder unless ``overwrite``.
@@ -328,28 +359,12 @@ class ImageClassifier(ProbabilityPredictor):
         split = getattr(self, "split_", None)
         if split is not None:
             texts[SPLIT_FILE] = split_csv(split, self.classes_)
-            texts[RUN_FILE] = run_json_text(self.run_request(split.root))
+            texts[RUN_FILE] = run_json_text(self.run_request(split.root, split.label_file, split.label_sep))
             if getattr(self, "predictions_", None):
-                texts[PREDICTIONS_FILE] = predictions_csv(self.predictions_, split, self.classes_)
+                texts[PREDICTIONS_FILE] = predictions_csv(self.predictions_, split, self.classes_, self.thresholds_)
         if hasattr(self, "skipped_"):
             texts[SKIPPED_FILE] = skipped_csv(self.skipped_)
         return texts
-
-
-def _probabilities(inference: tuple[ClassifierNet, torch.device, torch.dtype], images: torch.Tensor,
-                   tta: bool = False) -> np.ndarray:
-    """Softmax of the network on a batch; with ``tta``, averaged with the mirror images'."""
-    import torch
-
-    from .device import autocast, to_device
-
-    net, device, dtype = inference
-    images = to_device(images, device)
-    with torch.inference_mode(), autocast(device, dtype):
-        proba = torch.softmax(net(images).float(), 1)
-        if tta:
-            proba = (proba + torch.softmax(net(images.flip(-1)).float(), 1)) / 2
-    return proba.cpu().numpy()
 
 
 def open_model(path: str | Path, verbose: int = 0) -> ImageClassifier | OnnxClassifier:
@@ -396,8 +411,10 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
 
 
 def _report_data(split: DatasetSplit, console: Console) -> None:
-    how = "split folders" if split.presplit else "a stratified split"
-    console.info(f"{len(split.classes)} classes ({', '.join(split.classes[:8])}"
+    how = ("given splits" if split.presplit else "a seeded random split") if split.multi_label \
+        else "split folders" if split.presplit else "a stratified split"
+    kind = ", multi-label" if split.multi_label else ""
+    console.info(f"{len(split.classes)} classes{kind} ({', '.join(split.classes[:8])}"
                  f"{', ...' if len(split.classes) > 8 else ''}) from {split.root}, using {how}")
     for skipped in split.skipped:
         console.warn(f"skipping {skipped.path}: {skipped.reason}")

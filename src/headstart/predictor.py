@@ -17,7 +17,7 @@ import numpy as np
 
 from .config import Preprocessing
 
-__all__ = ["Prediction", "Predictor", "ProbabilityPredictor", "stack_probabilities", "best_classes"]
+__all__ = ["Prediction", "Predictor", "ProbabilityPredictor", "stack_probabilities", "best_classes", "label_sets"]
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,24 @@ class Predictor(Protocol):
         """Class probabilities, one row per path; NaN for an image that cannot be decoded."""
 
     def predict(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
-        """The most probable class name per path (None for an image that cannot be decoded)."""
+        """The most probable class name per path (None for an image that cannot be decoded); for
+        a multi-label model, the tuple of class names predicted per path."""
+
+    @property
+    def multi_label_(self) -> bool:
+        """Whether the model has a sigmoid per class (several labels per image, or none)."""
+
+    @property
+    def thresholds_(self) -> np.ndarray | None:
+        """A multi-label model's decision threshold per class; None for a single-label model."""
 
 
 class ProbabilityPredictor:
     """``predict_proba`` and ``predict`` from a model's ``iter_predict``, written once for both kinds."""
 
     classes_: tuple[str, ...]
+    multi_label_: bool = False
+    thresholds_: np.ndarray | None = None
 
     def _check_fitted(self) -> None:
         """Raise when there is no model to predict with yet (an unfitted estimator)."""
@@ -74,9 +85,18 @@ class ProbabilityPredictor:
         self._check_fitted()
         return stack_probabilities(self.iter_predict(paths, tta=tta), len(paths), len(self.classes_))
 
-    def predict(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
-        """The most probable class name per path (None for an image that cannot be decoded)."""
-        return best_classes(self.predict_proba(paths, tta=tta), self.classes_)
+    def predict(self, paths: Sequence[str | Path] | str | Path, tta: bool = False,
+                threshold: float | None = None) -> np.ndarray:
+        """The most probable class name per path (None for an image that cannot be decoded).
+
+        A multi-label model predicts the tuple of the classes whose probability reaches their
+        threshold (``thresholds_``, tuned on validation; ``threshold`` sets one for every class).
+        ``MultiLabelBinarizer(classes=model.classes_)`` turns these into an indicator matrix.
+        """
+        proba = self.predict_proba(paths, tta=tta)
+        if not self.multi_label_:
+            return best_classes(proba, self.classes_)
+        return label_sets(proba, self.classes_, self.thresholds_ if threshold is None else threshold)
 
 
 def stack_probabilities(predictions: Iterator[Prediction], rows: int, classes: int) -> np.ndarray:
@@ -93,4 +113,15 @@ def best_classes(proba: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     out = np.full(len(proba), None, dtype=object)
     ok = ~np.isnan(proba).any(axis=1)
     out[ok] = np.array(classes, dtype=object)[proba[ok].argmax(axis=1)]
+    return out
+
+
+def label_sets(proba: np.ndarray, classes: Sequence[str], thresholds) -> np.ndarray:
+    """A multi-label model's decisions: per row, the tuple of classes whose probability reaches
+    its threshold (one per class, or one number for all); None where the row is NaN."""
+    out = np.full(len(proba), None, dtype=object)
+    ok = ~np.isnan(proba).any(axis=1)
+    chosen = proba >= np.asarray(thresholds, dtype=np.float64)
+    for i in np.flatnonzero(ok):
+        out[i] = tuple(classes[k] for k in np.flatnonzero(chosen[i]))
     return out

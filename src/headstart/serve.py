@@ -86,7 +86,7 @@ def create_app(model: str | Path, config: ServeConfig | None = None):
     predictor = open_model(model)
     batcher = _Batcher(predictor, config)
     classes = list(predictor.classes_)
-    info = {"model": str(model), "classes": classes, **_describe(predictor)}
+    info = {"model": str(model), "classes": classes, "multi_label": predictor.multi_label_, **_describe(predictor)}
     app = FastAPI(title="headstart", description=f"Image classifier: {', '.join(classes)}")
 
     @app.exception_handler(HTTPException)
@@ -124,6 +124,13 @@ def create_app(model: str | Path, config: ServeConfig | None = None):
         k = min(config.top_k, len(classes))
         results = []
         for upload, row in zip(files, proba):
+            if predictor.multi_label_:  # the label set, and every class's probability, most probable first
+                order = np.argsort(row)[::-1]
+                results.append({"filename": upload.filename,
+                                "labels": [classes[i] for i in range(len(classes)) if row[i] >= predictor.thresholds_[i]],
+                                "probabilities": {classes[i]: float(row[i]) for i in range(len(classes))},
+                                "top_k": [{"class": classes[i], "probability": float(row[i])} for i in order]})
+                continue
             order = np.argsort(row)[::-1][:k]
             results.append({"filename": upload.filename, "class": classes[order[0]],
                             "probability": float(row[order[0]]),
@@ -150,8 +157,9 @@ def _decode(predictor, data: bytes, name: str) -> np.ndarray:
 def _describe(predictor) -> dict:
     if hasattr(predictor, "metadata"):
         return {"backbone": predictor.metadata.get("backbone"), "engine": "onnxruntime"}
+    score = "mean_ap" if predictor.multi_label_ else "accuracy"
     return {"backbone": predictor.config_.backbone.name, "engine": "pytorch", "metrics": {
-        k: predictor.metrics_[k]["accuracy"] for k in ("val", "test") if predictor.metrics_ and k in predictor.metrics_}}
+        k: predictor.metrics_[k][score] for k in ("val", "test") if predictor.metrics_ and k in predictor.metrics_}}
 
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None) -> None:
@@ -202,7 +210,11 @@ function show(file, prediction, error) {
   if (file) { const img = document.createElement("img"); img.src = URL.createObjectURL(file); box.append(img); }
   const text = document.createElement("div");
   if (error) { text.className = "error"; text.textContent = error; }
-  else for (const t of prediction.top_k) {
+  else if (prediction.labels) {
+    const set = document.createElement("p"); set.textContent = "Labels: " + (prediction.labels.join(", ") || "none");
+    text.append(set);
+  }
+  if (!error) for (const t of prediction.top_k) {
     const row = document.createElement("div"); row.className = "row";
     const name = document.createElement("span"); name.textContent = t.class;
     const bar = document.createElement("div"); bar.className = "bar"; bar.style.width = (100 * t.probability) + "%";

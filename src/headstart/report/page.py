@@ -95,7 +95,8 @@ def write_report(directory: str | Path, console: Console | None = None) -> Path:
 
 def _header(run: RunRecord) -> str:
     m, backbone = run.metrics, run.config.get("backbone", {})
-    final = next((f"{name} accuracy {_pct(m[name]['accuracy'])}" for name in ("test", "val") if name in m), "")
+    final = next((f"{name} mAP {_num(m[name]['mean_ap'])}" if m[name].get("multi_label") else
+                  f"{name} accuracy {_pct(m[name]['accuracy'])}" for name in ("test", "val") if name in m), "")
     made = datetime.datetime.fromtimestamp((run.directory / METRICS_FILE).stat().st_mtime)
     return (f"<h1>{h.escape(run.directory.name)}</h1>"
             f"<p>{len(run.classes)} classes, backbone <code>{h.escape(str(backbone.get('architecture')))}</code>, "
@@ -166,6 +167,10 @@ def _stages_section(run: RunRecord, plot_dir: Path) -> str:
 
 
 def _evaluation_sections(run: RunRecord, plot_dir: Path) -> list[str]:
+    if (run.config.get("head") or {}).get("multi_label"):
+        from .multilabel import evaluation_sections  # it builds on this module's helpers
+
+        return evaluation_sections(run, plot_dir)
     m = run.metrics
     evaluated = [name for name in ("val", "test") if name in m]
     if not evaluated:

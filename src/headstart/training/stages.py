@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import copy
 
-from torch import nn
-
 from ..backbone.freeze import freeze, unfreeze
-from .loop import Trainer, run_epoch, stage_dict, stage_from, stats_dict, stats_from, train_stage
+from .loop import Trainer, loss_function, run_epoch, stage_dict, stage_from, stats_dict, stats_from, train_stage
 from .results import EpochStats, TrainResult
 
 __all__ = ["train_frozen", "fine_tune", "fine_tune_improved"]
@@ -41,7 +39,11 @@ def train_frozen(trainer: Trainer) -> TrainResult:
 
 
 def fine_tune_improved(before: EpochStats, after: EpochStats) -> bool:
-    """Keep fine-tuning only for higher validation accuracy, or equal accuracy and lower loss."""
+    """Keep fine-tuning only for a higher validation score, or an equal one and a lower loss. The
+    score is accuracy, or for a multi-label model the mean average precision (threshold-free,
+    as the thresholds are tuned afterwards)."""
+    if before.mean_ap is not None and after.mean_ap is not None:
+        return after.mean_ap > before.mean_ap or (after.mean_ap == before.mean_ap and after.loss < before.loss)
     return after.accuracy > before.accuracy or (
         after.accuracy == before.accuracy and after.loss < before.loss)
 
@@ -62,7 +64,7 @@ def fine_tune(trainer: Trainer, epochs: int, result: TrainResult, before: EpochS
         result.stage1 = stage_from(saved["stage1"])
     else:
         if before is None and trainer.val_loader is not None:
-            before = run_epoch(trainer, trainer.val_loader, nn.CrossEntropyLoss(), desc="validate stage 1")
+            before = run_epoch(trainer, trainer.val_loader, loss_function(trainer), desc="validate stage 1")
         before_state = copy.deepcopy(net.state_dict())
     trainable = unfreeze(net.backbone, config.unfreeze_last)
     which = "all blocks" if config.unfreeze_last is None else f"last {config.unfreeze_last} block(s)"
@@ -87,10 +89,12 @@ def _guard(trainer: Trainer, result: TrainResult, before: EpochStats | None, bef
         result.fine_tune_kept = True
         return
     result.fine_tune_kept = fine_tune_improved(before, after)
+    if after.mean_ap is not None and before.mean_ap is not None:
+        change = f"mAP {before.mean_ap:.4f} -> {after.mean_ap:.4f}"
+    else:
+        change = f"accuracy {before.accuracy:.2%} -> {after.accuracy:.2%}"
     if result.fine_tune_kept:
-        trainer.console.info(f"fine-tuning improved validation accuracy: {before.accuracy:.2%} -> "
-                             f"{after.accuracy:.2%}")
+        trainer.console.info(f"fine-tuning improved validation {change}")
     else:
         trainer.net.load_state_dict(before_state)
-        trainer.console.info(f"fine-tuning did not improve validation ({before.accuracy:.2%} -> "
-                             f"{after.accuracy:.2%}): keeping the stage-1 weights")
+        trainer.console.info(f"fine-tuning did not improve validation ({change}): keeping the stage-1 weights")
