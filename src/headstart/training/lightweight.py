@@ -78,7 +78,7 @@ def fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfig
     val_rows = rows["val"] if len(rows["val"]) else None
     if split.multi_label:
         head = fit_ovr_head(rows["train"], val_rows, config.class_weight, config.seed)
-        predict, strength = sigmoid_probabilities, f"L2 C per class {head.C.min():g}-{head.C.max():g}"
+        predict, strength = sigmoid_probabilities, f"L2 C={head.C:g}, refitted on train + val"
     else:
         head = fit_linear_head(rows["train"], val_rows, len(split.classes), config.class_weight, config.seed)
         predict, strength = probabilities, f"L2 C={head.C:g}"
@@ -98,11 +98,14 @@ def fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfig
                  f"train acc {head.train.accuracy:.2%}{val_text}")
     info = {"features": {"engine": features.engine, "computed": features.computed,
                          "cached": len(labels) - features.computed, "seconds": features.seconds},
-            "head": {"C": head.C.tolist() if split.multi_label else head.C, "seconds": head.seconds}}
+            "head": {"C": head.C, "seconds": head.seconds}}
     proba = {}
     for i, name in enumerate(("val", "test"), start=1):
         proba[name] = np.full((bounds[i + 1] - bounds[i], len(split.classes)), np.nan)
-        proba[name][usable[name] - bounds[i]] = predict(rows[name], head.weight, head.bias)
+        # A multi-label head refitted on train + val: its validation figures are those before the refit.
+        refitted = name == "val" and getattr(head, "val_proba", None) is not None
+        proba[name][usable[name] - bounds[i]] = head.val_proba if refitted else predict(rows[name], head.weight,
+                                                                                        head.bias)
     features.close()
     thresholds = tuple(float(t) for t in head.thresholds) if split.multi_label else ()
     return HeadFit(head, result, info, proba, thresholds)

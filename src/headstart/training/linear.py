@@ -120,6 +120,16 @@ class Standardised:
         w = weight.astype(np.float64) * self.std
         return np.concatenate([w.ravel(), bias + weight.astype(np.float64) @ self.mean])
 
+    def penalised(self, params: np.ndarray, l2: float, loss: float, grad_w: np.ndarray, grad_b: np.ndarray
+                  ) -> tuple[float, np.ndarray]:
+        """The objective and its gradient in standardised space: the summed loss and its raw-feature
+        gradients, averaged over ``total_weight``, plus the L2 penalty on the weights."""
+        loss, grad_w, grad_b = loss / self.total_weight, grad_w / self.total_weight, grad_b / self.total_weight
+        # Raw-feature gradients back to standardised parameters: logits = x W'/s + b - (W'/s) mean.
+        w = params[:-self.k].reshape(self.k, self.d)
+        grad_w = (grad_w - np.outer(grad_b, self.mean)) / self.std + l2 * w
+        return loss + 0.5 * l2 * float(np.sum(w * w)), np.concatenate([grad_w.ravel(), grad_b])
+
     def minimize(self, C: float, start: np.ndarray | None) -> np.ndarray:
         """The parameters minimising the subclass's objective ``self(params, l2)`` at inverse L2
         strength ``C``, from ``start`` (warm start) or zeros."""
@@ -165,11 +175,7 @@ class _Objective(Standardised):
             g *= sw[:, None].astype(np.float32)
             grad_w += g.T @ x
             grad_b += g.sum(axis=0, dtype=np.float64)
-        loss, grad_w, grad_b = loss / self.total_weight, grad_w / self.total_weight, grad_b / self.total_weight
-        # Raw-feature gradients back to standardised parameters: logits = x W'/s + b - (W'/s) mean.
-        w = params[:-self.k].reshape(self.k, self.d)
-        grad_w = (grad_w - np.outer(grad_b, self.mean)) / self.std + l2 * w
-        return loss + 0.5 * l2 * float(np.sum(w * w)), np.concatenate([grad_w.ravel(), grad_b])
+        return self.penalised(params, l2, loss, grad_w, grad_b)
 
 
 def probabilities(rows: Rows, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:

@@ -7,10 +7,13 @@ classes are independent, so all of them are minimised together, in one
 streamed pass per L-BFGS step over the float16 feature files, as the
 single-label head is (:mod:`.linear`): memory stays flat however many images.
 
-Each class then takes its own L2 strength from :data:`C_GRID`: the one with the
-best validation average precision (its share of the mean average precision),
-or without validation rows, the best out-of-fold one. Its decision threshold is
-the one with the best F1 on the same held-out probabilities.
+The L2 strength is the one of :data:`C_GRID` with the best validation mean
+average precision (without validation rows, the best out-of-fold one), and each
+class's decision threshold the one with the best F1 on those same held-out
+probabilities. Then, as scikit-learn's ``LogisticRegressionCV`` refits, the heads
+are fitted again at that strength on the training and validation rows together:
+every labelled image counts. The validation figures reported
+(:attr:`OvrHead.val_proba`) stay those of the heads fitted without them.
 """
 
 from __future__ import annotations
@@ -34,38 +37,46 @@ class OvrHead:
 
     weight: np.ndarray  # float32 (num_classes, num_features)
     bias: np.ndarray  # float32 (num_classes,)
-    C: np.ndarray  # each class's inverse L2 strength
+    C: float  # the inverse L2 strength validation chose
     thresholds: np.ndarray  # each class's decision threshold
     train: EpochStats
-    val: EpochStats | None
+    val: EpochStats | None  # of the heads fitted on the training rows alone
+    val_proba: np.ndarray | None  # their validation probabilities: honest figures, unlike the refitted heads'
     seconds: float
 
 
 def fit_ovr_head(train: Rows, val: Rows | None, class_weight: str | None = None, seed: int = 0) -> OvrHead:
-    """Fit the heads on ``train`` (labels: an indicator matrix); strengths and thresholds on ``val``."""
+    """Fit the heads on ``train`` (labels: an indicator matrix); strength and thresholds on ``val``,
+    then refit on both."""
     from threadpoolctl import threadpool_limits
 
     start = time.perf_counter()
+    has_val = val is not None and len(val) > 0
     # Thin matrix products per step: BLAS threads only slow them down (as for the single-label head).
     with threadpool_limits(1, user_api="blas"):
-        num_classes = train.labels.shape[1]
-        if val is not None and len(val):
+        if has_val:
             path = _path(train, class_weight)
             held_out = [sigmoid_probabilities(val, w, b) for w, b in path]
             y_held = val.labels
         else:
             path, held_out, y_held = _cross_validated(train, class_weight, seed)
-        best = _best_per_class(y_held, held_out)
-        classes = np.arange(num_classes)
-        weight = np.stack([path[best[k]][0][k] for k in classes])
-        bias = np.array([path[best[k]][1][k] for k in classes], dtype=np.float32)
-        chosen = np.stack([held_out[best[k]][:, k] for k in classes], axis=1)
-        thresholds = best_f1_thresholds(y_held, chosen)
-    has_val = val is not None and len(val) > 0
-    return OvrHead(weight, bias, np.array(C_GRID)[best], thresholds,
+        best = int(np.argmax([_score(y_held, p) for p in held_out]))  # the strongest L2 among ties
+        thresholds = best_f1_thresholds(y_held, held_out[best])
+        weight, bias = path[best]
+        if has_val:
+            both = Rows(train.parts + val.parts, np.concatenate([train.labels, val.labels]))
+            objective = _BinaryObjective(both, class_weight)
+            weight, bias = objective.unscale(objective.minimize(C_GRID[best], objective.scale(weight, bias)))
+    return OvrHead(weight, bias, C_GRID[best], thresholds,
                    multilabel_stats(train.labels, sigmoid_probabilities(train, weight, bias)),
-                   multilabel_stats(val.labels, sigmoid_probabilities(val, weight, bias)) if has_val else None,
-                   time.perf_counter() - start)
+                   multilabel_stats(val.labels, held_out[best]) if has_val else None,
+                   held_out[best] if has_val else None, time.perf_counter() - start)
+
+
+def _score(y: np.ndarray, proba: np.ndarray) -> float:
+    """Mean average precision; minus the cross-entropy where no class has a held-out image."""
+    score = mean_average_precision(y, proba)
+    return score if not np.isnan(score) else -_bce(y.ravel(), proba.ravel())
 
 
 def _path(rows: Rows, class_weight: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -89,21 +100,6 @@ def _cross_validated(rows: Rows, class_weight: str | None, seed: int):
             for i, (w, b) in enumerate(_path(rows.subset(fit), class_weight)):
                 held_out[i][out] = sigmoid_probabilities(rows.subset(out), w, b)
     return _path(rows, class_weight), held_out, rows.labels
-
-
-def _best_per_class(y: np.ndarray, held_out: list[np.ndarray]) -> np.ndarray:
-    """Per class, the index in :data:`C_GRID` with the best held-out average precision; for a class
-    without both positive and negative held-out images, the lowest binary cross-entropy."""
-    from sklearn.metrics import average_precision_score
-
-    best = np.zeros(y.shape[1], dtype=int)
-    for k in range(y.shape[1]):
-        if 0 < y[:, k].sum() < len(y):
-            scores = [average_precision_score(y[:, k], p[:, k]) for p in held_out]
-        else:
-            scores = [-_bce(y[:, k], p[:, k]) for p in held_out]
-        best[k] = int(np.argmax(scores))  # the first (strongest L2) among ties
-    return best
 
 
 def _bce(y: np.ndarray, p: np.ndarray) -> float:
@@ -155,7 +151,4 @@ class _BinaryObjective(Standardised):
             g = (positive * (p - 1) + (1 - y) * p).astype(np.float32)
             grad_w += g.T @ x
             grad_b += g.sum(axis=0, dtype=np.float64)
-        loss, grad_w, grad_b = loss / self.total_weight, grad_w / self.total_weight, grad_b / self.total_weight
-        w = params[:-self.k].reshape(self.k, self.d)
-        grad_w = (grad_w - np.outer(grad_b, self.mean)) / self.std + l2 * w
-        return loss + 0.5 * l2 * float(np.sum(w * w)), np.concatenate([grad_w.ravel(), grad_b])
+        return self.penalised(params, l2, loss, grad_w, grad_b)
