@@ -60,7 +60,7 @@ def test_a_label_file_with_several_labels_trains_a_multi_label_model(run, mosaic
         assert m["multi_label"] and m["count"] == 32
         # 96 training mosaics of 8 classes, each in about a third of them (mAP by chance: about 0.35).
         assert m["mean_ap"] >= 0.75 and m["macro_f1"] >= 0.6, m
-        assert 0 <= m["hamming_loss"] <= 0.15 and set(m["per_class"]) == set(CLASSES)
+        assert 0 <= m["hamming_loss"] <= 0.2 and set(m["per_class"]) == set(CLASSES)
         assert {"average_precision", "threshold", "f1", "precision", "recall"} <= set(m["per_class"]["cat"])
     # The run remembers its label file, and split.csv holds the label sets.
     request = json.loads((out / "run.json").read_text())
@@ -125,7 +125,7 @@ def test_onnx_export_keeps_sigmoids_and_thresholds(run, mosaics: Path, cli, tmp_
     status, captured = cli("export", out, "--out", model, "--check-images", "16")
     assert status == ExitStatus.SUCCESS, captured.stderr
     exported = OnnxClassifier(model)
-    clf = headstart.load(out, verbose=0)
+    clf = headstart.load(out, verbose=0).set_params(precision="fp32")  # the export is checked against fp32
     assert exported.multi_label_ and np.allclose(exported.thresholds_, clf.thresholds_)
     images = sorted((mosaics.parent / "images").glob("*.jpg"))[:8]
     pixels = np.stack([exported.pixels(p) for p in images])
@@ -193,3 +193,20 @@ def test_inspect_a_multi_label_file_same_bytes_under_two_label_sets_is_no_confli
     assert len(copy) == 1 and {copy[0]["path"], copy[0]["other_path"]} == {"images/copy.jpg", rows[0]["path"]}
     assert copy[0]["severity"] == "low"
     assert "conflicting" not in copy[0]["detail"]
+
+
+def test_serve_answers_with_the_label_set_and_every_probability(run, mosaics: Path):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from headstart.serve import create_app
+
+    out, _, _ = run
+    image = sorted((mosaics.parent / "images").glob("*.jpg"))[0]
+    with TestClient(create_app(out)) as client:
+        assert client.get("/model").json()["multi_label"] is True
+        answer = client.post("/predict", files=[("files", (image.name, image.read_bytes(), "image/jpeg"))]).json()
+    prediction = answer["predictions"][0]
+    assert set(prediction["probabilities"]) == set(CLASSES)
+    thresholds = dict(zip(sorted(CLASSES), json.loads((out / "config.json").read_text())["head"]["thresholds"]))
+    assert prediction["labels"] == [c for c in sorted(CLASSES) if prediction["probabilities"][c] >= thresholds[c]]
