@@ -61,7 +61,7 @@ class ImageClassifier(ProbabilityPredictor):
 
     Attributes set by :meth:`fit` (or :func:`load`) end in ``_``:
     ``classes_``, ``config_``, ``net_``, ``metrics_``, ``history_``,
-    ``split_``, ``skipped_`` and ``predictions_`` (the final model's
+    ``split_``, ``skipped_``, ``multi_label_``, ``thresholds_`` and ``predictions_`` (the final model's
     probabilities for the val and test images, in ``split_`` order). ``cache_dir`` is where the lightweight workflow
     keeps features (default: the user's cache folder); it is not saved with the model.
     """

@@ -48,7 +48,8 @@ class Predictor(Protocol):
     def predict_proba(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
         """Class probabilities, one row per path; NaN for an image that cannot be decoded."""
 
-    def predict(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
+    def predict(self, paths: Sequence[str | Path] | str | Path, tta: bool = False,
+                threshold: float | None = None) -> np.ndarray:
         """The most probable class name per path (None for an image that cannot be decoded); for
         a multi-label model, the tuple of class names predicted per path."""
 
