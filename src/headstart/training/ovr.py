@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..evaluate import best_f1_thresholds, mean_average_precision
 from ..features.rows import Rows
 from .linear import C_GRID, Standardised
 from .results import EpochStats
@@ -50,6 +49,8 @@ def fit_ovr_head(train: Rows, val: Rows | None, class_weight: str | None = None,
     then refit on both."""
     from threadpoolctl import threadpool_limits
 
+    from ..evaluate import best_f1_thresholds  # scikit-learn: imported when a head is fitted, not before
+
     start = time.perf_counter()
     has_val = val is not None and len(val) > 0
     # Thin matrix products per step: BLAS threads only slow them down (as for the single-label head).
@@ -75,6 +76,8 @@ def fit_ovr_head(train: Rows, val: Rows | None, class_weight: str | None = None,
 
 def _score(y: np.ndarray, proba: np.ndarray) -> float:
     """Mean average precision; minus the cross-entropy where no class has a held-out image."""
+    from ..evaluate import mean_average_precision
+
     score = mean_average_precision(y, proba)
     return score if not np.isnan(score) else -_bce(y.ravel(), proba.ravel())
 
@@ -109,6 +112,8 @@ def _bce(y: np.ndarray, p: np.ndarray) -> float:
 
 def multilabel_stats(y: np.ndarray, proba: np.ndarray) -> EpochStats:
     """Binary cross-entropy, label-wise accuracy at 0.5 and mean average precision of ``proba``."""
+    from ..evaluate import mean_average_precision
+
     return EpochStats(_bce(y.ravel(), proba.ravel()), float(((proba >= 0.5) == (y > 0.5)).mean()), len(y),
                       mean_ap=mean_average_precision(y, proba))
 
