@@ -127,17 +127,34 @@ class BackboneSpec:
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """The new layers: global average pooling, dropout, one dense output layer."""
+    """The new layers: global average pooling, dropout, one dense output layer.
+
+    A single-label head's outputs go through a softmax (one class per image); a
+    ``multi_label`` head's through a sigmoid each, and a class is predicted when
+    its probability reaches its threshold (tuned on validation for the best F1;
+    0.5 where there was nothing to tune on). Both fields default to what models
+    saved before multi-label existed were.
+    """
 
     num_classes: int
     dropout: float = 0.2
     pooling: Literal["avg"] = "avg"
+    multi_label: bool = False
+    thresholds: tuple[float, ...] = ()  # multi-label: one per class; empty means 0.5 for each
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.num_classes, int) and self.num_classes >= 2,
-                 "num_classes", "an integer >= 2", self.num_classes)
+        smallest = 1 if self.multi_label else 2
+        _require(isinstance(self.num_classes, int) and self.num_classes >= smallest,
+                 "num_classes", f"an integer >= {smallest}", self.num_classes)
         _require(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)
         _require(self.pooling == "avg", "pooling", "'avg'", self.pooling)
+        _require(not self.thresholds or (self.multi_label and len(self.thresholds) == self.num_classes
+                                         and all(0 <= t <= 1 for t in self.thresholds)),
+                 "thresholds", "empty, or for a multi-label head one number in [0, 1] per class", self.thresholds)
+
+    def decision_thresholds(self) -> tuple[float, ...]:
+        """Each class's threshold (multi-label heads)."""
+        return self.thresholds or (0.5,) * self.num_classes
 
 
 @dataclass(frozen=True)
@@ -151,6 +168,7 @@ class TrainingConfig:
     engine: str = "auto"  # the lightweight workflow's feature engine
     flip_features: bool = False  # lightweight: mirror images' features as extra training samples
     class_weight: str | None = None
+    multi_label: bool | None = None  # None: when any image has several labels
     epochs: int = 5
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -184,6 +202,7 @@ class TrainingConfig:
         BackboneRequest(self.backbone, self.weights, self.image_size)  # checks the name and image size
         _require(self.class_weight in CLASS_WEIGHTS, "class_weight", "None or 'balanced'", self.class_weight)
         _require(isinstance(self.flip_features, bool), "flip_features", "true or false", self.flip_features)
+        _require(self.multi_label in (None, True, False), "multi_label", "None, true or false", self.multi_label)
         for name in ("lr", "fine_tune_lr"):
             value = getattr(self, name)
             _require(isinstance(value, (int, float)) and value > 0, name, "a positive number", value)
@@ -222,8 +241,9 @@ class ModelConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        _require(len(self.classes) >= 2 and all(isinstance(c, str) and c for c in self.classes),
-                 "classes", "a list of at least 2 non-empty names", self.classes)
+        smallest = 1 if self.head.multi_label else 2
+        _require(len(self.classes) >= smallest and all(isinstance(c, str) and c for c in self.classes),
+                 "classes", f"a list of at least {smallest} non-empty names", self.classes)
         _require(len(set(self.classes)) == len(self.classes), "classes", "unique names", self.classes)
         _require(self.head.num_classes == len(self.classes), "head.num_classes",
                  f"the number of classes ({len(self.classes)})", self.head.num_classes)

@@ -1,4 +1,9 @@
-"""Metrics as data, computed by scikit-learn; only the calibration error has no counterpart there."""
+"""Metrics as data, computed by scikit-learn; only the calibration error has no counterpart there.
+
+:func:`classification_metrics` measures a single-label model (softmax, one class
+per image), :func:`multilabel_metrics` a multi-label one (a sigmoid per class,
+a label set per image, as a binary indicator matrix).
+"""
 
 from __future__ import annotations
 
@@ -12,14 +17,18 @@ from sklearn.metrics import (
     average_precision_score,
     balanced_accuracy_score,
     confusion_matrix,
+    f1_score,
+    hamming_loss,
     log_loss,
+    precision_recall_curve,
     precision_recall_fscore_support,
     roc_auc_score,
     top_k_accuracy_score,
 )
 
-__all__ = ["classification_metrics", "decoded_metrics", "calibration_bins", "expected_calibration_error", "format_metrics",
-           "wilson_interval", "most_confused"]
+__all__ = ["classification_metrics", "decoded_metrics", "multilabel_metrics", "mean_average_precision",
+           "best_f1_thresholds", "calibration_bins", "expected_calibration_error", "format_metrics", "wilson_interval",
+           "most_confused"]
 
 CALIBRATION_BINS = 15
 
@@ -88,13 +97,93 @@ def most_confused(matrix: Sequence[Sequence[int]], classes: Sequence[str], most:
              "fraction_of_true": n / max(int(counts[i].sum()), 1)} for n, i, j in cells[:most]]
 
 
-def decoded_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str]) -> dict:
-    """:func:`classification_metrics` of the images that could be decoded (the rows of ``proba``
-    that are not NaN), with ``undecodable`` counting the others."""
+def decoded_metrics(y_true: Sequence[int] | np.ndarray, proba: np.ndarray, classes: Sequence[str],
+                    thresholds: Sequence[float] | None = None) -> dict:
+    """:func:`classification_metrics` (with per-class ``thresholds``, :func:`multilabel_metrics`
+    of the indicator matrix ``y_true``) of the images that could be decoded (the rows of
+    ``proba`` that are not NaN), with ``undecodable`` counting the others."""
     ok = ~np.isnan(proba).any(axis=1)
-    metrics = classification_metrics(np.asarray(y_true)[ok], proba[ok], classes)
+    y_true = np.asarray(y_true)
+    metrics = (classification_metrics(y_true[ok], proba[ok], classes) if thresholds is None
+               else multilabel_metrics(y_true[ok], proba[ok], classes, thresholds))
     metrics["undecodable"] = int((~ok).sum())
     return metrics
+
+
+def multilabel_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
+                       thresholds: Sequence[float]) -> dict:
+    """Every metric of a multi-label model's probabilities ``proba`` (N, classes) against the
+    indicator matrix ``y_true``, with the label sets decided at ``thresholds`` (one per class).
+
+    Mean average precision (macro AP over the classes with at least one image),
+    micro, macro and samples F1, subset accuracy (the whole label set right),
+    Hamming loss (the share of wrong (image, class) decisions), binary
+    cross-entropy, and per class precision, recall, F1, AP, threshold and support.
+    """
+    y_true = np.asarray(y_true, dtype=int).reshape(len(proba), len(classes))
+    proba = np.asarray(proba, dtype=np.float64)
+    y_pred = (proba >= np.asarray(thresholds)).astype(int)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+    ap = _average_precisions(y_true, proba)
+    metrics = {
+        "multi_label": True,
+        "count": int(len(y_true)),
+        "mean_ap": mean_average_precision(y_true, proba),
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)) if len(y_true) else float("nan"),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)) if len(y_true) else float("nan"),
+        "samples_f1": _samples_f1(y_true, y_pred),
+        "subset_accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
+        "hamming_loss": float(hamming_loss(y_true, y_pred)) if len(y_true) else float("nan"),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                   "average_precision": ap[i], "threshold": float(thresholds[i]), "support": int(support[i])}
+            for i, name in enumerate(classes)
+        },
+        "classes": list(classes),
+    }
+    if len(y_true):
+        clipped = np.clip(proba, 1e-7, 1 - 1e-7)
+        metrics["log_loss"] = float(-np.mean(y_true * np.log(clipped) + (1 - y_true) * np.log(1 - clipped)))
+    return metrics
+
+
+def _average_precisions(y_true: np.ndarray, proba: np.ndarray) -> list[float]:
+    """Each class's average precision; NaN for a class with no image (AP is undefined there)."""
+    return [float(average_precision_score(y_true[:, k], proba[:, k])) if y_true[:, k].any() else float("nan")
+            for k in range(y_true.shape[1])]
+
+
+def mean_average_precision(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Macro average precision over the classes that have at least one image (NaN if none has)."""
+    ap = [a for a in _average_precisions(np.asarray(y_true), np.asarray(proba)) if not np.isnan(a)]
+    return float(np.mean(ap)) if ap else float("nan")
+
+
+def _samples_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """F1 of each image's label set, averaged; an image with no label and none predicted scores 1
+    (scikit-learn counts it 0, which would punish "none of these" answered right)."""
+    if not len(y_true):
+        return float("nan")
+    hits = (y_true & y_pred).sum(axis=1)
+    total = y_true.sum(axis=1) + y_pred.sum(axis=1)
+    return float(np.mean(np.where(total == 0, 1.0, 2 * hits / np.maximum(total, 1))))
+
+
+def best_f1_thresholds(y_true: np.ndarray, proba: np.ndarray, default: float = 0.5) -> np.ndarray:
+    """Per class, the decision threshold with the best F1 on these images: halfway between the
+    lowest probability kept and the highest left out, so it holds for images a little off
+    those seen. ``default`` for a class with no image (nothing to tune on)."""
+    y_true, proba = np.asarray(y_true), np.asarray(proba, dtype=np.float64)
+    out = np.full(y_true.shape[1], default)
+    for k in range(y_true.shape[1]):
+        if not y_true[:, k].any() or y_true[:, k].all():
+            continue
+        precision, recall, cuts = precision_recall_curve(y_true[:, k], proba[:, k])
+        f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+        cut = cuts[int(np.argmax(f1))]
+        below = proba[:, k][proba[:, k] < cut]
+        out[k] = (cut + below.max()) / 2 if len(below) else cut
+    return out
 
 
 def calibration_bins(y_true: np.ndarray, proba: np.ndarray, bins: int = CALIBRATION_BINS
@@ -128,6 +217,8 @@ def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 def format_metrics(metrics: dict, title: str = "") -> str:
     """A plain-text table of ``metrics`` for the terminal."""
+    if metrics.get("multi_label"):
+        return _format_multilabel(metrics, title)
     classes = metrics["classes"]
     width = max(9, *(len(c) for c in classes))
     lines = [title] if title else []
@@ -153,4 +244,19 @@ def format_metrics(metrics: dict, title: str = "") -> str:
     if len(classes) > 2 and metrics.get("most_confused"):
         lines.append("most confused (true -> predicted: images)")
         lines += [f"  {c['true']} -> {c['predicted']}: {c['count']}" for c in metrics["most_confused"][:5]]
+    return "\n".join(lines)
+
+
+def _format_multilabel(metrics: dict, title: str) -> str:
+    classes = metrics["classes"]
+    width = max(9, *(len(c) for c in classes))
+    lines = [title] if title else []
+    lines.append(f"mAP {metrics['mean_ap']:.4f}  macro F1 {metrics['macro_f1']:.4f}  micro F1 {metrics['micro_f1']:.4f}  "
+                 f"samples F1 {metrics['samples_f1']:.4f}  ({metrics['count']} images)")
+    lines.append(f"subset accuracy {metrics['subset_accuracy']:.2%}  Hamming loss {metrics['hamming_loss']:.4f}")
+    lines.append(f"{'class':<{width}}  precision  recall     f1      AP  threshold  support")
+    for name in classes:
+        m = metrics["per_class"][name]
+        lines.append(f"{name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  "
+                     f"{m['average_precision']:6.3f}  {m['threshold']:9.3f}  {m['support']:7d}")
     return "\n".join(lines)

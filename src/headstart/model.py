@@ -2,6 +2,7 @@
 
 >>> clf = ImageClassifier(backbone="efficientnet_lite0", fine_tune_epochs=1).fit("data/")
 >>> clf.predict(["cat.jpg"])
+>>> clf = ImageClassifier().fit(["a.jpg", "b.jpg", ...], [["beach", "dog"], ["dog"], ...])  # multi-label
 >>> clf.save("runs/pets")
 >>> clf = headstart.load("runs/pets")
 
@@ -24,17 +25,35 @@ import numpy as np
 from ._console import Console
 from ._io import TEXT_ERRORS, atomic_files, file_problem, json_text, read_json
 from .config import HeadSpec, ModelConfig, TrainingConfig, library_versions
-from .data.dataset import DatasetSplit, Sample, Skipped, discover
+from .data.dataset import DatasetSplit, Sample, Skipped
+from .data.labels import to_split
 from .errors import BackboneError, ModelFileError, NotFittedError, UsageError
 from .features.cache import CacheLayout
 from .features.pipeline import check_backbone
 from .predictor import Prediction, ProbabilityPredictor
-from .runfolder import (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE, RUN_FILE,
-                        SKIPPED_FILE, SPLIT_FILE, RunRequest, check_finished, history_csv, predictions_csv,
-                        prepare_output_dir, read_csv_file, run_json_text, skipped_csv, split_csv)
+from .runfolder import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    PREDICTIONS_FILE,
+    RUN_FILE,
+    SKIPPED_FILE,
+    SPLIT_FILE,
+    RunRequest,
+    check_finished,
+    history_csv,
+    predictions_csv,
+    prepare_output_dir,
+    read_csv_file,
+    run_json_text,
+    skipped_csv,
+    split_csv,
+)
+from .scoring import fit_metrics
 from .training import fitting
 from .training.plan import FitContext, feature_request
-from .training.results import Fitted, without_failed
+from .training.results import without_failed
 
 # PyTorch, timm and the network are imported where they are used: a lightweight run
 # whose backbone the feature cache knows fits its head and writes its model without
@@ -60,7 +79,7 @@ class ImageClassifier(ProbabilityPredictor):
     Attributes set by :meth:`fit` (or :func:`load`) end in ``_``:
     ``classes_``, ``config_``, ``net_``, ``metrics_``, ``history_`` (one dict per epoch, with
     :data:`headstart.runfolder.HISTORY_COLUMNS`: ``pandas.DataFrame(clf.history_)`` tabulates it),
-    ``split_``, ``skipped_`` and ``predictions_`` (the final model's
+    ``split_``, ``skipped_``, ``multi_label_``, ``thresholds_`` and ``predictions_`` (the final model's
     probabilities for the val and test images, in ``split_`` order). ``cache_dir`` is where the lightweight workflow
     keeps features (default: the user's cache folder); it is not saved with the model.
     """
@@ -68,7 +87,8 @@ class ImageClassifier(ProbabilityPredictor):
     # Every parameter is a keyword of __init__, stored as given (scikit-learn's estimator contract).
     def __init__(self, backbone: str = "efficientnet_lite0", weights: str | None = None,
                  image_size: int | None = None, workflow: str = "auto", engine: str = "auto",
-                 flip_features: bool = False, class_weight: str | None = None, epochs: int = 5,
+                 flip_features: bool = False, class_weight: str | None = None, multi_label: bool | None = None,
+                 epochs: int = 5,
                  lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 32,
                  label_smoothing: float = 0.0, augment: str = "light", dropout: float = 0.2,
                  patience: int = 3, fine_tune_epochs: int | None = None, fine_tune_lr: float = 1e-5,
@@ -82,6 +102,7 @@ class ImageClassifier(ProbabilityPredictor):
         self.engine = engine
         self.flip_features = flip_features
         self.class_weight = class_weight
+        self.multi_label = multi_label
         self.epochs = epochs
         self.lr = lr
         self.weight_decay = weight_decay
@@ -129,9 +150,15 @@ class ImageClassifier(ProbabilityPredictor):
         return TrainingConfig(**{name: getattr(self, name) for name in _TRAINING_PARAMS})
 
     # -- training ---------------------------------------------------------------------------
-    def fit(self, data: str | Path | DatasetSplit, *, on_epoch: Callable[[dict], None] | None = None,
-            console: Console | None = None, checkpoint_dir: str | Path | None = None) -> ImageClassifier:
-        """Train on an image folder (one subfolder per class), or on a prepared :class:`DatasetSplit`.
+    def fit(self, data, y=None, *, classes: Sequence[str] | None = None,
+            on_epoch: Callable[[dict], None] | None = None, console: Console | None = None,
+            checkpoint_dir: str | Path | None = None) -> ImageClassifier:
+        """Train on an image folder (one subfolder per class), on image paths and labels ``y``, on a
+        DataFrame with ``path`` and ``label`` columns, or on a :class:`DatasetSplit` (from
+        :func:`headstart.data.read_label_file`...). ``y``: a class name per path, or (multi-label)
+        a list of names per path, or an indicator matrix whose columns ``classes`` names, as from
+        ``MultiLabelBinarizer``. A model is multi-label (a sigmoid per class, thresholds tuned on
+        validation) when any image has several labels, or with ``multi_label=True``.
 
         ``on_epoch`` is called with each epoch's history row. ``console``
         receives progress and messages (default: stderr, at ``verbose``). With
@@ -145,8 +172,8 @@ class ImageClassifier(ProbabilityPredictor):
         cache = CacheLayout(self.cache_dir)
         check_backbone(feature_request(config), cache)  # a misspelt name fails before any work
         clock = time.perf_counter()
-        split = data if isinstance(data, DatasetSplit) else discover(
-            data, config.val_fraction, config.test_fraction, config.seed)
+        split = to_split(data, y, classes, config.multi_label, val_fraction=config.val_fraction,
+                         test_fraction=config.test_fraction, seed=config.seed)
         _report_data(split, console, config.val_fraction)
         timings = {"data": time.perf_counter() - clock}
         fitted = fitting.fit(split, config, FitContext(cache, console, on_epoch,
@@ -157,51 +184,34 @@ class ImageClassifier(ProbabilityPredictor):
 
         self._net, self._state = fitted.net, fitted.state
         self.classes_ = split.classes
-        self.config_ = ModelConfig(classes=split.classes, backbone=fitted.spec,
-                                   head=HeadSpec(num_classes=len(split.classes), dropout=config.dropout),
+        head = HeadSpec(num_classes=len(split.classes), dropout=config.dropout, multi_label=split.multi_label,
+                        thresholds=fitted.thresholds)
+        self.config_ = ModelConfig(classes=split.classes, backbone=fitted.spec, head=head,
                                    preprocessing=fitted.preprocessing, training=config, versions=library_versions())
         self.history_ = result.history
         split, head_proba = without_failed(split, result.failed, fitted.head_proba)
         self.split_ = split
         self.skipped_ = split.skipped + [Skipped(p, r) for p, r in result.failed.items()]
         clock = time.perf_counter()
-        self.metrics_ = self._final_metrics(split, fitted, head_proba)
+        self.metrics_, self.predictions_ = fit_metrics(self, split, fitted, head_proba)
         timings["evaluation"] = time.perf_counter() - clock
         self.metrics_["timings"] = {**timings, "total": time.perf_counter() - started}
         return self
-
-    def _final_metrics(self, split: DatasetSplit, fitted: Fitted, head_proba: dict[str, np.ndarray]) -> dict:
-        """The run's metrics; sets ``predictions_``, the final model's probabilities per split."""
-        result = fitted.result
-        metrics: dict = {
-            "workflow": fitted.workflow,
-            "train_seconds": result.seconds,
-            "counts": split.counts(),
-            "skipped": len(self.skipped_),
-            "stage1": result.stage1.summary() if result.stage1 else None,
-            "fine_tune": None,
-            **fitted.head_info,
-        }
-        if result.fine_tune is not None:
-            metrics["fine_tune"] = {**result.fine_tune.summary(), "kept": result.fine_tune_kept,
-                                    "reason": result.fine_tune_reason}
-        stage1_only = result.fine_tune is None or not result.fine_tune_kept
-        self.predictions_ = {}
-        for name, samples in (("val", split.val), ("test", split.test)):
-            if not samples:
-                continue
-            # The lightweight head's probabilities come straight from the cached features,
-            # unless fine-tuning changed the backbone they came from.
-            proba = head_proba[name] if stage1_only and name in head_proba \
-                else self.predict_proba([s.path for s in samples])
-            self.predictions_[name] = proba
-            metrics[name] = self._metrics_of(samples, proba)
-        return metrics
 
     # -- prediction -------------------------------------------------------------------------
     def _check_fitted(self) -> None:
         if not hasattr(self, "config_"):
             raise NotFittedError("this ImageClassifier is not fitted yet: call fit() or headstart.load() first")
+
+    @property
+    def multi_label_(self) -> bool:
+        self._check_fitted()
+        return self.config_.head.multi_label
+
+    @property
+    def thresholds_(self) -> np.ndarray | None:
+        self._check_fitted()
+        return np.array(self.config_.head.decision_thresholds()) if self.multi_label_ else None
 
     @property
     def net_(self) -> ClassifierNet:
@@ -227,6 +237,7 @@ class ImageClassifier(ProbabilityPredictor):
         """
         import torch
 
+        from .backbone.head import probabilities
         from .data.images import predict_in_batches
         from .data.loader import ImageDataset, make_loader
 
@@ -237,7 +248,7 @@ class ImageClassifier(ProbabilityPredictor):
         if runtime[1].type == "cpu":
             # Decoding threads share the cores with the forward pass; worker processes would
             # take them too, and pay to start and to ship every batch (3x slower on small files).
-            run = lambda batch: _probabilities(runtime, torch.from_numpy(batch))  # noqa: E731
+            run = lambda batch: probabilities(*runtime, torch.from_numpy(batch), False, self.multi_label_)  # noqa: E731
             threads = max(self.workers, 1) if self.workers is not None else None
             for path, proba, error in predict_in_batches(paths, self.config_.preprocessing, run,
                                                          batch_size or self.batch_size, tta, threads):
@@ -249,7 +260,7 @@ class ImageClassifier(ProbabilityPredictor):
         for batch in loader:
             probs = {}
             if batch.indices:
-                probs = dict(zip(batch.indices, _probabilities(runtime, batch.images, tta)))
+                probs = dict(zip(batch.indices, probabilities(*runtime, batch.images, tta, self.multi_label_)))
             errors = dict(batch.failed)
             for index in sorted([*probs, *errors]):
                 yield Prediction(paths[index], probs.get(index), errors.get(index))
@@ -272,32 +283,35 @@ class ImageClassifier(ProbabilityPredictor):
         """Class probabilities for a uint8 batch (N, 3, H, W) already resized and cropped."""
         import torch
 
-        return _probabilities(self._inference(), torch.from_numpy(np.ascontiguousarray(batch)))
+        from .backbone.head import probabilities
+
+        return probabilities(*self._inference(), torch.from_numpy(np.ascontiguousarray(batch)),
+                             multi_label=self.multi_label_)
 
     def evaluate_samples(self, samples: Sequence[Sample], tta: bool = False) -> dict:
-        """Metrics (:func:`headstart.evaluate.classification_metrics`) on labelled samples."""
-        return self._metrics_of(samples, self.predict_proba([s.path for s in samples], tta=tta))
+        """Metrics (:func:`headstart.scoring.sample_metrics`) on labelled samples."""
+        from .scoring import sample_metrics
 
-    def _metrics_of(self, samples: Sequence[Sample], proba: np.ndarray) -> dict:
-        from .evaluate import decoded_metrics  # scikit-learn: not needed to open an .onnx model
+        return sample_metrics(self, samples, self.predict_proba([s.path for s in samples], tta=tta))
 
-        return decoded_metrics([s.label for s in samples], proba, self.classes_)
-
-    def evaluate(self, data: str | Path, tta: bool = False) -> dict:
-        """Metrics on a labelled folder: its test (else val, else train) split with split folders,
-        else every image; images this model was fitted on in this session are left out
-        (:func:`headstart.scoring.evaluate_folder`)."""
+    def evaluate(self, data: str | Path | None, tta: bool = False, labels: str | Path | None = None,
+                 label_sep: str = ";") -> dict:
+        """Metrics on a labelled folder, or a label file's images (``labels``; relative paths from
+        ``data`` if given): its test (else val, else train) split with split folders, else every
+        image; images this model was fitted on in this session are left out, and unusable label
+        rows are listed in ``skipped`` (:func:`headstart.scoring.evaluate_folder`)."""
         from .scoring import evaluate_folder
 
         self._check_fitted()
         split = getattr(self, "split_", None)
         seen = {s.path.resolve(): name for name in ("train", "val") for s in split.splits()[name]} if split else None
-        return evaluate_folder(self, data, seen, tta=tta).metrics
+        return evaluate_folder(self, data, seen, tta=tta, labels=(labels, label_sep)).metrics
 
     # -- persistence ------------------------------------------------------------------------
-    def run_request(self, data: str | Path) -> RunRequest:
-        """What ``run.json`` keeps: the data folder and every setting, enough to rerun or resume."""
-        return RunRequest(Path(data).resolve(), {k: v for k, v in self.get_params().items() if k != "verbose"})
+    def run_request(self, data: str | Path, labels: str | Path | None = None, label_sep: str = ";") -> RunRequest:
+        """What ``run.json`` keeps: the data folder (and label file) and every setting, enough to rerun or resume."""
+        return RunRequest(Path(data).resolve(), {k: v for k, v in self.get_params().items() if k != "verbose"},
+                          Path(labels).resolve() if labels is not None else None, label_sep)
 
     def save(self, directory: str | Path, overwrite: bool = False, report: bool = True) -> Path:
         """Write the model folder; refuses a non-empty folder unless ``overwrite``.
@@ -338,28 +352,12 @@ class ImageClassifier(ProbabilityPredictor):
         split = getattr(self, "split_", None)
         if split is not None:
             texts[SPLIT_FILE] = split_csv(split, self.classes_)
-            texts[RUN_FILE] = run_json_text(self.run_request(split.root))
+            texts[RUN_FILE] = run_json_text(self.run_request(split.root, split.label_file, split.label_sep))
             if getattr(self, "predictions_", None):
-                texts[PREDICTIONS_FILE] = predictions_csv(self.predictions_, split, self.classes_)
+                texts[PREDICTIONS_FILE] = predictions_csv(self.predictions_, split, self.classes_, self.thresholds_)
         if hasattr(self, "skipped_"):
             texts[SKIPPED_FILE] = skipped_csv(self.skipped_)
         return texts
-
-
-def _probabilities(inference: tuple[ClassifierNet, torch.device, torch.dtype], images: torch.Tensor,
-                   tta: bool = False) -> np.ndarray:
-    """Softmax of the network on a batch; with ``tta``, averaged with the mirror images'."""
-    import torch
-
-    from .device import autocast, to_device
-
-    net, device, dtype = inference
-    images = to_device(images, device)
-    with torch.inference_mode(), autocast(device, dtype):
-        proba = torch.softmax(net(images).float(), 1)
-        if tta:
-            proba = (proba + torch.softmax(net(images.flip(-1)).float(), 1)) / 2
-    return proba.cpu().numpy()
 
 
 def open_model(path: str | Path, verbose: int = 0) -> ImageClassifier | OnnxClassifier:
@@ -410,8 +408,10 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
 
 
 def _report_data(split: DatasetSplit, console: Console, val_fraction: float) -> None:
-    how = "split folders" if split.presplit else "a stratified split"
-    console.info(f"{len(split.classes)} classes ({', '.join(split.classes[:8])}"
+    how = ("given splits" if split.presplit else "a seeded random split") if split.multi_label \
+        else "split folders" if split.presplit else "a stratified split"
+    kind = ", multi-label" if split.multi_label else ""
+    console.info(f"{len(split.classes)} classes{kind} ({', '.join(split.classes[:8])}"
                  f"{', ...' if len(split.classes) > 8 else ''}) from {split.root}, using {how}: {split.sizes()}")
     for skipped in split.skipped:
         console.warn(f"skipping {skipped.path}: {skipped.reason}")

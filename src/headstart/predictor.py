@@ -26,7 +26,7 @@ from .data.images import image_files
 from .errors import UsageError
 
 __all__ = ["Prediction", "Predictor", "ProbabilityPredictor", "expand_images", "stack_probabilities",
-           "best_classes"]
+           "best_classes", "label_sets"]
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,18 @@ class Predictor(Protocol):
     def predict_proba(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
         """Class probabilities, one row per path; NaN for an image that cannot be decoded."""
 
-    def predict(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
-        """The most probable class name per path (None for an image that cannot be decoded)."""
+    def predict(self, paths: Sequence[str | Path] | str | Path, tta: bool = False,
+                threshold: float | None = None) -> np.ndarray:
+        """The most probable class name per path (None for an image that cannot be decoded); for
+        a multi-label model, the tuple of class names predicted per path."""
+
+    @property
+    def multi_label_(self) -> bool:
+        """Whether the model has a sigmoid per class (several labels per image, or none)."""
+
+    @property
+    def thresholds_(self) -> np.ndarray | None:
+        """A multi-label model's decision threshold per class; None for a single-label model."""
 
     def score(self, paths: Sequence[str | Path] | str | Path, y: Sequence[str], tta: bool = False) -> float:
         """Mean accuracy against the class names ``y``."""
@@ -68,6 +78,8 @@ class ProbabilityPredictor:
     """``predict_proba`` and ``predict`` from a model's ``iter_predict``, written once for both kinds."""
 
     classes_: tuple[str, ...]
+    multi_label_: bool = False
+    thresholds_: np.ndarray | None = None
 
     def _check_fitted(self) -> None:
         """Raise when there is no model to predict with yet (an unfitted estimator)."""
@@ -106,15 +118,27 @@ class ProbabilityPredictor:
                           f"{shown}{more}", UserWarning, stacklevel=3)
         return proba
 
-    def predict(self, paths: Sequence[str | Path] | str | Path, tta: bool = False) -> np.ndarray:
-        """The most probable class name per image (None, with a warning, for one that cannot be read)."""
-        return best_classes(self._probabilities(paths, tta), self.classes_)
+    def predict(self, paths: Sequence[str | Path] | str | Path, tta: bool = False,
+                threshold: float | None = None) -> np.ndarray:
+        """The most probable class name per image (None, with a warning, for one that cannot be read).
+
+        A multi-label model predicts the tuple of the classes whose probability reaches their
+        threshold (``thresholds_``, tuned on validation; ``threshold`` sets one for every class).
+        ``MultiLabelBinarizer(classes=model.classes_)`` turns these into an indicator matrix.
+        """
+        proba = self._probabilities(paths, tta)
+        if not self.multi_label_:
+            return best_classes(proba, self.classes_)
+        return label_sets(proba, self.classes_, self.thresholds_ if threshold is None else threshold)
 
     def score(self, paths: Sequence[str | Path] | str | Path, y: Sequence[str], tta: bool = False) -> float:
         """Mean accuracy of ``predict(paths)`` against the class names ``y`` (scikit-learn's ``score``).
 
         An image that cannot be read counts as a mistake (and is named in a warning).
         """
+        if self.multi_label_:
+            raise UsageError("score compares one class name per image; a multi-label model's metrics "
+                             "(mean average precision, F1...) come from headstart evaluate")
         predicted = best_classes(self._probabilities(paths, tta), self.classes_)
         y = np.asarray(list(y), dtype=object)
         if len(y) != len(predicted):
@@ -147,4 +171,15 @@ def best_classes(proba: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     out = np.full(len(proba), None, dtype=object)
     ok = ~np.isnan(proba).any(axis=1)
     out[ok] = np.array(classes, dtype=object)[proba[ok].argmax(axis=1)]
+    return out
+
+
+def label_sets(proba: np.ndarray, classes: Sequence[str], thresholds) -> np.ndarray:
+    """A multi-label model's decisions: per row, the tuple of classes whose probability reaches
+    its threshold (one per class, or one number for all); None where the row is NaN."""
+    out = np.full(len(proba), None, dtype=object)
+    ok = ~np.isnan(proba).any(axis=1)
+    chosen = proba >= np.asarray(thresholds, dtype=np.float64)
+    for i in np.flatnonzero(ok):
+        out[i] = tuple(classes[k] for k in np.flatnonzero(chosen[i]))
     return out

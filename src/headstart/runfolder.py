@@ -77,14 +77,19 @@ HISTORY_COLUMNS = ("epoch", "stage", "train_loss", "train_accuracy", "val_loss",
 class RunRequest:
     """``run.json``: what a run was asked to do, enough to rerun or resume it."""
 
-    data: Path  # the data folder, absolute
+    data: Path  # the data folder, absolute (with a label file: where its relative paths start)
     params: dict[str, Any]  # ImageClassifier's parameters, as JSON values
+    labels: Path | None = None  # the label file, absolute, when the labels came from one
+    label_sep: str = ";"
 
 
 def run_json_text(request: RunRequest) -> str:
     """The text of ``run.json`` (its one writer; paths are written as strings)."""
     params = {k: str(v) if isinstance(v, Path) else v for k, v in request.params.items()}
-    return json_text({"data": str(Path(request.data).resolve()), "params": params})
+    saved = {"data": str(Path(request.data).resolve()), "params": params}
+    if request.labels is not None:
+        saved.update(labels=str(Path(request.labels).resolve()), label_sep=request.label_sep)
+    return json_text(saved)
 
 
 def history_csv(history: Sequence[dict]) -> str:
@@ -92,23 +97,30 @@ def history_csv(history: Sequence[dict]) -> str:
 
 
 def split_csv(split: DatasetSplit, classes: Sequence[str]) -> str:
-    """Which image went where: a valid label file too (path relative to the data folder, class, split)."""
-    return csv_text(("path", "class", "split"), ((relative_path(s.path, split.root), classes[s.label], name)
+    """Which image went where: a valid label file too (path relative to the data folder, class, split;
+    a multi-label image's classes separated by ``;``)."""
+    return csv_text(("path", "class", "split"), ((relative_path(s.path, split.root), split.label_names(s), name)
                                                  for name, samples in split.splits().items() for s in samples))
 
 
-def predictions_csv(predictions: dict[str, np.ndarray], split: DatasetSplit, classes: Sequence[str]) -> str:
+def predictions_csv(predictions: dict[str, np.ndarray], split: DatasetSplit, classes: Sequence[str],
+                    thresholds: Sequence[float] | None = None) -> str:
     """One row per evaluated image: its split, true and predicted class, and every class's probability
-    (empty where the image could not be decoded), so a report can be rebuilt without the model."""
+    (empty where the image could not be decoded), so a report can be rebuilt without the model.
+    A multi-label model's rows hold label sets, ``;``-separated, decided at ``thresholds``."""
     header = ("path", "split", "class", "predicted", *(f"p_{c}" for c in classes))
+
+    def predicted(row: np.ndarray) -> str:
+        if thresholds is None:
+            return classes[int(row.argmax())]
+        return ";".join(c for c, p, t in zip(classes, row, thresholds) if p >= t)
 
     def rows():
         for name, proba in predictions.items():
             for sample, row in zip(split.splits()[name], proba):
                 decoded = not np.isnan(row).any()
-                yield (relative_path(sample.path, split.root), name, classes[sample.label],
-                       classes[int(row.argmax())] if decoded else "",
-                       *(f"{p:.6g}" if decoded else "" for p in row))
+                yield (relative_path(sample.path, split.root), name, split.label_names(sample),
+                       predicted(row) if decoded else "", *(f"{p:.6g}" if decoded else "" for p in row))
 
     return csv_text(header, rows())
 
@@ -124,7 +136,9 @@ def read_run_request(run: Path) -> RunRequest:
         raise UsageError(f"{path} not found: not a run folder written by 'headstart train'")
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
-        return RunRequest(Path(saved["data"]), dict(saved["params"]))
+        labels = saved.get("labels")
+        return RunRequest(Path(saved["data"]), dict(saved["params"]), Path(labels) if labels else None,
+                          str(saved.get("label_sep", ";")))
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"{path} is damaged ({exc})") from None
     except RecursionError:
@@ -158,13 +172,15 @@ def read_csv_file(run: Path, name: str, required: bool = True) -> list[dict] | N
 
 def split_images(run: Path, split: str, classes: tuple[str, ...] | list[str]) -> list[tuple[Path, int]]:
     """(image, label) of one split of a run, from its ``split.csv`` and the data folder in
-    ``run.json``; only the images still there. Empty when the run has no such files."""
+    ``run.json``; only the images still there. Empty when the run has no such files. The label
+    is -1 for an image without exactly one of ``classes`` (a multi-label run's)."""
     run = Path(run)
     if not ((run / SPLIT_FILE).is_file() and (run / RUN_FILE).is_file()):
         return []
     root = read_run_request(run).data
-    rows = [r for r in read_csv_file(run, SPLIT_FILE) if r["split"] == split and r["class"] in classes]
-    return [(root / r["path"], list(classes).index(r["class"])) for r in rows if (root / r["path"]).is_file()]
+    index = {c: i for i, c in enumerate(classes)}
+    rows = [r for r in read_csv_file(run, SPLIT_FILE) if r["split"] == split]
+    return [(root / r["path"], index.get(r["class"], -1)) for r in rows if (root / r["path"]).is_file()]
 
 
 def prepare_output_dir(directory: str | Path, overwrite: bool) -> Path:

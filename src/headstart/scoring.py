@@ -15,16 +15,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ._console import Console
-from .data.dataset import Sample, discover
+from .data.dataset import LABEL_SEP, DatasetSplit, Sample, Skipped, sample_targets
+from .data.labels import evaluation_split
 from .errors import DataError
 from .predictor import Predictor
 from .runfolder import RUN_FILE, SPLIT_FILE, relative_path, split_images
 
-__all__ = ["Evaluation", "evaluation_samples", "seen_images", "run_folder_of", "evaluate_folder"]
+if TYPE_CHECKING:
+    from .training.results import Fitted
+
+__all__ = ["Evaluation", "evaluation_samples", "seen_images", "run_folder_of", "evaluate_folder", "sample_metrics",
+           "fit_metrics"]
 
 
 @dataclass
@@ -50,19 +56,22 @@ class Evaluation:
         return rows
 
 
-def evaluation_samples(data: str | Path, classes: Sequence[str]) -> tuple[list[Sample], str]:
-    """The labelled images of ``data`` to score (labels in ``classes`` order), and which they are."""
-    split = discover(data, val_fraction=0.0)
-    unknown = [c for c in split.classes if c not in classes]
-    if unknown:
-        raise DataError(f"{data} has classes the model does not know: {', '.join(unknown)}")
-    if split.presplit:  # the held-out split when there is one; a train folder alone is all there is
+def evaluation_samples(data: str | Path | None, classes: Sequence[str], multi_label: bool = False,
+                       labels: tuple[str | Path | None, str] = (None, LABEL_SEP)
+                       ) -> tuple[list[Sample], str, list[Skipped]]:
+    """The labelled images of ``data``, or of a label file (``labels``: its path and label
+    separator), to score (labels in ``classes`` order); in words, which they are; and the label
+    rows that could not be used."""
+    label_file, separator = labels
+    split = evaluation_split(data, classes, multi_label, label_file, separator)
+    source = label_file or data
+    if split.presplit:  # the held-out split when there is one; a train split alone is all there is
         name = "test" if split.test else "val" if split.val else "train"
-        samples, scope = split.test or split.val or split.train, f"the {name} split of {data}"
+        samples, scope = split.test or split.val or split.train, f"the {name} split of {source}"
     else:
-        samples, scope = split.train, f"every image of {data} (it has no split folders)"
-    remap = [list(classes).index(c) for c in split.classes]
-    return [Sample(s.path, remap[s.label]) for s in samples], scope
+        why = "it gives no split" if label_file else "it has no split folders"
+        samples, scope = split.train, f"every image of {source} ({why})"
+    return samples, scope, split.skipped
 
 
 def run_folder_of(model: str | Path) -> Path | None:
@@ -80,22 +89,22 @@ def seen_images(run: Path, classes: Sequence[str]) -> dict[Path, str]:
             for path, _ in split_images(run, name, tuple(classes))}
 
 
-def evaluate_folder(predictor: Predictor, data: str | Path, seen: dict[Path, str] | None = None,
-                    tta: bool = False, batch_size: int = 32, console: Console | None = None) -> Evaluation:
-    """Score ``predictor`` on ``data``, leaving out the training images of ``seen`` (a
-    :func:`seen_images` mapping) and counting its validation images; progress on ``console``."""
-    from .evaluate import decoded_metrics
-
+def evaluate_folder(predictor: Predictor, data: str | Path | None, seen: dict[Path, str] | None = None,
+                    tta: bool = False, batch_size: int = 32, console: Console | None = None,
+                    labels: tuple[str | Path | None, str] = (None, LABEL_SEP)) -> Evaluation:
+    """Score ``predictor`` on ``data`` (or the label file of ``labels``: its path and separator),
+    leaving out the training images of ``seen`` (a :func:`seen_images` mapping) and counting its
+    validation images; progress on ``console``."""
     console = console or Console(0)
     classes = predictor.classes_
-    samples, scope = evaluation_samples(data, classes)
+    samples, scope, skipped = evaluation_samples(data, classes, predictor.multi_label_, labels)
     seen = seen or {}
     trained_on = [seen.get(s.path.resolve()) == "train" for s in samples]
     left_out = sum(trained_on)
     samples = [s for s, trained in zip(samples, trained_on) if not trained]
     if not samples:
-        raise DataError(f"nothing left to score in {data}: the model was trained on every one of its images "
-                        "(pass --include-training-images to score them anyway)")
+        raise DataError(f"nothing left to score in {labels[0] or data}: the model was trained on every one of "
+                        "its images (pass --include-training-images to score them anyway)")
     validated_on = sum(seen.get(s.path.resolve()) == "val" for s in samples)
     console.info(f"scoring {len(samples)} image(s): {scope}")
     proba = np.full((len(samples), len(classes)), np.nan, dtype=np.float32)
@@ -105,8 +114,53 @@ def evaluate_folder(predictor: Predictor, data: str | Path, seen: dict[Path, str
             console.warn(f"cannot read {prediction.path}: {prediction.error}")
         else:
             proba[i] = prediction.probabilities
-    metrics = decoded_metrics([s.label for s in samples], proba, classes)
+    metrics = sample_metrics(predictor, samples, proba)
+    metrics["skipped"] = [{"path": str(s.path), "reason": s.reason} for s in skipped]
     metrics["scope"] = scope
     metrics["left_out_trained_on"] = left_out
     metrics["validated_on"] = validated_on
-    return Evaluation(Path(data), scope, samples, proba, metrics, left_out, validated_on)
+    root = Path(data) if data is not None else Path(labels[0]).parent
+    return Evaluation(root, scope, samples, proba, metrics, left_out, validated_on)
+
+
+def sample_metrics(predictor: Predictor, samples: Sequence[Sample], proba: np.ndarray) -> dict:
+    """The metrics of ``predictor``'s probabilities ``proba`` on the labelled ``samples``: a single-label
+    model's, or a multi-label model's at its thresholds; NaN rows count as undecodable."""
+    from .evaluate import (
+        decoded_metrics,  # scikit-learn: not needed to open an .onnx model
+    )
+
+    multi = predictor.multi_label_
+    return decoded_metrics(sample_targets(samples, len(predictor.classes_), multi), proba, predictor.classes_,
+                           predictor.thresholds_ if multi else None)
+
+
+def fit_metrics(model: Predictor, split: DatasetSplit, fitted: Fitted, head_proba: dict[str, np.ndarray]
+                ) -> tuple[dict, dict[str, np.ndarray]]:
+    """A run's ``metrics.json`` (workflow, counts, each stage, val and test metrics) and the final
+    model's probabilities for the val and test images, as ``model`` was just fitted on ``split``."""
+    result = fitted.result
+    metrics: dict = {
+        "workflow": fitted.workflow,
+        "train_seconds": result.seconds,
+        "counts": split.counts(),
+        "skipped": len(split.skipped) + len(result.failed),
+        "stage1": result.stage1.summary() if result.stage1 else None,
+        "fine_tune": None,
+        **fitted.head_info,
+    }
+    if result.fine_tune is not None:
+        metrics["fine_tune"] = {**result.fine_tune.summary(), "kept": result.fine_tune_kept,
+                                "reason": result.fine_tune_reason}
+    stage1_only = result.fine_tune is None or not result.fine_tune_kept
+    predictions = {}
+    for name, samples in (("val", split.val), ("test", split.test)):
+        if not samples:
+            continue
+        # The lightweight head's probabilities come straight from the cached features,
+        # unless fine-tuning changed the backbone they came from.
+        proba = head_proba[name] if stage1_only and name in head_proba \
+            else model.predict_proba([s.path for s in samples])
+        predictions[name] = proba
+        metrics[name] = sample_metrics(model, samples, proba)
+    return metrics, predictions

@@ -101,7 +101,7 @@ def create_app(model: str | Path, config: ServeConfig | None = None):
     predictor = open_model(model)
     batcher = _Batcher(predictor, config)
     classes = list(predictor.classes_)
-    info = {"model": str(model), "classes": classes, **_describe(predictor)}
+    info = {"model": str(model), "classes": classes, "multi_label": predictor.multi_label_, **_describe(predictor)}
     app = FastAPI(title="headstart", description=f"Image classifier: {', '.join(classes)}")
 
     # Starlette's class, not FastAPI's subclass: a 404 or 405 from the router is caught too.
@@ -143,13 +143,13 @@ def create_app(model: str | Path, config: ServeConfig | None = None):
         good = [i for i, item in enumerate(decoded) if not isinstance(item, HTTPException)]
         if not good:  # nothing to predict: the request itself failed, with the first file's reason
             first = decoded[0]
-            return JSONResponse({"error": first.detail, "predictions": _entries(files, decoded, {}, classes, config)},
+            return JSONResponse({"error": first.detail, "predictions": _entries(files, decoded, {}, classes, predictor, config)},
                                 status_code=first.status_code)
         try:
             proba = await asyncio.wait_for(batcher.predict([decoded[i] for i in good]), config.timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(503, f"the model did not answer within {config.timeout_s:g} s") from None
-        return {"predictions": _entries(files, decoded, dict(zip(good, proba)), classes, config)}
+        return {"predictions": _entries(files, decoded, dict(zip(good, proba)), classes, predictor, config)}
 
     return app
 
@@ -169,9 +169,10 @@ async def _read(upload, predictor, config: ServeConfig):
         return exc
 
 
-def _entries(files, decoded, proba: dict, classes: list[str], config: ServeConfig) -> list[dict]:
-    """One entry per uploaded file, in upload order: its top-k classes, or its error."""
-    k = min(config.top_k, len(classes))
+def _entries(files, decoded, proba: dict, classes: list[str], predictor, config: ServeConfig) -> list[dict]:
+    """One entry per uploaded file, in upload order: its error, or its top-k classes (a multi-label
+    model's: its label set, and every class's probability, most probable first)."""
+    k = len(classes) if predictor.multi_label_ else min(config.top_k, len(classes))
     entries = []
     for i, upload in enumerate(files):
         if i not in proba:
@@ -179,9 +180,14 @@ def _entries(files, decoded, proba: dict, classes: list[str], config: ServeConfi
             continue
         row = proba[i]
         order = np.argsort(row)[::-1][:k]
-        entries.append({"filename": upload.filename, "class": classes[order[0]],
-                        "probability": float(row[order[0]]),
-                        "top_k": [{"class": classes[j], "probability": float(row[j])} for j in order]})
+        entry = {"filename": upload.filename,
+                 "top_k": [{"class": classes[j], "probability": float(row[j])} for j in order]}
+        if predictor.multi_label_:
+            entry["labels"] = [c for c, p, t in zip(classes, row, predictor.thresholds_) if p >= t]
+            entry["probabilities"] = {c: float(p) for c, p in zip(classes, row)}
+        else:
+            entry.update({"class": classes[order[0]], "probability": float(row[order[0]])})
+        entries.append(entry)
     return entries
 
 
@@ -211,8 +217,9 @@ def _decode(predictor, data: bytes, name: str) -> np.ndarray:
 def _describe(predictor) -> dict:
     if hasattr(predictor, "metadata"):
         return {"backbone": predictor.metadata.get("backbone"), "engine": "onnxruntime"}
+    score = "mean_ap" if predictor.multi_label_ else "accuracy"
     return {"backbone": predictor.config_.backbone.name, "engine": "pytorch", "metrics": {
-        k: predictor.metrics_[k]["accuracy"] for k in ("val", "test") if predictor.metrics_ and k in predictor.metrics_}}
+        k: predictor.metrics_[k][score] for k in ("val", "test") if predictor.metrics_ and k in predictor.metrics_}}
 
 
 def server_config(app, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None):
@@ -343,8 +350,13 @@ function show(file, entry) {
   if (entry.error) {
     const error = document.createElement("div"); error.className = "error"; error.textContent = entry.error;
     text.append(error);
-  } else entry.top_k.forEach((t, i) => {
-    const row = document.createElement("div"); row.className = i === 0 ? "row top" : "row";
+  } else if (entry.labels) {
+    const set = document.createElement("div"); set.className = "row top";
+    set.textContent = "Labels: " + (entry.labels.join(", ") || "none of these");
+    text.append(set);
+  }
+  if (!entry.error) entry.top_k.forEach((t, i) => {
+    const row = document.createElement("div"); row.className = i === 0 && !entry.labels ? "row top" : "row";
     const label = document.createElement("span"); label.textContent = t.class;
     const bar = document.createElement("div"); bar.className = "bar"; bar.style.width = (100 * t.probability) + "%";
     const pct = document.createElement("span"); pct.textContent = (100 * t.probability).toFixed(1) + "%";

@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from ..config import HeadSpec, Preprocessing
+from ..device import autocast, to_device
 
 if TYPE_CHECKING:
     from .pretrained import Pretrained
 
-__all__ = ["Head", "Normalize", "ClassifierNet"]
+__all__ = ["Head", "Normalize", "ClassifierNet", "probabilities"]
 
 
 class Head(nn.Module):
@@ -100,3 +101,16 @@ class ClassifierNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone.forward_features(self.normalize(images)))
+
+
+def probabilities(net: ClassifierNet, device: torch.device, dtype: torch.dtype, images: torch.Tensor,
+                  tta: bool = False, multi_label: bool = False) -> np.ndarray:
+    """Softmax (a sigmoid per class when ``multi_label``) of ``net`` on a batch; with ``tta``,
+    averaged with the mirror images'."""
+    activation = torch.sigmoid if multi_label else (lambda logits: torch.softmax(logits, 1))
+    images = to_device(images, device)
+    with torch.inference_mode(), autocast(device, dtype):
+        proba = activation(net(images).float())
+        if tta:
+            proba = (proba + activation(net(images.flip(-1)).float())) / 2
+    return proba.cpu().numpy()

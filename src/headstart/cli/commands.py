@@ -29,9 +29,12 @@ def inspect_command(args: argparse.Namespace, console: Console) -> ExitStatus:
                                engine=args.engine, near_duplicate=args.near_duplicate, folds=args.folds,
                                device=args.device, workers=args.workers)
     check_backbone(settings.feature_request, CacheLayout(args.cache_dir))
-    split = load_split(args.data)
+    split = load_split(args.data, args.labels, args.label_sep)
+    for skipped in split.skipped if split.label_file is not None else ():
+        console.warn(f"skipping {skipped.path}: {skipped.reason}")
     out = args.out or new_run_dir("inspect-")
-    if out.resolve().is_relative_to(split.root.resolve()):
+    # Only a folder's files are all inspected: a label file's are the ones it lists.
+    if split.label_file is None and out.resolve().is_relative_to(split.root.resolve()):
         raise UsageError(f"--out {out} is inside DATA ({args.data}): its files would be inspected next "
                          "time; choose a folder outside it")
     out = prepare_output_dir(out, args.overwrite)
@@ -89,6 +92,9 @@ def export_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     if args.int8:
         check_output(int8_out, args.overwrite, (".onnx",))
     clf = load(args.model, verbose=console.verbosity)
+    if args.int8 and clf.multi_label_:
+        raise UsageError("--int8 is not available for multi-label models yet: its check measures accuracy "
+                         "of one class per image; export without --int8")
     val = split_images(args.model, "val", clf.classes_)
     if not val:
         raise UsageError(f"no validation images of {args.model} found to check the export on "

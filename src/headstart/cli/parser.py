@@ -85,7 +85,9 @@ def _add_train(commands) -> None:
                  "  headstart train photos/ --out runs/pets --fine-tune-epochs 2 --track mlflow\n"
                  "  headstart train --resume runs/pets")
     t.add_argument("data", type=Path, metavar="DATA", nargs="?", help="image folder: one subfolder per "
-                   "class, or train/ and val/ (or validation/) split folders, optionally test/")
+                   "class, or train/ and val/ (or validation/) split folders, optionally test/; with "
+                   "--labels, the folder the label file's relative paths start from")
+    _add_labels(t)
     t.add_argument("--out", type=Path, help="run folder to write (default: runs/<timestamp>)")
     t.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     t.add_argument("--resume", type=Path, metavar="RUN", help="finish an interrupted run, from its last "
@@ -102,7 +104,11 @@ def _add_train(commands) -> None:
     g.add_argument("--flip-features", action="store_true",
                    help="lightweight: add the mirror images' features as training samples")
     g.add_argument("--class-weight", choices=[w for w in CLASS_WEIGHTS if w], default=_DEFAULT.class_weight,
-                   help="weight classes inversely to their frequency, for imbalanced data")
+                   help="weight classes inversely to their frequency, for imbalanced data (multi-label: "
+                   "each class's positives weigh negatives/positives)")
+    g.add_argument("--multi-label", action="store_const", const=True, default=_DEFAULT.multi_label,
+                   help="a sigmoid per class, several labels (or none) per image; chosen anyway when "
+                   "an image has several labels")
     g.add_argument("--epochs", type=int, default=_DEFAULT.epochs, help="standard workflow: epochs of stage 1")
     g.add_argument("--lr", type=float, default=_DEFAULT.lr,
                    help=f"standard workflow: peak learning rate of AdamW (default: {_DEFAULT.lr:g})")
@@ -140,9 +146,12 @@ def _add_inspect(commands) -> None:
 
     default = InspectSettings()
     i = _command(commands, "inspect", "find unreadable, duplicated, leaked and likely mislabelled images",
-                 "  headstart inspect photos/\n  headstart inspect photos/ --out check --near-duplicate 0.95")
-    i.add_argument("data", type=Path, metavar="DATA", help="image folder: one subfolder per class, or "
-                   "train/ and val/ (or validation/) split folders, optionally test/")
+                 "  headstart inspect photos/\n  headstart inspect photos/ --out check --near-duplicate 0.95\n"
+                 "  headstart inspect --labels labels.csv")
+    i.add_argument("data", type=Path, metavar="DATA", nargs="?", help="image folder: one subfolder per class, or "
+                   "train/ and val/ (or validation/) split folders, optionally test/; with --labels, the "
+                   "folder the label file's relative paths start from")
+    _add_labels(i)
     i.add_argument("--out", type=Path, help="folder for inspect.csv and inspect.html "
                    "(default: runs/inspect-<timestamp>; never inside DATA)")
     i.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
@@ -153,6 +162,15 @@ def _add_inspect(commands) -> None:
     i.add_argument("--folds", type=int, default=default.folds,
                    help="cross-validation folds for the out-of-fold probabilities behind label errors")
     _add_hardware(i, default, precision=False)  # the engine sets the precision of feature extraction
+
+
+def _add_labels(parser) -> None:
+    """The options of a label file, which train, evaluate and inspect share."""
+    parser.add_argument("--labels", type=Path, metavar="CSV", help="labels from a CSV file: columns path "
+                        "(relative to DATA, else to the CSV's folder, or absolute), label, optional split "
+                        "(train/val/test); a run's split.csv is one")
+    parser.add_argument("--label-sep", default=";", metavar="SEP",
+                        help="separates several labels in one cell of --labels (default: ;)")
 
 
 def _add_backbone(group, default: TrainingConfig | InspectSettings) -> None:
@@ -206,17 +224,21 @@ def _add_predict(commands) -> None:
     p.add_argument("--overwrite", action="store_true", help="allow replacing an existing --output")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--tta", action="store_true", help="average with the mirror image's prediction")
+    p.add_argument("--threshold", type=float, metavar="P", help="multi-label models: predict every class "
+                   "with probability >= P (default: each class's threshold, tuned on validation)")
     _add_hardware(p)
 
 
 def _add_evaluate(commands) -> None:
-    e = _command(commands, "evaluate", "measure a trained model on a labelled image folder",
+    e = _command(commands, "evaluate", "measure a trained model on a labelled image folder or label file",
                  "  headstart evaluate runs/pets photos/\n"
-                 "  headstart evaluate runs/pets/model.onnx new_photos/ --output metrics.json --report eval.html")
+                 "  headstart evaluate runs/pets/model.onnx new_photos/ --output metrics.json --report eval.html\n"
+                 "  headstart evaluate runs/pets --labels labels.csv")
     e.add_argument("model", type=Path, metavar="RUN|MODEL.onnx",
                    help="a run folder written by 'headstart train', or a file written by 'headstart export'")
-    e.add_argument("data", type=Path, metavar="DATA", help="one subfolder per class (with split "
-                   "folders, test/ is used, else val/)")
+    e.add_argument("data", type=Path, metavar="DATA", nargs="?", help="one subfolder per class (with split "
+                   "folders, test/ is used, else val/); with --labels, where its relative paths start")
+    _add_labels(e)
     e.add_argument("--include-training-images", action="store_true",
                    help="also score the images the run was trained on (by default they are left out, "
                    "as its split.csv lists them: their score flatters the model)")

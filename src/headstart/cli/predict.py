@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .._console import Console
 from .._io import TEXT_ERRORS, atomic_path, csv_cell, json_line, write_json
 from ..errors import DataError, ExitStatus, UsageError
@@ -26,8 +28,12 @@ __all__ = ["predict_command", "evaluate_command"]
 def predict_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1. Got {args.top_k} instead.")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise UsageError(f"--threshold must be in [0, 1]. Got {args.threshold} instead.")
     check_output(args.output, args.overwrite, (".csv", ".json"))
     clf = _open(args, console)
+    if args.threshold is not None and not clf.multi_label_:
+        raise UsageError(f"--threshold applies to multi-label models; {args.model} predicts one class per image")
     with tempfile.TemporaryDirectory(prefix="headstart-") as downloads:
         inputs = _inputs(args.paths, Path(downloads))
         if all(i.path is None for i in inputs):  # nothing to predict is a user error, not a table of errors
@@ -35,11 +41,17 @@ def predict_command(args: argparse.Namespace, console: Console) -> ExitStatus:
             raise DataError(first.error if first.name in first.error else f"{first.error}: {first.name}")
         console.info(f"predicting {len(inputs)} image(s) with {args.model}")
         top_k = min(args.top_k, len(clf.classes_))
-        rows = _prediction_rows(clf, inputs, top_k, args.batch_size, args.tta, console)
+        if clf.multi_label_:
+            thresholds = clf.thresholds_ if args.threshold is None else np.full(len(clf.classes_), args.threshold)
+            describe = _label_set(clf.classes_, thresholds)
+        else:
+            describe = _top_k(clf.classes_, top_k)
+        rows = _prediction_rows(clf, inputs, describe, args.batch_size, args.tta, console)
         if args.output is None:
             count, failed = _print_table(rows, console)
         elif args.output.suffix.lower() == ".csv":
-            count, failed = _write_predictions_csv(rows, args.output, top_k)
+            count, failed = (_write_label_sets_csv(rows, args.output, clf.classes_) if clf.multi_label_
+                             else _write_predictions_csv(rows, args.output, top_k))
         else:
             count, failed = _write_predictions_json(rows, args.output)
     where = f", written to {args.output}" if args.output else ""
@@ -92,12 +104,20 @@ def evaluate_command(args: argparse.Namespace, console: Console) -> ExitStatus:
 
     check_output(args.output, args.overwrite, (".json",))
     check_output(args.report, args.overwrite, (".html",), flag="--report")
+    if args.data is None and args.labels is None:
+        raise UsageError("evaluate: give the labelled image folder DATA, or --labels CSV")
     clf = _open(args, console)
+    if args.report and clf.multi_label_:
+        raise UsageError(f"--report: the evaluation page is for single-label models; {args.model} is multi-label "
+                         "(its metrics are printed, and --output writes them)")
     run = None if args.include_training_images else run_folder_of(args.model)
     seen = seen_images(run, clf.classes_) if run is not None else None
     if run is None and not args.include_training_images:
         console.info(f"{args.model} has no split.csv beside it: images it was trained on cannot be told apart")
-    evaluation = evaluate_folder(clf, args.data, seen, tta=args.tta, batch_size=args.batch_size, console=console)
+    evaluation = evaluate_folder(clf, args.data, seen, tta=args.tta, batch_size=args.batch_size, console=console,
+                                 labels=(args.labels, args.label_sep))
+    for skipped in evaluation.metrics["skipped"]:
+        console.warn(f"skipping {skipped['path']}: {skipped['reason']}")
     if evaluation.left_out:
         console.warn(f"left out {evaluation.left_out} image(s) the model was trained on ({run / 'split.csv'}): "
                      "their score would flatter it; --include-training-images scores them too")
@@ -127,9 +147,10 @@ def _open(args: argparse.Namespace, console: Console):
     return clf
 
 
-def _prediction_rows(clf, inputs: list[_Input], top_k: int, batch_size: int, tta: bool,
+def _prediction_rows(clf, inputs: list[_Input], describe, batch_size: int, tta: bool,
                      console: Console) -> Iterator[dict]:
-    """One row per input, in order; the model sees only the inputs there is a file for."""
+    """One row per input, in order; the model sees only the inputs there is a file for.
+    ``describe(probabilities)`` gives a readable image's columns."""
     readable = [i.path for i in inputs if i.path is not None]
     predictions = iter(clf.iter_predict(readable, batch_size=batch_size, tta=tta))
     for item in console.progress(inputs, total=len(inputs), desc="predict"):
@@ -138,16 +159,47 @@ def _prediction_rows(clf, inputs: list[_Input], top_k: int, batch_size: int, tta
         if p is None or p.probabilities is None:
             yield _error_row(item.name, error, console)
             continue
-        order = p.probabilities.argsort()[::-1][:top_k]
-        top = [{"class": clf.classes_[i], "probability": round(float(p.probabilities[i]), 6)} for i in order]
-        yield {"path": item.name, "class": top[0]["class"], "probability": top[0]["probability"],
-               "top_k": top, "error": None}
+        yield {"path": item.name, **describe(p.probabilities), "error": None}
+
+
+def _top_k(classes: tuple[str, ...], k: int):
+    """A single-label model's columns: the most probable class, and the ``k`` most probable."""
+    def describe(probabilities: np.ndarray) -> dict:
+        order = probabilities.argsort()[::-1][:k]
+        top = [{"class": classes[i], "probability": round(float(probabilities[i]), 6)} for i in order]
+        return {"class": top[0]["class"], "probability": top[0]["probability"], "top_k": top}
+
+    return describe
+
+
+def _label_set(classes: tuple[str, ...], thresholds: np.ndarray):
+    """A multi-label model's columns: the predicted label set, and every class's probability."""
+    def describe(probabilities: np.ndarray) -> dict:
+        return {"labels": [c for c, q, t in zip(classes, probabilities, thresholds) if q >= t],
+                "probabilities": {c: round(float(q), 6) for c, q in zip(classes, probabilities)}}
+
+    return describe
 
 
 def _error_row(name: str, error: str, console: Console) -> dict:
     console.warn(f"cannot read {name}: {error}")
     return {"path": name, "class": None, "probability": None, "top_k": [], "error": error}
 
+
+def _write_label_sets_csv(rows: Iterator[dict], path: Path, classes: tuple[str, ...]) -> tuple[int, int]:
+    """One row per image: its label set (``;``-separated) and one probability column per class."""
+    count = failed = 0
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors=TEXT_ERRORS) as f:
+        writer = csv.writer(f)
+        writer.writerow([csv_cell(c) for c in ("path", "labels", *(f"p_{c}" for c in classes), "error")])
+        for row in rows:
+            count += 1
+            failed += row["error"] is not None
+            proba = row.get("probabilities") or {}
+            writer.writerow([csv_cell(v) for v in (row["path"], ";".join(row.get("labels") or ()),
+                                                   *(f"{proba[c]:.6f}" if c in proba else "" for c in classes),
+                                                   row["error"] or "")])
+    return count, failed
 
 def _print_table(rows: Iterator[dict], console: Console) -> tuple[int, int]:
     count = failed = 0
@@ -156,6 +208,10 @@ def _print_table(rows: Iterator[dict], console: Console) -> tuple[int, int]:
         if row["error"]:
             failed += 1
             console.result(f"{row['path']}\t-\t-\tERROR: {row['error']}")
+            continue
+        if "labels" in row:  # multi-label: the label set, then each class's probability
+            shown = "  ".join(f"{c} {q:.3f}" for c, q in sorted(row["probabilities"].items(), key=lambda x: -x[1]))
+            console.result(f"{row['path']}\t{';'.join(row['labels']) or '(none)'}\t{shown}")
             continue
         others = "  ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top_k"][1:])
         console.result(f"{row['path']}\t{row['class']}\t{row['probability']:.4f}" + (f"\t{others}" if others else ""))

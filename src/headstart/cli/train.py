@@ -27,6 +27,7 @@ __all__ = ["train_command"]
 
 
 def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from ..data.labels import label_file_root
     from ..features.cache import CacheLayout
     from ..model import ImageClassifier
     from ..runfolder import CHECKPOINT_FILE, lock_run, new_run_dir, prepare_output_dir
@@ -35,13 +36,16 @@ def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
         out = args.resume
         request = _resume_request(out)
         clf = ImageClassifier(**request.params, verbose=console.verbosity)
+        data = _training_data(request, clf)
     else:
-        if args.data is None:
-            raise UsageError("train: give the image folder DATA, or --resume RUN")
+        if args.data is None and args.labels is None:
+            raise UsageError("train: give the image folder DATA (or --labels CSV), or --resume RUN")
         clf = ImageClassifier(**_training_kwargs(args), verbose=console.verbosity)
         clf.training_config()  # a bad option fails before any work
+        root = args.data if args.data is not None or args.labels is None else label_file_root(args.labels)
+        request = clf.run_request(root, args.labels, args.label_sep)
+        data = _training_data(request, clf)  # a bad label file fails before the run folder is made
         out = args.out or new_run_dir()
-        request = clf.run_request(args.data)
     fresh = args.resume is None
     tracker = _tracker(args, console)
     # Both held until the model is saved: a second `train` into this folder is refused, naming
@@ -54,7 +58,7 @@ def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
                 _start(out, request)
             try:
                 with _terminate_as_interrupt():
-                    clf.fit(request.data, console=console, checkpoint_dir=out,
+                    clf.fit(data, console=console, checkpoint_dir=out,
                             on_epoch=tracker.log_epoch if tracker is not None else None)
             except KeyboardInterrupt:
                 console.error(f"interrupted: {out} keeps the last completed epoch; "
@@ -108,6 +112,17 @@ def _training_kwargs(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k in names and k != "verbose"}
 
 
+def _training_data(request: RunRequest, clf: ImageClassifier):
+    """The data folder of ``request``, or the images and labels of its label file, split as the settings say."""
+    if request.labels is None:
+        return request.data
+    from ..data.labels import read_label_file
+
+    config = clf.training_config()
+    return read_label_file(request.labels, request.data, request.label_sep, multi_label=config.multi_label,
+                           val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
+
+
 def _resume_request(run: Path) -> RunRequest:
     """``run.json`` of the run to resume; its errors name ``--resume``, the option at fault."""
     from ..model import ImageClassifier
@@ -151,10 +166,11 @@ def _summary(clf: ImageClassifier, out: Path) -> str:
     if m["fine_tune"]:
         verdict = "kept" if m["fine_tune"]["kept"] else "not kept: stage-1 weights restored"
         lines.append(f"  fine-tuning: val accuracy {m['fine_tune']['val_accuracy']:.2%} ({verdict})")
-    if "val" in m:
-        lines.append(f"  final model: val accuracy {m['val']['accuracy']:.2%}")
-    if "test" in m:
-        lines.append(f"  final model: test accuracy {m['test']['accuracy']:.2%}")
+    for split in ("val", "test"):
+        if split in m and m[split].get("multi_label"):
+            lines.append(f"  final model: {split} mAP {m[split]['mean_ap']:.4f}, macro F1 {m[split]['macro_f1']:.4f}")
+        elif split in m:
+            lines.append(f"  final model: {split} accuracy {m[split]['accuracy']:.2%}")
     if m["skipped"]:
         lines.append(f"  {m['skipped']} file(s) skipped: see {out / SKIPPED_FILE}")
     lines.append(f"  training time {m['train_seconds']:.0f} s; model saved in {out}")

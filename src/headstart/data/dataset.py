@@ -9,22 +9,32 @@ is drawn with a seed and saved with the run. :func:`split_of` is the one rule
 for which folder is which split, for every command. A file that cannot be used
 is never fatal: it is reported with its reason and left out.
 
+Multi-label sets (several labels per image, or none) come from label files and
+in-memory labels (:mod:`headstart.data.labels`) as the same :class:`DatasetSplit`,
+with ``multi_label`` set: each :class:`Sample` then carries the tuple of its
+classes in ``labels`` and no single ``label`` (-1). :meth:`DatasetSplit.targets`
+is the one conversion to what a model trains on: class indices, or a binary
+indicator matrix (one column per class, as scikit-learn's ``MultiLabelBinarizer``).
+
 Nothing here imports PyTorch: a rerun whose features are all cached finds its
 images without it. Decoding into batches is :mod:`headstart.data.loader`'s.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import DataError
 from .images import image_files, is_hidden, probe_all
 
-__all__ = ["SPLIT_FOLDERS", "Sample", "Skipped", "DatasetSplit", "discover", "split_of", "find_split_folders",
-           "stratified_split"]
+__all__ = ["SPLIT_FOLDERS", "LABEL_SEP", "label_matrix", "sample_targets", "Sample", "Skipped", "DatasetSplit", "discover", "split_of",
+           "find_split_folders", "stratified_split"]
 
 # The names downloaded datasets give their split folders (compared in lower case).
 SPLIT_FOLDERS = {"train": ("train", "training", "training_set", "train_set"),
@@ -34,10 +44,18 @@ _EXPECTED = ("expected one folder per class holding its images, or split folders
              "each holding one folder per class")
 
 
+# Labels of a multi-label sample in the run's CSV files (split.csv, predictions.csv).
+LABEL_SEP = ";"
+
+
 @dataclass(frozen=True)
 class Sample:
+    """One image and its class index; in a multi-label set, ``label`` is -1 and ``labels`` holds
+    the indices of every class it shows (empty: none of them)."""
+
     path: Path
     label: int
+    labels: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,9 @@ class DatasetSplit:
     test: list[Sample]
     skipped: list[Skipped] = field(default_factory=list)
     presplit: bool = False  # True when the split came from train/ val/ test/ folders
+    multi_label: bool = False  # True: samples carry ``labels``, a model gets one sigmoid output per class
+    label_file: Path | None = None  # where the labels came from, when from a label file
+    label_sep: str = ";"  # how its cells separate several labels
 
     def splits(self) -> dict[str, list[Sample]]:
         return {"train": self.train, "val": self.val, "test": self.test}
@@ -79,14 +100,54 @@ class DatasetSplit:
         return None
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """Images per class in each split."""
+        """Images per class in each split (an image counts once for each of its labels)."""
         out = {}
         for name, samples in self.splits().items():
             per_class = dict.fromkeys(self.classes, 0)
             for s in samples:
-                per_class[self.classes[s.label]] += 1
+                for label in self.label_indices(s):
+                    per_class[self.classes[label]] += 1
             out[name] = per_class
         return out
+
+    def label_indices(self, sample: Sample) -> tuple[int, ...]:
+        """The classes of ``sample``: its one label, or its multi-label set."""
+        return sample.labels if self.multi_label else (sample.label,)
+
+    def label_names(self, sample: Sample) -> str:
+        """``sample``'s classes as the run's CSV files write them (``;``-separated when multi-label)."""
+        return LABEL_SEP.join(self.classes[i] for i in self.label_indices(sample))
+
+    def targets(self, samples: Iterable[Sample]) -> np.ndarray:
+        """What a model trains on: class indices (N,), or for a multi-label set the binary
+        indicator matrix (N, classes), float32."""
+        samples = list(samples)
+        if not self.multi_label:
+            return np.array([s.label for s in samples], dtype=np.int64)
+        return label_matrix(samples, len(self.classes))
+
+    def as_multi_label(self) -> DatasetSplit:
+        """This split for a multi-label model (``--multi-label`` on a folder): each image's one class
+        becomes its label set."""
+        if self.multi_label:
+            return self
+        convert = [[Sample(s.path, -1, (s.label,)) for s in samples] for samples in (self.train, self.val, self.test)]
+        return dataclasses.replace(self, train=convert[0], val=convert[1], test=convert[2], multi_label=True)
+
+
+def sample_targets(samples: Sequence[Sample], num_classes: int, multi_label: bool) -> np.ndarray:
+    """What ``samples`` are labelled, as metrics take it: class indices, or for multi-label
+    samples the indicator matrix."""
+    return label_matrix(samples, num_classes) if multi_label else np.array([s.label for s in samples])
+
+
+def label_matrix(samples: Iterable[Sample], num_classes: int) -> np.ndarray:
+    """The binary indicator matrix (N, classes), float32, of multi-label samples."""
+    samples = list(samples)
+    out = np.zeros((len(samples), num_classes), dtype=np.float32)
+    for row, s in enumerate(samples):
+        out[row, list(s.labels)] = 1
+    return out
 
 
 def _class_folders(root: Path) -> list[Path]:

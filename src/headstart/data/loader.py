@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode
@@ -70,7 +71,7 @@ class ImageDataset(torch.utils.data.Dataset):
     process never dies on a bad file.
     """
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | None, transform,
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | np.ndarray | None, transform,
                  min_size: int | None = None):
         self.paths = list(paths)
         self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
@@ -105,8 +106,8 @@ def collate(items) -> Batch:
     failed = [(i, reason) for x, reason, i in items if x is None]
     if not good:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), [], failed)
-    return Batch(torch.stack([x for x, _, _ in good]),
-                 torch.tensor([y for _, y, _ in good], dtype=torch.long),
+    # Class indices (int64), or a multi-label set's indicator rows (float32).
+    return Batch(torch.stack([x for x, _, _ in good]), torch.from_numpy(np.asarray([y for _, y, _ in good])),
                  [i for _, _, i in good], failed)
 
 

@@ -18,9 +18,11 @@ import numpy as np
 from .._console import Console
 from ..config import BackboneRequest, require_engine
 from ..data.dataset import DatasetSplit, discover, split_of
+from ..data.labels import read_label_file
 from ..errors import UsageError
 from ..features.cache import CacheLayout
 from ..features.pipeline import FeatureRequest, extract_features
+from ..runfolder import relative_path
 from .checks import (
     KINDS,
     TITLES,
@@ -113,13 +115,19 @@ class Inspection:
         return [f for f in self.findings if f.kind == kind]
 
 
-def load_split(data: str | Path) -> DatasetSplit:
-    """The images of ``data``: its split folders as they are; without them, everything is "train".
+def load_split(data: str | Path | None, labels: str | Path | None = None, label_sep: str = ";") -> DatasetSplit:
+    """The images of ``data``, or of the label file ``labels`` (relative paths from ``data`` when
+    given): their splits as they are; without them, everything is "train".
 
-    Inspecting draws no random split: a leak can only be across folders the user made.
-    The folder is resolved as ``headstart train`` resolves it, so that the features
+    Inspecting draws no random split: a leak can only be across splits the user made.
+    Paths are resolved as ``headstart train`` resolves them, so that the features
     training cached (keyed by absolute path) are found.
     """
+    if labels is not None:
+        root = Path(data).resolve() if data is not None else None
+        return read_label_file(Path(labels).resolve(), root, label_sep, val_fraction=0.0, test_fraction=0.0)
+    if data is None:
+        raise UsageError("give the image folder DATA, or --labels CSV")
     return discover(Path(data).resolve(), val_fraction=0.0, test_fraction=0.0)
 
 
@@ -134,9 +142,9 @@ def inspect_folder(data: str | Path | DatasetSplit, settings: InspectSettings | 
     samples = [(s, name) for name, group in split.splits().items() for s in group]
     paths = [s.path for s, _ in samples]
     ranks = {name: rank for rank, name in enumerate(split.splits())}
-    where = [_Place(s.path.relative_to(split.root).as_posix(), name, split.classes[s.label], ranks[name])
+    where = [_Place(relative_path(s.path, split.root), name, split.label_names(s), ranks[name], split.multi_label)
              for s, name in samples]
-    labels = np.array([s.label for s, _ in samples])
+    labels = split.targets(s for s, _ in samples)
     result = Inspection(split.root, split.classes, split.presplit, len(paths), {}, [], settings)
     timings = result.timings
 
@@ -161,10 +169,14 @@ def inspect_folder(data: str | Path | DatasetSplit, settings: InspectSettings | 
     result.findings += _near_duplicate_findings(features, decoded, groups, where, settings.near_duplicate)
     timings["near_duplicates"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    _check_labels(result, features, decoded, labels, where)
+    if split.multi_label:
+        result.unchecked["label_error"] = ("not checked: confident learning looks for the one class an image "
+                                           "shows, and this set is multi-label")
+    else:
+        _check_labels(result, features, decoded, labels, where)
     timings["label_errors"] = time.perf_counter() - tick
-    result.counts = _decodable_counts(split, where, decoded)
-    result.findings += _imbalance_findings(result, where)
+    result.counts = _decodable_counts(split, decoded)
+    result.findings += _imbalance_findings(result, where, by_folder=split.presplit and split.label_file is None)
     timings["total"] = time.perf_counter() - start
     return result
 
@@ -189,8 +201,9 @@ def summary_lines(result: Inspection) -> list[str]:
 class _Place:
     path: str  # relative to the data folder
     split: str
-    label: str
+    label: str  # a multi-label image's classes, ";"-separated
     rank: int = 0  # the split's: train, val, test
+    multi_label: bool = False  # one image under several labels is then no conflict
 
     @property
     def order(self) -> tuple[int, str]:
@@ -199,8 +212,11 @@ class _Place:
 
 
 def _place_of(path: Path, split: DatasetSplit) -> _Place:
-    """Split and class of a file that discover left out, from where it lies."""
-    relative = path.relative_to(split.root).as_posix()
+    """Split and class of a file that discover left out, from where it lies (a label file's
+    bad rows say theirs in the reason)."""
+    relative = relative_path(path, split.root)
+    if split.label_file is not None:
+        return _Place(relative, "", "")
     parts = Path(relative).parts
     if split.presplit and len(parts) >= 2:
         name = split_of(parts[0]) or ""
@@ -224,7 +240,7 @@ def _pair_finding(kind: str, a: _Place, b: _Place, score: float | None, detail: 
     problems = []
     if keep.split != copy.split:
         problems.append(f"leak: in {keep.split} and {copy.split}")
-    if keep.label != copy.label:
+    if keep.label != copy.label and not keep.multi_label:
         problems.append(f"conflicting labels: {keep.label} and {copy.label}")
     return Finding(kind, "high" if problems else "low", copy.path, copy.split, copy.label,
                    "; ".join([*problems, detail]), other_path=keep.path, other_split=keep.split,
@@ -274,16 +290,18 @@ def _check_labels(result: Inspection, features: np.ndarray, decoded: np.ndarray,
                         f"over {len(usable)} images")
 
 
-def _decodable_counts(split: DatasetSplit, where: list[_Place], decoded: np.ndarray) -> dict[str, dict[str, int]]:
+def _decodable_counts(split: DatasetSplit, decoded: np.ndarray) -> dict[str, dict[str, int]]:
     """Images per class in each split that has any, leaving out those that failed to decode."""
     counts = {name: dict.fromkeys(split.classes, 0) for name, samples in split.splits().items() if samples}
-    for place, ok in zip(where, decoded):
-        counts[place.split][place.label] += bool(ok)
+    samples = [(s, name) for name, group in split.splits().items() for s in group]
+    for (sample, name), ok in zip(samples, decoded):
+        for label in split.label_indices(sample):
+            counts[name][split.classes[label]] += bool(ok)
     return counts
 
 
-def _imbalance_findings(result: Inspection, where: list[_Place]) -> list[Finding]:
+def _imbalance_findings(result: Inspection, where: list[_Place], by_folder: bool) -> list[Finding]:
     # A split's folder (validation/ or val/...) is where its images lie.
-    folders = {p.split: Path(p.path).parts[0] if result.presplit else "" for p in where}
+    folders = {p.split: Path(p.path).parts[0] if by_folder else "" for p in where}
     return [Finding("class_imbalance", "low", (Path(folders[s]) / name).as_posix(), s, name, why)
             for s, name, why in class_imbalance(result.counts)]

@@ -62,14 +62,17 @@ PARITY_TOLERANCE = 1e-4
 
 
 class _Probabilities(nn.Module):
-    """The whole classifier, uint8 pixels in, class probabilities out: what a deployment wants."""
+    """The whole classifier, uint8 pixels in, class probabilities out: what a deployment wants
+    (a softmax, or a multi-label model's sigmoid per class)."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, multi_label: bool = False):
         super().__init__()
         self.net = net
+        self.multi_label = multi_label
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(images), dim=1)
+        logits = self.net(images)
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
 
 
 @dataclass
@@ -92,12 +95,17 @@ def export_classifier(clf, path: str | Path, check_images: Sequence[Path], conso
     import onnx
 
     path = Path(path)
-    module = _Probabilities(copy.deepcopy(clf.net_).float().cpu().eval())
     config = clf.config_
+    multi_label = config.head.multi_label
+    module = _Probabilities(copy.deepcopy(clf.net_).float().cpu().eval(), multi_label)
     meta = {"classes": list(config.classes), "preprocessing": dataclasses.asdict(config.preprocessing),
             "backbone": config.backbone.name, "architecture": config.backbone.architecture,
             "input": "uint8 RGB, N x 3 x H x W, resized and centre-cropped as 'preprocessing' says",
             "output": "class probabilities, N x classes", "versions": config.versions}
+    if multi_label:
+        meta.update(multi_label=True, thresholds=list(config.head.decision_thresholds()),
+                    output="each class's probability (a sigmoid each), N x classes; a class is predicted "
+                           "when its probability reaches its threshold")
     with atomic_files(path.parent) as new:
         tmp = new(path.name)
         console.info(f"exporting {config.backbone.name} and its head to ONNX")

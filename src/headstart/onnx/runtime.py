@@ -1,8 +1,9 @@
 """Running an exported model with ONNX Runtime, NumPy and Pillow only.
 
 ``headstart export RUN`` writes one ``.onnx`` file that carries, in its
-metadata, the class names and the preprocessing; this module needs nothing
-else. It never imports PyTorch or timm, so a deployment installs
+metadata, the class names and the preprocessing (and for a multi-label model,
+whose outputs are a sigmoid per class, each class's decision threshold); this
+module needs nothing else. It never imports PyTorch or timm, so a deployment installs
 ``pip install headstart`` (no ``[train]`` extra) and stays small.
 """
 
@@ -55,6 +56,12 @@ class OnnxClassifier(ProbabilityPredictor):
                                                   "input_size": tuple(meta["preprocessing"]["input_size"]),
                                                   "mean": tuple(meta["preprocessing"]["mean"]),
                                                   "std": tuple(meta["preprocessing"]["std"])})
+            # Written by exports of multi-label models; older files are single-label.
+            self.multi_label_ = bool(meta.get("multi_label", False))
+            self.thresholds_ = (np.array(meta.get("thresholds") or [0.5] * len(self.classes_), dtype=np.float64)
+                                if self.multi_label_ else None)
+            if self.multi_label_ and len(self.thresholds_) != len(self.classes_):
+                raise ValueError(f"{len(self.thresholds_)} thresholds for {len(self.classes_)} classes")
         except (ValueError, KeyError, TypeError, UsageError) as exc:
             raise ModelFileError(f"{path}: damaged headstart metadata ({exc})") from None
         except RecursionError:

@@ -1,7 +1,8 @@
 """A run's ``report.html``: :mod:`.page` builds the page from the run folder's files,
-:mod:`.plots` draws its figures with matplotlib.
+:mod:`.plots` draws its figures with matplotlib, :mod:`.multilabel` holds the evaluation
+sections of a multi-label model.
 
-Importing the package imports neither (matplotlib takes a second to load, and
+Importing the package imports none of them (matplotlib takes a second to load, and
 most commands never draw): only the names of the page and its plot folder,
 which belong to :mod:`headstart.runfolder`, are re-exported here.
 """

@@ -13,7 +13,6 @@ import datetime
 import math
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,21 +21,9 @@ import numpy as np
 from .. import _html as h
 from .._console import Console
 from .._io import write_text
-from ..errors import ModelFileError
-from ..runfolder import (
-    CONFIG_FILE,
-    HISTORY_FILE,
-    METRICS_FILE,
-    PLOTS_DIR,
-    PREDICTIONS_FILE,
-    REPORT_FILE,
-    RUN_FILE,
-    SKIPPED_FILE,
-    check_finished,
-    read_csv_file,
-    read_run_file,
-)
+from ..runfolder import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, REPORT_FILE, SKIPPED_FILE
 from . import plots
+from .record import RunRecord, _finite, _float, _image_path, _num, read_run
 
 if TYPE_CHECKING:
     from ..scoring import Evaluation
@@ -47,40 +34,6 @@ EVALUATED = "evaluated"  # the one "split" of an evaluation page
 TOP_LOSSES = 12
 MISTAKES_SHOWN = 16
 SKIPPED_SHOWN = 50
-
-
-@dataclass
-class RunRecord:
-    """A run folder's files, parsed: what the report is made of."""
-
-    directory: Path
-    config: dict
-    metrics: dict
-    history: list[dict]
-    predictions: list[dict] | None  # None for a run saved before predictions.csv existed
-    skipped: list[dict]
-    data_root: Path | None
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.config["classes"])
-
-
-def read_run(directory: str | Path) -> RunRecord:
-    """Parse a run folder written by training; a missing or damaged file is named in the error."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ModelFileError(f"no such run folder: {directory}")
-    check_finished(directory)
-    config = read_run_file(directory, CONFIG_FILE)
-    metrics = read_run_file(directory, METRICS_FILE)
-    run = read_run_file(directory, RUN_FILE, required=False)
-    predictions = read_csv_file(directory, PREDICTIONS_FILE, required=False)
-    history = [{k: v if k == "stage" else _float(v) for k, v in row.items()}
-               for row in read_csv_file(directory, HISTORY_FILE, required=False) or []]
-    skipped = read_csv_file(directory, SKIPPED_FILE, required=False) or []
-    return RunRecord(directory, config, metrics, history, predictions, skipped,
-                     Path(run["data"]) if run and "data" in run else None)
 
 
 def write_report(directory: str | Path, console: Console | None = None) -> Path:
@@ -122,7 +75,8 @@ def write_evaluation_report(evaluation: Evaluation, classes: Sequence[str], path
 
 def _header(run: RunRecord) -> str:
     m, backbone = run.metrics, run.config.get("backbone", {})
-    final = next((f"{name} accuracy {_pct(m[name]['accuracy'])}" for name in ("test", "val") if name in m), "")
+    final = next((f"{name} mAP {_num(m[name]['mean_ap'])}" if m[name].get("multi_label") else
+                  f"{name} accuracy {_pct(m[name]['accuracy'])}" for name in ("test", "val") if name in m), "")
     made = datetime.datetime.fromtimestamp((run.directory / METRICS_FILE).stat().st_mtime)
     return (f"<h1>{h.escape(run.directory.name)}</h1>"
             f"<p>{len(run.classes)} classes, backbone <code>{h.escape(str(backbone.get('architecture')))}</code>, "
@@ -230,6 +184,10 @@ def _stages_section(run: RunRecord, plot_dir: Path) -> str:
 
 
 def _evaluation_sections(run: RunRecord, plot_dir: Path, splits: Sequence[str] = ("val", "test")) -> list[str]:
+    if (run.config.get("head") or {}).get("multi_label"):
+        from .multilabel import evaluation_sections  # it builds on this module's helpers
+
+        return evaluation_sections(run, plot_dir)
     m = run.metrics
     evaluated = [name for name in splits if name in m]
     if not evaluated:
@@ -351,10 +309,6 @@ def _probabilities(rows: list[dict], classes: Sequence[str]) -> tuple[np.ndarray
     return y_true, proba.reshape(len(rows), len(classes))
 
 
-def _image_path(run: RunRecord, path: str) -> Path:
-    return Path(path) if Path(path).is_absolute() or run.data_root is None else run.data_root / path
-
-
 def _split_name(name: str) -> str:
     return {"val": "validation", "test": "test", EVALUATED: "evaluated images"}.get(name, name)
 
@@ -365,20 +319,5 @@ def _interval(value) -> str:
     return "n/a"
 
 
-def _float(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def _pct(value) -> str:
     return f"{value:.2%}" if _finite(value) else "n/a"
-
-
-def _num(value, digits: int = 4) -> str:
-    return f"{value:.{digits}f}" if _finite(value) else "n/a"

@@ -81,18 +81,21 @@ def percent_axis(axis) -> None:
     axis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
 
 
+# What a head's search may record for each C tried, and how to say it.
+_SEARCH_SERIES = {"val_loss": "validation loss", "cv_loss": "cross-validated loss",
+                  "val_accuracy": "validation accuracy", "val_mean_ap": "validation mean average precision",
+                  "cv_mean_ap": "cross-validated mean average precision"}
+
+
 def regularization_path(search: Sequence[dict], chosen: float) -> Figure:
-    """A lightweight head's search: validation (or cross-validated) loss, and validation accuracy,
-    against each inverse L2 strength C tried; the chosen one marked."""
+    """A lightweight head's search: what it measured (validation or cross-validated loss, accuracy,
+    or a multi-label head's mean average precision) against each inverse L2 strength C tried; the
+    chosen one marked."""
     c = np.array([row["C"] for row in search], dtype=float)
-    loss_key = "val_loss" if "val_loss" in search[0] else "cv_loss"
-    with_accuracy = "val_accuracy" in search[0]
-    figure = Figure(figsize=(10 if with_accuracy else 5.5, 4), layout="constrained")
-    axes = np.atleast_1d(figure.subplots(1, 2 if with_accuracy else 1))
-    series = [(axes[0], loss_key, "validation loss" if loss_key == "val_loss" else "cross-validated loss")]
-    if with_accuracy:
-        series.append((axes[1], "val_accuracy", "validation accuracy"))
-    for ax, key, label in series:
+    keys = [key for key in _SEARCH_SERIES if key in search[0]]
+    figure = Figure(figsize=(5 + 4.5 * (len(keys) - 1), 4), layout="constrained")
+    for ax, key in zip(np.atleast_1d(figure.subplots(1, len(keys))), keys):
+        label = _SEARCH_SERIES[key]
         ax.plot(c, [row[key] for row in search], marker="o", color=_COLORS["val"], label=label)
         ax.axvline(chosen, color="#555", linestyle="--", linewidth=1, label=f"chosen C={chosen:g}")
         ax.set_xscale("log")
@@ -102,7 +105,7 @@ def regularization_path(search: Sequence[dict], chosen: float) -> Figure:
         ax.legend(loc="best", fontsize=8)
         if key == "val_accuracy":
             percent_axis(ax.yaxis)
-    figure.suptitle("Lightweight head: the L2 strengths tried (the lowest loss is kept)")
+    figure.suptitle("Lightweight head: the L2 strengths tried")
     return figure
 
 

@@ -17,6 +17,7 @@ from ..config import HeadSpec, TrainingConfig
 from ..data.dataset import DatasetSplit
 from ..features.pipeline import Extraction, extract_features
 from .linear import LinearHead, Progress, fit_linear_head, probabilities
+from .ovr import OvrHead, fit_ovr_head, sigmoid_probabilities
 from .plan import FitContext, feature_request
 from .results import Fitted, StageResult, TrainResult
 
@@ -34,7 +35,7 @@ def fit_lightweight(split: DatasetSplit, config: TrainingConfig, context: FitCon
                              f"({extraction.features.engine}), so the head is fitted without loading the backbone")
     head = fit_head(extraction, split, config, context)
     fitted = Fitted("lightweight", extraction.spec, extraction.preprocessing, head.result,
-                    head_info=head.info, head_proba=head.proba)
+                    head_info=head.info, head_proba=head.proba, thresholds=head.thresholds)
     if extraction.without_pytorch:
         from safetensors.numpy import load_file
 
@@ -43,7 +44,8 @@ def fit_lightweight(split: DatasetSplit, config: TrainingConfig, context: FitCon
     else:
         from ..backbone.head import ClassifierNet
 
-        fitted.net = ClassifierNet.create(extraction.backbone, HeadSpec(len(split.classes), config.dropout))
+        fitted.net = ClassifierNet.create(extraction.backbone, HeadSpec(len(split.classes), config.dropout,
+                                                                        multi_label=split.multi_label))
         fitted.net.head.load_linear(head.linear.weight, head.linear.bias)
         fitted.net.eval()
     fitted.timings["stage1"] = time.perf_counter() - start
@@ -54,10 +56,11 @@ def fit_lightweight(split: DatasetSplit, config: TrainingConfig, context: FitCon
 class HeadFit:
     """The lightweight head, fitted on the features of ``split.samples()``."""
 
-    linear: LinearHead
+    linear: LinearHead | OvrHead
     result: TrainResult
     info: dict  # what the features and the head took
     proba: dict[str, np.ndarray]  # the head's probabilities for the val and test images, NaN where undecodable
+    thresholds: tuple[float, ...] = ()  # multi-label: each class's decision threshold
 
 
 # A fit that outlasts this says where it is this often (thousands of classes take minutes).
@@ -84,15 +87,21 @@ def fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfig
     features, console = extraction.features, context.console
     for path, reason in features.failed.items():
         console.warn(f"skipping {path}: {reason}")
-    labels = np.array([s.label for s in split.samples()])
+    labels = split.targets(split.samples())
     bounds = np.cumsum([0, len(split.train), len(split.val), len(split.test)])
     # Positions of each split's decodable images in `split.samples()`.
     usable = {name: np.flatnonzero(features.ok[bounds[i]:bounds[i + 1]]) + bounds[i]
               for i, name in enumerate(("train", "val", "test"))}
     rows = {name: features.rows(index, labels[index], with_flipped=name == "train")
             for name, index in usable.items()}
-    head = fit_linear_head(rows["train"], rows["val"] if len(rows["val"]) else None, len(split.classes),
-                           config.class_weight, config.seed, progress=_progress_every(PROGRESS_SECONDS, console))
+    val_rows = rows["val"] if len(rows["val"]) else None
+    if split.multi_label:
+        head = fit_ovr_head(rows["train"], val_rows, config.class_weight, config.seed)
+        predict, strength = sigmoid_probabilities, f"L2 C={head.C:g}, refitted on train + val"
+    else:
+        head = fit_linear_head(rows["train"], val_rows, len(split.classes), config.class_weight, config.seed,
+                               progress=_progress_every(PROGRESS_SECONDS, console))
+        predict, strength = probabilities, f"L2 C={head.C:g}"
     result = TrainResult(failed=dict(features.failed))
     row = {"epoch": 1, "stage": "head", "train_loss": head.train.loss, "train_accuracy": head.train.accuracy,
            "val_loss": head.val.loss if head.val else math.nan,
@@ -103,7 +112,9 @@ def fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfig
         context.on_epoch(row)
     result.stage1 = StageResult(head.val, 1, 1, False)
     val_text = f", val loss {head.val.loss:.4f} acc {head.val.accuracy:.2%}" if head.val else ""
-    console.info(f"head fitted on features in {head.seconds:.1f} s (L2 C={head.C:g}): "
+    if head.val and head.val.mean_ap is not None:
+        val_text += f" mAP {head.val.mean_ap:.4f}"
+    console.info(f"head fitted on features in {head.seconds:.1f} s ({strength}): "
                  f"train acc {head.train.accuracy:.2%}{val_text}")
     info = {"features": {"engine": features.engine, "computed": features.computed,
                          "cached": len(labels) - features.computed, "seconds": features.seconds},
@@ -111,7 +122,11 @@ def fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfig
     proba = {}
     for i, name in enumerate(("val", "test"), start=1):
         proba[name] = np.full((bounds[i + 1] - bounds[i], len(split.classes)), np.nan)
-        proba[name][usable[name] - bounds[i]] = probabilities(rows[name], head.weight, head.bias)
+        # A multi-label head refitted on train + val: its validation figures are those before the refit.
+        refitted = name == "val" and getattr(head, "val_proba", None) is not None
+        proba[name][usable[name] - bounds[i]] = head.val_proba if refitted else predict(rows[name], head.weight,
+                                                                                        head.bias)
     features.close()
-    return HeadFit(head, result, info, proba)
+    thresholds = tuple(float(t) for t in head.thresholds) if split.multi_label else ()
+    return HeadFit(head, result, info, proba, thresholds)
 

@@ -24,8 +24,8 @@ import numpy as np
 from ..features.rows import Rows
 from .results import EpochStats
 
-__all__ = ["C_GRID", "LinearHead", "Progress", "fit_linear_head", "fit_logistic", "linear_probabilities",
-           "probabilities"]
+__all__ = ["C_GRID", "MAX_ITER", "Standardised", "LinearHead", "Progress", "fit_linear_head", "fit_logistic",
+           "linear_probabilities", "probabilities"]
 
 # Inverse L2 strengths tried: from strong regularisation, which a few hundred
 # images need, to almost none.
@@ -122,18 +122,14 @@ def _path(rows: Rows, num_classes: int, class_weight: str | None,
     return path
 
 
-class _Objective:
-    """Mean (class-weighted) cross-entropy plus the L2 penalty, and its gradient, in one
-    streamed pass over the rows. Parameters live in standardised-feature space."""
+class Standardised:
+    """Parameters of a linear head in standardised-feature space, and the way back to raw
+    features: the mean and standard deviation of the rows, from one streamed pass."""
 
-    def __init__(self, rows: Rows, num_classes: int, class_weight: str | None):
+    total_weight: float  # what the subclass's loss is averaged over
+
+    def __init__(self, rows: Rows, num_classes: int):
         self.rows, self.k, self.d = rows, num_classes, rows.dim
-        counts = np.bincount(rows.labels, minlength=num_classes).astype(np.float64)
-        per_class = np.ones(num_classes)
-        if class_weight == "balanced":  # as scikit-learn defines it: n / (classes present x images of the class)
-            per_class = len(rows) / (np.count_nonzero(counts) * np.maximum(counts, 1))
-        self.sample_weight = per_class[rows.labels]
-        self.total_weight = float(self.sample_weight.sum())
         total, squares = np.zeros(self.d), np.zeros(self.d)
         for x in rows.chunks():
             total += x.sum(axis=0, dtype=np.float64)
@@ -150,6 +146,53 @@ class _Objective:
     def scale(self, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
         w = weight.astype(np.float64) * self.std
         return np.concatenate([w.ravel(), bias + weight.astype(np.float64) @ self.mean])
+
+    def penalised(self, params: np.ndarray, l2: float, loss: float, grad_w: np.ndarray, grad_b: np.ndarray
+                  ) -> tuple[float, np.ndarray]:
+        """The objective and its gradient in standardised space: the summed loss and its raw-feature
+        gradients, averaged over ``total_weight``, plus the L2 penalty on the weights."""
+        loss, grad_w, grad_b = loss / self.total_weight, grad_w / self.total_weight, grad_b / self.total_weight
+        # Raw-feature gradients back to standardised parameters: logits = x W'/s + b - (W'/s) mean.
+        w = params[:-self.k].reshape(self.k, self.d)
+        grad_w = (grad_w - np.outer(grad_b, self.mean)) / self.std + l2 * w
+        return loss + 0.5 * l2 * float(np.sum(w * w)), np.concatenate([grad_w.ravel(), grad_b])
+
+    def minimize(self, C: float, start: np.ndarray | None, progress: Progress | None = None) -> np.ndarray:
+        """The parameters minimising the subclass's objective ``self(params, l2)`` at inverse L2
+        strength ``C``, from ``start`` (warm start) or zeros; ``progress`` hears of every iteration."""
+        from scipy.optimize import minimize
+
+        # scikit-learn minimises C * sum(loss) + |W|^2 / 2; divided by C * n it is this mean form.
+        l2 = 1.0 / (C * self.total_weight)
+        x0 = start if start is not None else np.zeros(self.k * (self.d + 1))
+        pairs = int(np.clip(HISTORY_BYTES // (16 * x0.size), 3, 10))
+        iteration = 0
+
+        def step(intermediate_result) -> None:  # the name SciPy passes the current result by
+            nonlocal iteration
+            iteration += 1
+            progress(C, iteration, float(intermediate_result.fun))
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # exp overflow is handled by the max shift
+            result = minimize(self, x0, args=(l2,), jac=True, method="L-BFGS-B", callback=step if progress else None,
+                              options={"maxiter": MAX_ITER, "gtol": 1e-4, "ftol": 64 * np.finfo(float).eps,
+                                       "maxcor": pairs})
+        return result.x
+
+
+class _Objective(Standardised):
+    """Mean (class-weighted) cross-entropy plus the L2 penalty, and its gradient, in one
+    streamed pass over the rows. Parameters live in standardised-feature space."""
+
+    def __init__(self, rows: Rows, num_classes: int, class_weight: str | None):
+        super().__init__(rows, num_classes)
+        counts = np.bincount(rows.labels, minlength=num_classes).astype(np.float64)
+        per_class = np.ones(num_classes)
+        if class_weight == "balanced":  # as scikit-learn defines it: n / (classes present x images of the class)
+            per_class = len(rows) / (np.count_nonzero(counts) * np.maximum(counts, 1))
+        self.sample_weight = per_class[rows.labels]
+        self.total_weight = float(self.sample_weight.sum())
 
     def __call__(self, params: np.ndarray, l2: float) -> tuple[float, np.ndarray]:
         weight, bias = self.unscale(params)
@@ -171,32 +214,7 @@ class _Objective:
             g *= sw[:, None].astype(np.float32)
             grad_w += g.T @ x
             grad_b += g.sum(axis=0, dtype=np.float64)
-        loss, grad_w, grad_b = loss / self.total_weight, grad_w / self.total_weight, grad_b / self.total_weight
-        # Raw-feature gradients back to standardised parameters: logits = x W'/s + b - (W'/s) mean.
-        w = params[:-self.k].reshape(self.k, self.d)
-        grad_w = (grad_w - np.outer(grad_b, self.mean)) / self.std + l2 * w
-        return loss + 0.5 * l2 * float(np.sum(w * w)), np.concatenate([grad_w.ravel(), grad_b])
-
-    def minimize(self, C: float, start: np.ndarray | None, progress: Progress | None = None) -> np.ndarray:
-        from scipy.optimize import minimize
-
-        # scikit-learn minimises C * sum(loss) + |W|^2 / 2; divided by C * n it is this mean form.
-        l2 = 1.0 / (C * self.total_weight)
-        x0 = start if start is not None else np.zeros(self.k * (self.d + 1))
-        pairs = int(np.clip(HISTORY_BYTES // (16 * x0.size), 3, 10))
-        iteration = 0
-
-        def step(intermediate_result) -> None:  # the name SciPy passes the current result by
-            nonlocal iteration
-            iteration += 1
-            progress(C, iteration, float(intermediate_result.fun))
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # exp overflow is handled by the max shift
-            result = minimize(self, x0, args=(l2,), jac=True, method="L-BFGS-B", callback=step if progress else None,
-                              options={"maxiter": MAX_ITER, "gtol": 1e-4, "ftol": 64 * np.finfo(float).eps,
-                                       "maxcor": pairs})
-        return result.x
+        return self.penalised(params, l2, loss, grad_w, grad_b)
 
 
 def _blocks(rows: Rows, num_classes: int):

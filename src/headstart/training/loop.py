@@ -28,7 +28,7 @@ from .checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, s
 from .results import EpochStats, StageResult, TrainResult
 
 __all__ = ["Trainer", "EarlyStopping", "StageCheckpoint", "run_epoch", "train_stage", "resume_after", "stats_dict",
-           "stats_from", "stage_dict", "stage_from"]
+           "stats_from", "stage_dict", "stage_from", "loss_function", "validation_thresholds"]
 
 
 @dataclass
@@ -116,16 +116,28 @@ class Trainer:
     console: Console
     on_epoch: Callable[[dict], None] | None = None
     checkpoint: StageCheckpoint = field(default_factory=StageCheckpoint)
+    multi_label: bool = False  # a sigmoid per class, binary cross-entropy, indicator-matrix labels
+
+
+def loss_function(trainer: Trainer, training: bool = False) -> nn.Module:
+    """The loss: cross-entropy (with the class weights and label smoothing when ``training``), or
+    for a multi-label model binary cross-entropy per class (``pos_weight`` for balanced weights)."""
+    weights = _class_weights(trainer) if training else None
+    if trainer.multi_label:
+        return nn.BCEWithLogitsLoss(pos_weight=weights)
+    return nn.CrossEntropyLoss(weight=weights, label_smoothing=trainer.config.label_smoothing if training else 0.0)
 
 
 def run_epoch(trainer: Trainer, loader: DataLoader, criterion: nn.Module,
               optimizer: torch.optim.Optimizer | None = None, scaler: torch.amp.GradScaler | None = None,
               desc: str = "") -> EpochStats:
-    """One pass over ``loader``: trains when given an optimizer, else only measures."""
+    """One pass over ``loader``: trains when given an optimizer, else only measures (for a
+    multi-label model, its mean average precision too)."""
     net, device = trainer.net, trainer.device
     training = optimizer is not None
     net.train(training)
-    total_loss, correct, count, failed = 0.0, 0, 0, []
+    total_loss, correct, count, failed = 0.0, 0.0, 0, []
+    seen: list[tuple[np.ndarray, np.ndarray]] = []  # multi-label validation: (probabilities, labels)
     grad = torch.enable_grad() if training else torch.inference_mode()
     with grad:
         for batch in trainer.console.progress(loader, total=len(loader), desc=desc):
@@ -136,16 +148,48 @@ def run_epoch(trainer: Trainer, loader: DataLoader, criterion: nn.Module,
             labels = batch.labels.to(device, non_blocking=True)
             with autocast(device, trainer.dtype):
                 logits = net(images)
-            loss = criterion(logits.float(), labels)
+            loss = criterion(logits.float(), labels.float() if trainer.multi_label else labels)
             if training:
                 _step(loss, optimizer, scaler)
-            n = labels.numel()
+            n = len(labels)
             total_loss += loss.item() * n
-            correct += (logits.argmax(1) == labels).sum().item()
+            if trainer.multi_label:  # label-wise accuracy at 0.5: 1 - Hamming loss
+                correct += ((logits > 0) == (labels > 0.5)).float().mean(1).sum().item()
+                if not training:
+                    seen.append((torch.sigmoid(logits.float()).cpu().numpy(), labels.cpu().numpy()))
+            else:
+                correct += (logits.argmax(1) == labels).sum().item()
             count += n
     if count == 0:
         return EpochStats(math.nan, math.nan, 0, failed)
-    return EpochStats(total_loss / count, correct / count, count, failed)
+    mean_ap = None
+    if seen:
+        from ..evaluate import mean_average_precision
+
+        mean_ap = mean_average_precision(np.concatenate([y for _, y in seen]), np.concatenate([p for p, _ in seen]))
+    return EpochStats(total_loss / count, correct / count, count, failed, mean_ap)
+
+
+def validation_thresholds(trainer: Trainer) -> tuple[float, ...]:
+    """A multi-label model's decision thresholds, each class's best F1 on the validation images
+    (0.5 each without them)."""
+    from ..evaluate import best_f1_thresholds
+
+    classes = trainer.net.head.fc.out_features
+    if trainer.val_loader is None:
+        return (0.5,) * classes
+    trainer.net.eval()
+    proba, labels = [], []
+    with torch.inference_mode():
+        for batch in trainer.console.progress(trainer.val_loader, total=len(trainer.val_loader), desc="thresholds"):
+            if batch.indices:
+                with autocast(trainer.device, trainer.dtype):
+                    logits = trainer.net(to_device(batch.images, trainer.device))
+                proba.append(torch.sigmoid(logits.float()).cpu().numpy())
+                labels.append(batch.labels.numpy())
+    if not proba:
+        return (0.5,) * classes
+    return tuple(float(t) for t in best_f1_thresholds(np.concatenate(labels), np.concatenate(proba)))
 
 
 def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
@@ -171,8 +215,7 @@ def train_stage(trainer: Trainer, stage: str, epochs: int, lr: float, result: Tr
                                   weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     scaler = torch.amp.GradScaler("cuda") if trainer.dtype == torch.float16 else None
-    criterion = nn.CrossEntropyLoss(weight=_class_weights(trainer.train_loader, config, trainer.device),
-                                    label_smoothing=config.label_smoothing)
+    loss = loss_function(trainer, training=True)
     stopping = EarlyStopping(config.patience)
     first = 1
     if checkpoint.resumes(stage):
@@ -180,7 +223,7 @@ def train_stage(trainer: Trainer, stage: str, epochs: int, lr: float, result: Tr
         trainer.console.info(f"resuming {stage} at epoch {first}/{epochs}")
     epoch = first - 1
     for epoch in range(first, epochs + 1):
-        row, val = _epoch(trainer, stage, (epoch, epochs), optimizer, scaler, criterion, result)
+        row, val = _epoch(trainer, stage, (epoch, epochs), optimizer, scaler, loss, result)
         schedule.step()
         stopped = stopping.update(epoch, val, net)
         if checkpoint.run_dir is not None and not stopped and epoch < epochs:
@@ -236,7 +279,7 @@ def _epoch(trainer: Trainer, stage: str, count: tuple[int, int], optimizer: torc
     start = time.perf_counter()
     current_lr = optimizer.param_groups[0]["lr"]
     train = run_epoch(trainer, trainer.train_loader, criterion, optimizer, scaler, desc=f"{stage} {epoch}/{epochs}")
-    val = (run_epoch(trainer, trainer.val_loader, nn.CrossEntropyLoss(), desc="validate")
+    val = (run_epoch(trainer, trainer.val_loader, loss_function(trainer), desc="validate")
            if trainer.val_loader is not None else None)
     for stats, loader in ((train, trainer.train_loader), (val, trainer.val_loader)):
         for index, reason in stats.failed if stats else ():
@@ -261,11 +304,13 @@ def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 
 def stats_dict(stats: EpochStats | None) -> dict | None:
-    return None if stats is None else {"loss": stats.loss, "accuracy": stats.accuracy, "count": stats.count}
+    return None if stats is None else {"loss": stats.loss, "accuracy": stats.accuracy, "count": stats.count,
+                                       "mean_ap": stats.mean_ap}
 
 
 def stats_from(data: dict | None) -> EpochStats | None:
-    return None if data is None else EpochStats(data["loss"], data["accuracy"], data["count"])
+    return None if data is None else EpochStats(data["loss"], data["accuracy"], data["count"],
+                                                mean_ap=data.get("mean_ap"))
 
 
 def stage_dict(stage: StageResult) -> dict:
@@ -295,13 +340,19 @@ def _restore_rng(tensors: dict[str, torch.Tensor], trainer: Trainer) -> None:
         torch.cuda.set_rng_state(tensors["rng.cuda"], trainer.device)
 
 
-def _class_weights(loader: DataLoader, config: TrainingConfig, device: torch.device) -> torch.Tensor | None:
-    """scikit-learn's 'balanced' weights: n_samples / (n_classes * count of the class)."""
-    if config.class_weight != "balanced":
+def _class_weights(trainer: Trainer) -> torch.Tensor | None:
+    """scikit-learn's 'balanced' weights, n_samples / (n_classes * count of the class); for a
+    multi-label model, each class's positive weight: negatives / positives."""
+    if trainer.config.class_weight != "balanced":
         return None
-    counts = np.bincount(loader.dataset.labels).astype(np.float64)
-    weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
-    return torch.tensor(weights, dtype=torch.float32, device=device)
+    labels = np.asarray(trainer.train_loader.dataset.labels)
+    if trainer.multi_label:
+        positives = labels.sum(axis=0)
+        weights = (len(labels) - positives) / np.maximum(positives, 1)
+    else:
+        counts = np.bincount(labels).astype(np.float64)
+        weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32, device=trainer.device)
 
 
 def _epoch_line(row: dict, epoch: int, epochs: int) -> str:

@@ -16,7 +16,7 @@ from ..data.loader import ImageDataset, make_loader, train_transform
 from ..device import bounded_batch_size, prepare, resolve_device, resolve_precision
 from ..features.pipeline import extract_features
 from .lightweight import fit_head
-from .loop import StageCheckpoint, Trainer
+from .loop import StageCheckpoint, Trainer, validation_thresholds
 from .plan import FitContext, feature_request
 from .results import Fitted, TrainResult
 from .stages import fine_tune, train_frozen
@@ -32,7 +32,8 @@ def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext
     device = resolve_device(config.device)
     backbone = create_backbone(config.backbone_request, console=console)
     console.info(backbone.spec.describe(backbone.preprocessing))
-    net = prepare(ClassifierNet.create(backbone, HeadSpec(len(split.classes), config.dropout)), device)
+    head = HeadSpec(len(split.classes), config.dropout, multi_label=split.multi_label)
+    net = prepare(ClassifierNet.create(backbone, head), device)
     dtype = resolve_precision(config.precision, device)
     precision = str(dtype).removeprefix("torch.")
     # The lightweight head's features come from the feature engine (named when it runs), not this precision.
@@ -47,8 +48,9 @@ def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext
         head = fit_head(extraction, split, config, context)
         net.head.load_linear(head.linear.weight, head.linear.bias)
         fitted.result, fitted.head_info, fitted.head_proba = head.result, head.info, head.proba
+        fitted.thresholds = head.thresholds
     trainer = Trainer(net, *_loaders(split, backbone.preprocessing, config, device, console), config, device, dtype,
-                      console, context.on_epoch, StageCheckpoint.at(context.checkpoint_dir))
+                      console, context.on_epoch, StageCheckpoint.at(context.checkpoint_dir), split.multi_label)
     if workflow == "standard":
         fitted.result = train_frozen(trainer)
         stage1_val = fitted.result.stage1.val
@@ -56,6 +58,8 @@ def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext
     if fine_tune_epochs:
         fine_tune(trainer, fine_tune_epochs, fitted.result, before=stage1_val)
         fitted.timings["fine_tune"] = time.perf_counter() - start - fitted.timings["stage1"]
+    if split.multi_label and (workflow == "standard" or fitted.result.fine_tune_kept):
+        fitted.thresholds = validation_thresholds(trainer)
     net.eval()
     return fitted
 
@@ -68,11 +72,11 @@ def _loaders(split: DatasetSplit, preprocessing: Preprocessing, config: Training
     """
     batch_size = bounded_batch_size(config.batch_size, preprocessing.input_size, device, console)
     gpu = device.type == "cuda"
-    train = ImageDataset([s.path for s in split.train], [s.label for s in split.train],
+    train = ImageDataset([s.path for s in split.train], split.targets(split.train),
                          train_transform(preprocessing, config.augment))
     loaders = [make_loader(train, batch_size, shuffle=True, workers=config.workers, seed=config.seed, gpu=gpu)]
     if split.val:
-        val = ImageDataset.for_eval([s.path for s in split.val], [s.label for s in split.val], preprocessing)
+        val = ImageDataset.for_eval([s.path for s in split.val], split.targets(split.val), preprocessing)
         loaders.append(make_loader(val, batch_size, workers=config.workers, seed=config.seed, gpu=gpu))
     else:
         loaders.append(None)

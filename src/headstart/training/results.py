@@ -25,10 +25,15 @@ __all__ = ["EpochStats", "StageResult", "TrainResult", "Fitted", "without_failed
 
 @dataclass
 class EpochStats:
+    """One pass over a set of images. For a multi-label model, ``loss`` is the binary
+    cross-entropy per (image, class), ``accuracy`` the share of those decisions right at
+    0.5 (1 - Hamming loss), and ``mean_ap`` the mean average precision."""
+
     loss: float
     accuracy: float
     count: int
     failed: list[tuple[int, str]] = field(default_factory=list)  # (dataset index, reason)
+    mean_ap: float | None = None
 
 
 @dataclass
@@ -40,13 +45,16 @@ class StageResult:
 
     def summary(self) -> dict:
         """As ``metrics.json`` reports a stage."""
-        return {
+        summary = {
             "val_accuracy": self.val.accuracy if self.val else math.nan,
             "val_loss": self.val.loss if self.val else math.nan,
             "epochs_run": self.epochs_run,
             "best_epoch": self.best_epoch,
             "stopped_early": self.stopped_early,
         }
+        if self.val is not None and self.val.mean_ap is not None:
+            summary["val_mean_ap"] = self.val.mean_ap
+        return summary
 
 
 @dataclass
@@ -73,6 +81,7 @@ class Fitted:
     state: dict[str, np.ndarray] | None = None
     head_info: dict = field(default_factory=dict)  # what the features and the lightweight head took
     head_proba: dict[str, np.ndarray] = field(default_factory=dict)  # val/test rows, NaN where undecodable
+    thresholds: tuple[float, ...] = ()  # multi-label: each class's decision threshold, tuned on validation
     timings: dict[str, float] = field(default_factory=dict)
 
 

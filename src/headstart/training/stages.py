@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import copy
 
-from torch import nn
-
 from ..backbone.freeze import freeze, unfreeze
-from .loop import Trainer, resume_after, run_epoch, stage_dict, stage_from, stats_dict, stats_from, train_stage
+from .loop import (Trainer, loss_function, resume_after, run_epoch, stage_dict, stage_from, stats_dict, stats_from,
+                   train_stage)
 from .results import EpochStats, TrainResult
 
 __all__ = ["train_frozen", "fine_tune", "fine_tune_improved", "guard_verdict"]
@@ -42,21 +41,27 @@ def train_frozen(trainer: Trainer) -> TrainResult:
 
 
 def fine_tune_improved(before: EpochStats, after: EpochStats) -> bool:
-    """Keep fine-tuning only for higher validation accuracy, or equal accuracy and lower loss."""
+    """Keep fine-tuning only for a higher validation score, or an equal one and a lower loss. The
+    score is accuracy, or for a multi-label model the mean average precision (threshold-free,
+    as the thresholds are tuned afterwards)."""
     return guard_verdict(before, after)[0]
 
 
 def guard_verdict(before: EpochStats, after: EpochStats) -> tuple[bool, str]:
     """Whether fine-tuning is kept, and the guard's reason in words (the log and the report say it)."""
-    change = f"{before.accuracy:.2%} -> {after.accuracy:.2%}"
+    if before.mean_ap is not None and after.mean_ap is not None:
+        name, was, now, shown = "mAP", before.mean_ap, after.mean_ap, "{:.4f}".format
+    else:
+        name, was, now, shown = "accuracy", before.accuracy, after.accuracy, "{:.2%}".format
+    change = f"{shown(was)} -> {shown(now)}"
     losses = f"{before.loss:.4f} -> {after.loss:.4f}"
-    if after.accuracy > before.accuracy:
-        return True, f"raised validation accuracy: {change}"
-    if after.accuracy == before.accuracy and after.loss < before.loss:
-        return True, f"improved validation loss at equal accuracy ({after.accuracy:.2%}): {losses}"
-    if after.accuracy == before.accuracy:
-        return False, f"validation accuracy unchanged ({after.accuracy:.2%}) and loss not lower: {losses}"
-    return False, f"lowered validation accuracy: {change}"
+    if now > was:
+        return True, f"raised validation {name}: {change}"
+    if now == was and after.loss < before.loss:
+        return True, f"improved validation loss at equal {name} ({shown(now)}): {losses}"
+    if now == was:
+        return False, f"validation {name} unchanged ({shown(now)}) and loss not lower: {losses}"
+    return False, f"lowered validation {name}: {change}"
 
 
 def fine_tune(trainer: Trainer, epochs: int, result: TrainResult, before: EpochStats | None = None) -> None:
@@ -75,7 +80,7 @@ def fine_tune(trainer: Trainer, epochs: int, result: TrainResult, before: EpochS
         result.stage1 = stage_from(saved["stage1"])
     else:
         if before is None and trainer.val_loader is not None:
-            before = run_epoch(trainer, trainer.val_loader, nn.CrossEntropyLoss(), desc="validate stage 1")
+            before = run_epoch(trainer, trainer.val_loader, loss_function(trainer), desc="validate stage 1")
         before_state = copy.deepcopy(net.state_dict())
     trainable = unfreeze(net.backbone, config.unfreeze_last)
     which = "all blocks" if config.unfreeze_last is None else f"last {config.unfreeze_last} block(s)"
