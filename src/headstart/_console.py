@@ -19,10 +19,14 @@ T = TypeVar("T")
 
 
 class Console:
-    """Verbosity 0 prints only results and errors; 1 adds progress and summaries."""
+    """Verbosity 0 prints only results and errors; 1 adds progress and summaries; -1 errors alone
+    (the ranks of a data-parallel run other than rank 0). ``where`` starts every error message,
+    e.g. ``rank 1 of 4: ``, so the process at fault is named."""
 
-    def __init__(self, verbosity: int = 1, err: TextIO | None = None, out: TextIO | None = None):
+    def __init__(self, verbosity: int = 1, err: TextIO | None = None, out: TextIO | None = None,
+                 where: str = ""):
         self.verbosity = verbosity
+        self.where = where
         self.err = err if err is not None else sys.stderr
         self.out = out if out is not None else sys.stdout
 
@@ -35,13 +39,15 @@ class Console:
             print(message, file=self.err, flush=True)
 
     def warn(self, message: str) -> None:
-        print(f"headstart: warning: {message}", file=self.err, flush=True)
+        if self.verbosity >= 0:
+            print(f"headstart: warning: {message}", file=self.err, flush=True)
 
     def error(self, message: str) -> None:
-        print(f"headstart: error: {message}", file=self.err, flush=True)
+        print(f"headstart: error: {self.where}{message}", file=self.err, flush=True)
 
     def result(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        if self.verbosity >= 0:
+            print(text, file=self.out, flush=True)
 
     def progress(self, items: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:
         """A progress bar over ``items`` on a terminal; the items alone otherwise."""

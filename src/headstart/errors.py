@@ -17,6 +17,7 @@ __all__ = [
     "BackboneError",
     "ModelFileError",
     "NotFittedError",
+    "DistributedError",
 ]
 
 
@@ -70,3 +71,10 @@ class NotFittedError(HeadstartError, ValueError, AttributeError):
     """
 
     exit_status = ExitStatus.USAGE
+
+
+class DistributedError(HeadstartError):
+    """A data-parallel run cannot go on: the process group cannot be joined, or another rank
+    failed or was stopped (its own error says why)."""
+
+    exit_status = ExitStatus.ERROR

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import distributed
 from ._console import Console
 from ._io import atomic_files, json_text, read_json
 from .config import HeadSpec, ModelConfig, TrainingConfig, library_versions
@@ -144,8 +145,8 @@ class ImageClassifier(ProbabilityPredictor):
         cache = CacheLayout(self.cache_dir)
         check_backbone(feature_request(config), cache)  # a misspelt name fails before any work
         clock = time.perf_counter()
-        split = data if isinstance(data, DatasetSplit) else discover(
-            data, config.val_fraction, config.test_fraction, config.seed)
+        split = _agreed_split(data if isinstance(data, DatasetSplit) else discover(
+            data, config.val_fraction, config.test_fraction, config.seed))
         _report_data(split, console)
         timings = {"data": time.perf_counter() - clock}
         fitted = fitting.fit(split, config, FitContext(cache, console, on_epoch,
@@ -190,8 +191,7 @@ class ImageClassifier(ProbabilityPredictor):
                 continue
             # The lightweight head's probabilities come straight from the cached features,
             # unless fine-tuning changed the backbone they came from.
-            proba = head_proba[name] if stage1_only and name in head_proba \
-                else self.predict_proba([s.path for s in samples])
+            proba = head_proba[name] if stage1_only and name in head_proba else self._sharded_proba(samples)
             self.predictions_[name] = proba
             metrics[name] = self._metrics_of(samples, proba)
         return metrics
@@ -262,7 +262,12 @@ class ImageClassifier(ProbabilityPredictor):
 
     def evaluate_samples(self, samples: Sequence[Sample], tta: bool = False) -> dict:
         """Metrics (:func:`headstart.evaluate.classification_metrics`) on labelled samples."""
-        return self._metrics_of(samples, self.predict_proba([s.path for s in samples], tta=tta))
+        return self._metrics_of(samples, self._sharded_proba(samples, tta))
+
+    def _sharded_proba(self, samples: Sequence[Sample], tta: bool = False) -> np.ndarray:
+        """``predict_proba``, each rank of a data-parallel run predicting its share in whole batches."""
+        return distributed.map_shards(lambda paths: self.predict_proba(paths, tta=tta), [s.path for s in samples],
+                                      align=self.batch_size)
 
     def _metrics_of(self, samples: Sequence[Sample], proba: np.ndarray) -> dict:
         from .evaluate import classification_metrics  # scikit-learn: not needed to open an .onnx model
@@ -393,6 +398,15 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
     metrics_path = directory / METRICS_FILE
     clf.metrics_ = read_json(metrics_path) if metrics_path.is_file() else None
     return clf
+
+
+def _agreed_split(split: DatasetSplit) -> DatasetSplit:
+    """Rank 0's split on every rank of a data-parallel run, checked against what each rank sees."""
+    chosen = distributed.broadcast(split)
+    if len(chosen.samples()) != len(split.samples()):
+        raise DataError(f"{split.root} holds {len(split.samples())} usable images here but "
+                        f"{len(chosen.samples())} on rank 0: every machine needs the same data at the same path")
+    return chosen
 
 
 def _report_data(split: DatasetSplit, console: Console) -> None:

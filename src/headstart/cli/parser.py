@@ -94,6 +94,7 @@ def _add_train(commands) -> None:
     g.add_argument("--test-fraction", type=float, default=_DEFAULT.test_fraction, help="used when DATA has no test/ folder")
     g.add_argument("--seed", type=int, default=_DEFAULT.seed)
     _add_hardware(g, _DEFAULT)
+    _add_launch(t)
 
 
 def _add_inspect(commands) -> None:
@@ -141,6 +142,14 @@ def _add_hardware(group, default: TrainingConfig | InspectSettings = _DEFAULT, p
                        "(default: one per core, at most 4)")
 
 
+def _add_launch(parser) -> None:
+    """The options that start torchrun on this machine: train, predict and evaluate run data-parallel."""
+    g = parser.add_argument_group("several processes (torchrun on this machine; see the README for several "
+                                  "machines)")
+    g.add_argument("--nproc", type=int, metavar="N", help="run on N processes (on CPUs, they share the cores)")
+    g.add_argument("--devices", metavar="LIST", help="one process per GPU of LIST, e.g. 0,1,2,3")
+
+
 def _unfreeze(value: str) -> int | None:
     if value == "all":
         return None
@@ -164,6 +173,7 @@ def _add_predict(commands) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--tta", action="store_true", help="average with the mirror image's prediction")
     _add_hardware(p)
+    _add_launch(p)
 
 
 def _add_evaluate(commands) -> None:
@@ -175,6 +185,7 @@ def _add_evaluate(commands) -> None:
     e.add_argument("--overwrite", action="store_true", help="allow replacing an existing --output")
     e.add_argument("--tta", action="store_true", help="average with the mirror image's prediction")
     _add_hardware(e)
+    _add_launch(e)
 
 
 def _add_report(commands) -> None:

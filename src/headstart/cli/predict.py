@@ -4,6 +4,10 @@
 ``headstart export`` (ONNX Runtime only, so a deployment installs neither PyTorch nor
 scikit-learn). Its predictions stream, one image at a time, from the model to a table on
 stdout or a CSV or JSON file: 100,000 images never sit in memory at once.
+
+Under torchrun each rank predicts a contiguous share of the images, in whole batches (so each
+row is the one a single process computes), and rank 0 writes every row, in input order, to the
+one output: a rank's rows are held in its memory until then (about 200 bytes an image).
 """
 
 from __future__ import annotations
@@ -23,16 +27,26 @@ __all__ = ["predict_command", "evaluate_command"]
 
 
 def predict_command(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from .. import distributed
     from ..data.images import collect_images
 
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1. Got {args.top_k} instead.")
-    check_output(args.output, args.overwrite, (".csv", ".json"))
+    if distributed.is_main():
+        check_output(args.output, args.overwrite, (".csv", ".json"))
     clf = _open(args, console)
-    paths = collect_images(args.paths)
+    # Every rank takes rank 0's list: the same images, in the same order, shared out.
+    paths = distributed.broadcast(collect_images(args.paths) if distributed.is_main() else None)
     console.info(f"predicting {len(paths)} image(s) with {args.model}")
     top_k = min(args.top_k, len(clf.classes_))
-    rows = _prediction_rows(clf, paths, top_k, args.batch_size, args.tta, console)
+    rows = _prediction_rows(clf, list(distributed.shard(paths, args.batch_size)), top_k, args.batch_size, args.tta,
+                            console)
+    if distributed.world().size > 1:
+        shares = distributed.gather_objects(list(rows))
+        if not distributed.is_main():
+            return ExitStatus.SUCCESS
+        rows = (row for share in shares for row in share)
+    rows = _warn_unreadable(rows, console)
     if args.output is None:
         count, failed = _print_table(rows, console)
     elif args.output.suffix.lower() == ".csv":
@@ -45,13 +59,17 @@ def predict_command(args: argparse.Namespace, console: Console) -> ExitStatus:
 
 
 def evaluate_command(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from .. import distributed
     from ..evaluate import format_metrics
 
-    check_output(args.output, args.overwrite, (".json",))
+    if distributed.is_main():
+        check_output(args.output, args.overwrite, (".json",))
     if args.model.suffix == ".onnx":
         raise UsageError(f"evaluate takes a run folder, not {args.model}: evaluate the run it was exported from")
     clf = _open(args, console)
-    metrics = clf.evaluate(args.data, tta=args.tta)
+    metrics = clf.evaluate(args.data, tta=args.tta)  # each rank predicts its share; all get the metrics
+    if not distributed.is_main():
+        return ExitStatus.SUCCESS
     console.result(format_metrics(metrics, title=f"{args.model} on {args.data}"))
     if args.output:
         write_json(args.output, metrics)
@@ -75,13 +93,19 @@ def _prediction_rows(clf, paths: list[Path], top_k: int, batch_size: int, tta: b
     predictions = clf.iter_predict(paths, batch_size=batch_size, tta=tta)
     for p in console.progress(predictions, total=len(paths), desc="predict"):
         if p.probabilities is None:
-            console.warn(f"cannot read {p.path}: {p.error}")
             yield {"path": str(p.path), "class": None, "probability": None, "top_k": [], "error": p.error}
             continue
         order = p.probabilities.argsort()[::-1][:top_k]
         top = [{"class": clf.classes_[i], "probability": round(float(p.probabilities[i]), 6)} for i in order]
         yield {"path": str(p.path), "class": top[0]["class"], "probability": top[0]["probability"],
                "top_k": top, "error": None}
+
+
+def _warn_unreadable(rows: Iterator[dict], console: Console) -> Iterator[dict]:
+    for row in rows:
+        if row["error"]:
+            console.warn(f"cannot read {row['path']}: {row['error']}")
+        yield row
 
 
 def _print_table(rows: Iterator[dict], console: Console) -> tuple[int, int]:

@@ -2,7 +2,8 @@
 
 Training is the one long command, so it is the one that must stop well: Ctrl-C and ``kill``
 (SIGTERM) both leave the last completed epoch in the run folder, and ``--resume`` continues
-from it with the settings ``run.json`` recorded. PyTorch and the model are imported by the
+from it with the settings ``run.json`` recorded. Under torchrun, which passes Ctrl-C and
+SIGTERM on to every rank, each rank stops, and rank 0's folder is the one to resume. PyTorch and the model are imported by the
 handler, not here: ``import headstart.cli`` stays light for the other commands.
 """
 
@@ -27,34 +28,46 @@ __all__ = ["train_command"]
 
 
 def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from .. import distributed
+    from ..model import ImageClassifier
+    from ..runfolder import CHECKPOINT_FILE
+
+    # Rank 0 alone reads and writes the run folder: the other ranks of a data-parallel run (maybe on
+    # other machines, where it does not exist) get the settings and the folder's name from it.
+    out, request = distributed.broadcast(_start(args) if distributed.is_main() else None)
+    clf = ImageClassifier(**request.params, verbose=console.verbosity)
+    try:
+        with _terminate_as_interrupt():
+            clf.fit(request.data, console=console, checkpoint_dir=out)
+    except KeyboardInterrupt:
+        if distributed.is_main():
+            console.error(f"interrupted: {out} keeps the last completed epoch; "
+                          f"continue with: headstart train --resume {out}")
+        return ExitStatus.INTERRUPTED
+    if distributed.is_main():
+        clf.save(out, overwrite=True)
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+        console.info(_summary(clf, out))
+    return ExitStatus.SUCCESS
+
+
+def _start(args: argparse.Namespace) -> tuple[Path, RunRequest]:
+    """The run folder and what to run in it: a new run's, made ready, or the one ``--resume`` names."""
     from .._io import write_text
     from ..model import ImageClassifier
     from ..runfolder import CHECKPOINT_FILE, RUN_FILE, new_run_dir, prepare_output_dir, run_json_text
 
     if args.resume is not None:
-        out = args.resume
-        request = _resume_request(out)
-        clf = ImageClassifier(**request.params, verbose=console.verbosity)
-    else:
-        if args.data is None:
-            raise UsageError("train: give the image folder DATA, or --resume RUN")
-        clf = ImageClassifier(**_training_kwargs(args), verbose=console.verbosity)
-        clf.training_config()  # a bad option fails before any work
-        out = prepare_output_dir(args.out or new_run_dir(), args.overwrite)
-        (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # --overwrite starts afresh, never resumes
-        request = clf.run_request(args.data)
-        write_text(out / RUN_FILE, run_json_text(request))
-    try:
-        with _terminate_as_interrupt():
-            clf.fit(request.data, console=console, checkpoint_dir=out)
-    except KeyboardInterrupt:
-        console.error(f"interrupted: {out} keeps the last completed epoch; "
-                      f"continue with: headstart train --resume {out}")
-        return ExitStatus.INTERRUPTED
-    clf.save(out, overwrite=True)
-    (out / CHECKPOINT_FILE).unlink(missing_ok=True)
-    console.info(_summary(clf, out))
-    return ExitStatus.SUCCESS
+        return args.resume, _resume_request(args.resume)
+    if args.data is None:
+        raise UsageError("train: give the image folder DATA, or --resume RUN")
+    clf = ImageClassifier(**_training_kwargs(args))
+    clf.training_config()  # a bad option fails before any work
+    out = prepare_output_dir(args.out or new_run_dir(), args.overwrite)
+    (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # --overwrite starts afresh, never resumes
+    request = clf.run_request(args.data)
+    write_text(out / RUN_FILE, run_json_text(request))
+    return out, request
 
 
 def _training_kwargs(args: argparse.Namespace) -> dict:

@@ -1,5 +1,14 @@
 """A fit through the network: the pretrained backbone with a new head, stage 1, then the guarded
 fine-tune. This is the path of the standard workflow and of every fine-tuning run.
+
+On a data-parallel run, every rank trains a replica on its share of each epoch
+(DistributedDataParallel, :func:`headstart.training.loop.train_stage`) and validates
+its share of the validation images; the statistics are summed over the ranks.
+``--batch-size`` is per process: the global batch is N times larger. The learning
+rate is not rescaled (the gradients are averaged over the global batch, as in one
+process); to keep a one-process run's dynamics, keep the global batch (divide
+``--batch-size`` by N), or scale ``--lr`` by sqrt(N), the rule for Adam-type
+optimisers (Malladi et al., 2022), when the global batch grows N times.
 """
 
 from __future__ import annotations
@@ -7,7 +16,9 @@ from __future__ import annotations
 import time
 
 import torch
+from torch.utils.data import DistributedSampler
 
+from .. import distributed
 from ..backbone.head import ClassifierNet
 from ..backbone.pretrained import create_backbone
 from ..config import HeadSpec, Preprocessing, TrainingConfig
@@ -45,7 +56,8 @@ def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext
         net.head.load_linear(head.linear.weight, head.linear.bias)
         fitted.result, fitted.head_info, fitted.head_proba = head.result, head.info, head.proba
     trainer = Trainer(net, *_loaders(split, backbone.preprocessing, config, device, console), config, device, dtype,
-                      console, context.on_epoch, StageCheckpoint.at(context.checkpoint_dir))
+                      console, context.on_epoch, StageCheckpoint.at(context.checkpoint_dir),
+                      backbone.preprocessing.input_size)
     if workflow == "standard":
         fitted.result = train_frozen(trainer)
         stage1_val = fitted.result.stage1.val
@@ -61,16 +73,25 @@ def _loaders(split: DatasetSplit, preprocessing: Preprocessing, config: Training
              console) -> tuple:
     """The training loader (augmented, shuffled) and the validation loader (None without val images).
 
-    A loader starts its decoding workers when iterated, not here.
+    A loader starts its decoding workers when iterated, not here. Each epoch's shuffle is drawn
+    from the seed and the epoch's number (DistributedSampler, in one process too) and dealt out to
+    the ranks: ``--batch-size B`` on N processes trains on the same global batches as ``B x N`` in
+    one process, and a run resumes on any number of processes. Each rank augments with its own
+    seed. The validation images are split into contiguous shares, none repeated (DistributedSampler
+    would pad), so the summed statistics are exact.
     """
     batch_size = bounded_batch_size(config.batch_size, preprocessing.input_size, device, console)
     gpu = device.type == "cuda"
+    here = distributed.world()
     train = ImageDataset([s.path for s in split.train], [s.label for s in split.train],
                          train_transform(preprocessing, config.augment))
-    loaders = [make_loader(train, batch_size, shuffle=True, workers=config.workers, seed=config.seed, gpu=gpu)]
+    sampler = DistributedSampler(train, here.size, here.rank, shuffle=True, seed=config.seed)
+    loaders = [make_loader(train, batch_size, workers=config.workers, seed=config.seed + here.rank, gpu=gpu,
+                           sampler=sampler)]
     if split.val:
         val = ImageDataset.for_eval([s.path for s in split.val], [s.label for s in split.val], preprocessing)
-        loaders.append(make_loader(val, batch_size, workers=config.workers, seed=config.seed, gpu=gpu))
+        loaders.append(make_loader(val, batch_size, workers=config.workers, seed=config.seed, gpu=gpu,
+                                   sampler=range(*distributed.shard_bounds(len(val))) if here.size > 1 else None))
     else:
         loaders.append(None)
     return tuple(loaders)

@@ -14,6 +14,7 @@ import copy
 
 from torch import nn
 
+from .. import distributed
 from ..backbone.freeze import freeze, unfreeze
 from .loop import Trainer, run_epoch, stage_dict, stage_from, stats_dict, stats_from, train_stage
 from .results import EpochStats, TrainResult
@@ -86,7 +87,8 @@ def _guard(trainer: Trainer, result: TrainResult, before: EpochStats | None, bef
     if before is None or after is None:
         result.fine_tune_kept = True
         return
-    result.fine_tune_kept = fine_tune_improved(before, after)
+    # Rank 0 decides for every rank of a data-parallel run: all keep the same weights.
+    result.fine_tune_kept = distributed.broadcast(fine_tune_improved(before, after))
     if result.fine_tune_kept:
         trainer.console.info(f"fine-tuning improved validation accuracy: {before.accuracy:.2%} -> "
                              f"{after.accuracy:.2%}")
