@@ -117,7 +117,7 @@ def tiny_set(tmp_path: Path) -> Path:
 def tiny_standard(tiny_weights: Path, batch_size: int) -> list[str]:
     return ["--backbone", "test_efficientnet", "--weights", str(tiny_weights), "--image-size", "32",
             "--workers", "0", "--workflow", "standard", "--epochs", "2", "--fine-tune-epochs", "1",
-            "--augment", "none", "--dropout", "0", "--patience", "0", "--batch-size", str(batch_size),
+            "--augment", "none", "--dropout", "0", "--patience", "0", "--lr", "0.1", "--batch-size", str(batch_size),
             "--precision", "fp32"]
 
 

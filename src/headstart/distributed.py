@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -177,8 +178,12 @@ def data_parallel(module: Any) -> Any:
     from torch.nn.parallel import DistributedDataParallel
 
     devices = [torch.cuda.current_device()] if _backend == "nccl" else None
+    # Buffers (BatchNorm's frozen statistics) are made equal once, here, and never change after:
+    # syncing them before every forward pass would only cost time. PyTorch 2.14 renamed the option.
+    sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else {"broadcast_buffers": False})
     with _collective():
-        return DistributedDataParallel(module, device_ids=devices, broadcast_buffers=False)
+        return DistributedDataParallel(module, device_ids=devices, **sync)
 
 
 # -- collectives --------------------------------------------------------------------------------
