@@ -45,7 +45,9 @@ def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext
     console.info(backbone.spec.describe(backbone.preprocessing))
     net = prepare(ClassifierNet.create(backbone, HeadSpec(len(split.classes), config.dropout)), device)
     dtype = resolve_precision(config.precision, device)
-    console.info(f"{workflow} workflow on {device.type} ({str(dtype).removeprefix('torch.')}), {split.sizes()}")
+    ranks = distributed.world().size
+    where = f"{ranks} processes on {device.type}s, each {config.batch_size} images a step" if ranks > 1 else device.type
+    console.info(f"{workflow} workflow on {where} ({str(dtype).removeprefix('torch.')}), {split.sizes()}")
     fitted = Fitted(workflow, backbone.spec, backbone.preprocessing, TrainResult(), net=net)
     start = time.perf_counter()
     stage1_val = None  # measured by the same pipeline as the fine-tuned model, unless stage 1 ran through it
