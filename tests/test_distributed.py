@@ -73,6 +73,17 @@ def test_outside_torchrun_there_is_one_process_and_collectives_are_identities():
     assert distributed.map_shards(lambda items: np.array(items) * 2, [1, 2, 3]).tolist() == [2, 4, 6]
 
 
+def test_one_process_never_imports_pytorch_for_the_collectives():
+    """`headstart predict MODEL.onnx` and a cached lightweight run pass through them without PyTorch."""
+    code = ("import sys, numpy as np; from headstart import distributed as d; "
+            "d.broadcast(1); d.gather_arrays(np.ones(3, bool)); d.gather_objects(1); d.all_gather_objects(1); "
+            "d.all_sum([1.0]); d.map_shards(lambda x: np.array(x), [1]); d.data_parallel(None); "
+            "print('torch' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          check=True).stdout.strip() == "False"
+
+
 def test_the_ranks_get_the_command_line_without_the_launch_options():
     argv = ["train", "d", "--nproc", "2", "--devices=0,1", "--epochs", "3", "--nproc=4"]
     assert _without_launch_options(argv) == ["train", "d", "--epochs", "3"]

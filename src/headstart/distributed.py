@@ -207,10 +207,10 @@ def _tensor(array: np.ndarray):
 def gather_arrays(array: np.ndarray) -> list[np.ndarray]:
     """Every rank's ``array`` (same dtype and trailing shape, any number of rows) on rank 0, in rank
     order; an empty list on the other ranks. Sent in bounded messages."""
-    import torch.distributed as dist
-
     if _current.size == 1:
         return [array]
+    import torch.distributed as dist
+
     if array.dtype == bool:  # sent as bytes: not every backend reduces or gathers booleans
         return [part.astype(bool) for part in gather_arrays(array.view(np.uint8))]
     lengths = [int(n) for n in all_gather_objects(len(array))]
@@ -239,10 +239,10 @@ def _all_gather_arrays(array: np.ndarray) -> list[np.ndarray]:
 
 def gather_objects(value: Any) -> list[Any]:
     """Every rank's ``value`` (picklable) on rank 0, in rank order; an empty list elsewhere."""
-    import torch.distributed as dist
-
     if _current.size == 1:
         return [value]
+    import torch.distributed as dist
+
     received = [None] * _current.size if _current.is_main else None
     with _collective():
         dist.gather_object(value, received, dst=0)
@@ -251,10 +251,10 @@ def gather_objects(value: Any) -> list[Any]:
 
 def all_gather_objects(value: Any) -> list[Any]:
     """Every rank's ``value`` on every rank, in rank order."""
-    import torch.distributed as dist
-
     if _current.size == 1:
         return [value]
+    import torch.distributed as dist
+
     received = [None] * _current.size
     with _collective():
         dist.all_gather_object(received, value)
@@ -263,10 +263,10 @@ def all_gather_objects(value: Any) -> list[Any]:
 
 def broadcast(value: T) -> T:
     """Rank 0's ``value`` on every rank: a decision taken once, so every rank acts on the same one."""
-    import torch.distributed as dist
-
     if _current.size == 1:
         return value
+    import torch.distributed as dist
+
     box = [value]
     with _collective():
         dist.broadcast_object_list(box, src=0)
@@ -275,11 +275,11 @@ def broadcast(value: T) -> T:
 
 def all_sum(values: Sequence[float]) -> np.ndarray:
     """The element-wise sum of ``values`` over the ranks, in float64, the same on every rank."""
-    import torch.distributed as dist
-
     array = np.asarray(values, dtype=np.float64)
     if _current.size == 1:
         return array
+    import torch.distributed as dist
+
     tensor = _tensor(array)
     with _collective():
         dist.all_reduce(tensor)

@@ -78,7 +78,8 @@ def _loaders(split: DatasetSplit, preprocessing: Preprocessing, config: Training
     A loader starts its decoding workers when iterated, not here. Each epoch's shuffle is drawn
     from the seed and the epoch's number (DistributedSampler, in one process too) and dealt out to
     the ranks: ``--batch-size B`` on N processes trains on the same global batches as ``B x N`` in
-    one process, and a run resumes on any number of processes. Each rank augments with its own
+    one process (when N divides the training images; otherwise a few are repeated to even the
+    shares), and a run resumes on any number of processes. Each rank augments with its own
     seed. The validation images are split into contiguous shares, none repeated (DistributedSampler
     would pad), so the summed statistics are exact.
     """
