@@ -55,13 +55,13 @@ def wants_relaunch(args: argparse.Namespace) -> bool:
 def relaunch(argv: Sequence[str], args: argparse.Namespace, console: Console) -> ExitStatus:
     """Run this command line again on ``--nproc`` processes (or one per GPU of ``--devices``), under
     torchrun on this machine; returns the exit status of the first rank that failed, if one did."""
+    nproc = _process_count(args)  # before importing PyTorch: a bad option fails at once
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     from ..data.workers import available_cores
 
-    nproc = _process_count(args)
     if args.devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.devices
     # torchrun would give every process one thread; on CPUs they share the cores instead.
