@@ -30,7 +30,8 @@ def test_no_source_module_grows_past_about_400_lines():
 
 
 @pytest.mark.parametrize("module", ["headstart", "headstart.cli", "headstart.model", "headstart.training.fitting",
-                                    "headstart.features.pipeline", "headstart.inspection", "headstart.device"])
+                                    "headstart.features.pipeline", "headstart.inspection", "headstart.device",
+                                    "headstart.distributed"])
 def test_the_cached_path_imports_no_pytorch_at_module_level(module: str):
     """A cached lightweight rerun and `headstart predict MODEL.onnx` start by importing these: PyTorch
     (about 5 s and 776 MB of RSS on 2 cores) must wait until a function needs it."""

@@ -27,10 +27,14 @@ def in_notebook() -> bool:
 
 
 class Console:
-    """Verbosity 0 prints only results and errors; 1 adds progress and summaries."""
+    """Verbosity 0 prints only results and errors; 1 adds progress and summaries; -1 errors alone
+    (the ranks of a data-parallel run other than rank 0). ``where`` starts every error message,
+    e.g. ``rank 1 of 4: ``, so the process at fault is named."""
 
-    def __init__(self, verbosity: int = 1, err: TextIO | None = None, out: TextIO | None = None):
+    def __init__(self, verbosity: int = 1, err: TextIO | None = None, out: TextIO | None = None,
+                 where: str = ""):
         self.verbosity = verbosity
+        self.where = where
         self.err = err if err is not None else sys.stderr
         self.out = out if out is not None else sys.stdout
         self._bars = 0  # progress bars showing now
@@ -44,13 +48,15 @@ class Console:
             self._print(message, self.err)
 
     def warn(self, message: str) -> None:
-        self._print(f"headstart: warning: {message}", self.err)
+        if self.verbosity >= 0:
+            self._print(f"headstart: warning: {message}", self.err)
 
     def error(self, message: str) -> None:
-        self._print(f"headstart: error: {message}", self.err)
+        self._print(f"headstart: error: {self.where}{message}", self.err)
 
     def result(self, text: str) -> None:
-        self._print(text, self.out)
+        if self.verbosity >= 0:
+            self._print(text, self.out)
 
     def _print(self, text: str, stream: TextIO) -> None:
         try:

@@ -18,6 +18,7 @@ __all__ = [
     "ModelFileError",
     "NotFittedError",
     "StorageError",
+    "DistributedError",
 ]
 
 
@@ -78,3 +79,10 @@ class StorageError(HeadstartError):
     could not be saved."""
 
     exit_status = ExitStatus.IO
+
+
+class DistributedError(HeadstartError):
+    """A data-parallel run cannot go on: the process group cannot be joined, or another rank
+    failed or was stopped (its own error says why)."""
+
+    exit_status = ExitStatus.ERROR

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import distributed
 from ._console import Console
-from ._io import TEXT_ERRORS, atomic_files, file_problem, json_text, read_json
+from ._io import TEXT_ERRORS, atomic_files, file_problem, read_json
 from .config import HeadSpec, ModelConfig, TrainingConfig, library_versions
 from .data.dataset import DatasetSplit, Sample, Skipped
 from .data.labels import to_split
-from .errors import BackboneError, ModelFileError, NotFittedError, UsageError
+from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
 from .features.cache import CacheLayout
 from .features.pipeline import check_backbone
 from .predictor import Prediction, ProbabilityPredictor
@@ -36,19 +37,11 @@ from .runfolder import (
     HISTORY_FILE,
     METRICS_FILE,
     MODEL_FILE,
-    PREDICTIONS_FILE,
-    RUN_FILE,
-    SKIPPED_FILE,
-    SPLIT_FILE,
     RunRequest,
     check_finished,
-    history_csv,
-    predictions_csv,
     prepare_output_dir,
     read_csv_file,
-    run_json_text,
-    skipped_csv,
-    split_csv,
+    run_texts,
 )
 from .scoring import fit_metrics
 from .training import fitting
@@ -172,8 +165,8 @@ class ImageClassifier(ProbabilityPredictor):
         cache = CacheLayout(self.cache_dir)
         check_backbone(feature_request(config), cache)  # a misspelt name fails before any work
         clock = time.perf_counter()
-        split = to_split(data, y, classes, config.multi_label, val_fraction=config.val_fraction,
-                         test_fraction=config.test_fraction, seed=config.seed)
+        split = _agreed_split(to_split(data, y, classes, config.multi_label, val_fraction=config.val_fraction,
+                                       test_fraction=config.test_fraction, seed=config.seed))
         _report_data(split, console, config.val_fraction)
         timings = {"data": time.perf_counter() - clock}
         fitted = fitting.fit(split, config, FitContext(cache, console, on_epoch,
@@ -193,7 +186,7 @@ class ImageClassifier(ProbabilityPredictor):
         self.split_ = split
         self.skipped_ = split.skipped + [Skipped(p, r) for p, r in result.failed.items()]
         clock = time.perf_counter()
-        self.metrics_, self.predictions_ = fit_metrics(self, split, fitted, head_proba)
+        self.metrics_, self.predictions_ = fit_metrics(self, split, fitted, head_proba, self._sharded_proba)
         timings["evaluation"] = time.perf_counter() - clock
         self.metrics_["timings"] = {**timings, "total": time.perf_counter() - started}
         return self
@@ -292,7 +285,12 @@ class ImageClassifier(ProbabilityPredictor):
         """Metrics (:func:`headstart.scoring.sample_metrics`) on labelled samples."""
         from .scoring import sample_metrics
 
-        return sample_metrics(self, samples, self.predict_proba([s.path for s in samples], tta=tta))
+        return sample_metrics(self, samples, self._sharded_proba(samples, tta))
+
+    def _sharded_proba(self, samples: Sequence[Sample], tta: bool = False) -> np.ndarray:
+        """``predict_proba``, each rank of a data-parallel run predicting its share in whole batches."""
+        return distributed.map_shards(lambda paths: self.predict_proba(paths, tta=tta), [s.path for s in samples],
+                                      align=self.batch_size)
 
     def evaluate(self, data: str | Path | None, tta: bool = False, labels: str | Path | None = None,
                  label_sep: str = ";") -> dict:
@@ -330,7 +328,7 @@ class ImageClassifier(ProbabilityPredictor):
             from .backbone.saved import saved_tensors
 
             state = saved_tensors(self._net)
-        texts = self._run_texts()
+        texts = run_texts(self)
         # All or nothing: a full disk midway leaves the previous model as it was.
         with atomic_files(directory) as new:
             save_file(state, str(new(MODEL_FILE)), metadata={"format": "pt", "headstart": "model"})
@@ -341,23 +339,6 @@ class ImageClassifier(ProbabilityPredictor):
 
             write_report(directory)
         return directory
-
-    def _run_texts(self) -> dict[str, str]:
-        """The run folder's text files this model has: its config, and what fitting produced."""
-        texts = {CONFIG_FILE: json_text(self.config_.to_dict())}
-        if getattr(self, "metrics_", None) is not None:
-            texts[METRICS_FILE] = json_text(self.metrics_)
-        if getattr(self, "history_", None):
-            texts[HISTORY_FILE] = history_csv(self.history_)
-        split = getattr(self, "split_", None)
-        if split is not None:
-            texts[SPLIT_FILE] = split_csv(split, self.classes_)
-            texts[RUN_FILE] = run_json_text(self.run_request(split.root, split.label_file, split.label_sep))
-            if getattr(self, "predictions_", None):
-                texts[PREDICTIONS_FILE] = predictions_csv(self.predictions_, split, self.classes_, self.thresholds_)
-        if hasattr(self, "skipped_"):
-            texts[SKIPPED_FILE] = skipped_csv(self.skipped_)
-        return texts
 
 
 def open_model(path: str | Path, verbose: int = 0) -> ImageClassifier | OnnxClassifier:
@@ -405,6 +386,15 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
     clf.history_ = [{k: v if k == "stage" else int(v) if k == "epoch" else float(v) for k, v in row.items()}
                     for row in read_csv_file(directory, HISTORY_FILE, required=False) or []]
     return clf
+
+
+def _agreed_split(split: DatasetSplit) -> DatasetSplit:
+    """Rank 0's split on every rank of a data-parallel run, checked against what each rank sees."""
+    chosen = distributed.broadcast(split)
+    if len(chosen.samples()) != len(split.samples()):
+        raise DataError(f"{split.root} holds {len(split.samples())} usable images here but "
+                        f"{len(chosen.samples())} on rank 0: every machine needs the same data at the same path")
+    return chosen
 
 
 def _report_data(split: DatasetSplit, console: Console, val_fraction: float) -> None:

@@ -50,7 +50,7 @@ __all__ = [
     "MODEL_FILE", "CONFIG_FILE", "METRICS_FILE", "HISTORY_FILE", "SPLIT_FILE", "PREDICTIONS_FILE",
     "SKIPPED_FILE", "RUN_FILE", "CHECKPOINT_FILE", "REPORT_FILE", "PLOTS_DIR", "ONNX_FILE",
     "HISTORY_COLUMNS", "RunRequest", "run_json_text", "history_csv", "split_csv", "predictions_csv", "skipped_csv", "read_run_request", "read_run_file", "read_csv_file",
-    "split_images", "prepare_output_dir", "new_run_dir", "relative_path", "LOCK_FILE", "lock_run",
+    "split_images", "run_texts", "prepare_output_dir", "new_run_dir", "relative_path", "LOCK_FILE", "lock_run",
     "lock_owner", "check_finished",
 ]
 
@@ -287,3 +287,23 @@ def check_finished(run: str | Path) -> None:
         raise ModelFileError(f"{run} is still training{who}: its model is written when training ends")
     raise ModelFileError(f"{run} is unfinished: training stopped before its model was written; "
                          f"finish it with: headstart train --resume {run}")
+
+
+def run_texts(model: Any) -> dict[str, str]:
+    """The text files of a run folder for ``model`` (a fitted :class:`headstart.model.ImageClassifier`,
+    read through its fitted attributes): its config, and what fitting produced when it was fitted
+    in this session."""
+    texts = {CONFIG_FILE: json_text(model.config_.to_dict())}
+    if getattr(model, "metrics_", None) is not None:
+        texts[METRICS_FILE] = json_text(model.metrics_)
+    if getattr(model, "history_", None):
+        texts[HISTORY_FILE] = history_csv(model.history_)
+    split = getattr(model, "split_", None)
+    if split is not None:
+        texts[SPLIT_FILE] = split_csv(split, model.classes_)
+        texts[RUN_FILE] = run_json_text(model.run_request(split.root, split.label_file, split.label_sep))
+        if getattr(model, "predictions_", None):
+            texts[PREDICTIONS_FILE] = predictions_csv(model.predictions_, split, model.classes_, model.thresholds_)
+    if hasattr(model, "skipped_"):
+        texts[SKIPPED_FILE] = skipped_csv(model.skipped_)
+    return texts

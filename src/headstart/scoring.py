@@ -12,13 +12,14 @@ model is scored exactly like the run it came from.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import distributed
 from ._console import Console
 from .data.dataset import LABEL_SEP, DatasetSplit, Sample, Skipped, sample_targets
 from .data.labels import evaluation_split
@@ -107,13 +108,18 @@ def evaluate_folder(predictor: Predictor, data: str | Path | None, seen: dict[Pa
                         "its images (pass --include-training-images to score them anyway)")
     validated_on = sum(seen.get(s.path.resolve()) == "val" for s in samples)
     console.info(f"scoring {len(samples)} image(s): {scope}")
-    proba = np.full((len(samples), len(classes)), np.nan, dtype=np.float32)
-    predictions = predictor.iter_predict([s.path for s in samples], batch_size=batch_size, tta=tta)
-    for i, prediction in enumerate(console.progress(predictions, total=len(samples), desc="evaluate")):
-        if prediction.probabilities is None:
-            console.warn(f"cannot read {prediction.path}: {prediction.error}")
-        else:
-            proba[i] = prediction.probabilities
+    def probabilities(paths: Sequence[Path]) -> np.ndarray:
+        proba = np.full((len(paths), len(classes)), np.nan, dtype=np.float32)
+        predictions = predictor.iter_predict(paths, batch_size=batch_size, tta=tta)
+        for i, prediction in enumerate(console.progress(predictions, total=len(paths), desc="evaluate")):
+            if prediction.probabilities is None:
+                console.warn(f"cannot read {prediction.path}: {prediction.error}")
+            else:
+                proba[i] = prediction.probabilities
+        return proba
+
+    # Each rank of a data-parallel run predicts its share in whole batches; all get every row.
+    proba = distributed.map_shards(probabilities, [s.path for s in samples], align=batch_size)
     metrics = sample_metrics(predictor, samples, proba)
     metrics["skipped"] = [{"path": str(s.path), "reason": s.reason} for s in skipped]
     metrics["scope"] = scope
@@ -135,10 +141,11 @@ def sample_metrics(predictor: Predictor, samples: Sequence[Sample], proba: np.nd
                            predictor.thresholds_ if multi else None)
 
 
-def fit_metrics(model: Predictor, split: DatasetSplit, fitted: Fitted, head_proba: dict[str, np.ndarray]
-                ) -> tuple[dict, dict[str, np.ndarray]]:
+def fit_metrics(model: Predictor, split: DatasetSplit, fitted: Fitted, head_proba: dict[str, np.ndarray],
+                predict: Callable[[Sequence[Sample]], np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
     """A run's ``metrics.json`` (workflow, counts, each stage, val and test metrics) and the final
-    model's probabilities for the val and test images, as ``model`` was just fitted on ``split``."""
+    model's probabilities for the val and test images, as ``model`` was just fitted on ``split``;
+    ``predict(samples)`` gives the final model's probabilities where the head's cannot stand."""
     result = fitted.result
     metrics: dict = {
         "workflow": fitted.workflow,
@@ -159,8 +166,7 @@ def fit_metrics(model: Predictor, split: DatasetSplit, fitted: Fitted, head_prob
             continue
         # The lightweight head's probabilities come straight from the cached features,
         # unless fine-tuning changed the backbone they came from.
-        proba = head_proba[name] if stage1_only and name in head_proba \
-            else model.predict_proba([s.path for s in samples])
+        proba = head_proba[name] if stage1_only and name in head_proba else predict(samples)
         predictions[name] = proba
         metrics[name] = sample_metrics(model, samples, proba)
     return metrics, predictions

@@ -7,7 +7,8 @@ error's status. ``--traceback`` shows the stack for bug reports. Only
 
 The grammar is :mod:`.parser`'s; each command's handler lives with its kin
 (:mod:`.train`, :mod:`.predict`, :mod:`.commands`) and imports what is heavy
-itself, so ``headstart predict MODEL.onnx`` never loads PyTorch.
+itself, so ``headstart predict MODEL.onnx`` never loads PyTorch. Under torchrun, or
+with ``--nproc``, train, predict and evaluate run data-parallel (:mod:`.launch`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .._console import Console
 from ..errors import ExitStatus, HeadstartError
 from .commands import (cache_command, compare_command, export_command, inspect_command, report_command,
                        serve_command)
+from .launch import distributed_session, relaunch, wants_relaunch
 from .parser import build_parser
 from .predict import evaluate_command, predict_command
 from .train import train_command
@@ -50,7 +52,10 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> E
         args = build_parser().parse_args(argv)
         if args.quiet:
             console.verbosity = 0
-        return _COMMANDS[args.command](args, console)
+        if wants_relaunch(args):
+            return relaunch(argv, args, console)
+        with distributed_session(args, console):
+            return _COMMANDS[args.command](args, console)
     except HeadstartError as exc:
         if show_traceback:
             raise

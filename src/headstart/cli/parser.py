@@ -137,6 +137,7 @@ def _add_train(commands) -> None:
     g.add_argument("--seed", type=int, default=_DEFAULT.seed,
                    help="seeds the split, the head's initialisation and the batch order (default: 0)")
     _add_hardware(g, _DEFAULT)
+    _add_launch(t)
 
 
 def _add_inspect(commands) -> None:
@@ -197,6 +198,14 @@ def _add_hardware(group, default: TrainingConfig | InspectSettings = _DEFAULT, p
                        "(default: one per core, at most 4)")
 
 
+def _add_launch(parser) -> None:
+    """The options that start torchrun on this machine: train, predict and evaluate run data-parallel."""
+    g = parser.add_argument_group("several processes (torchrun on this machine; see the README for several "
+                                  "machines)")
+    g.add_argument("--nproc", type=int, metavar="N", help="run on N processes (on CPUs, they share the cores)")
+    g.add_argument("--devices", metavar="LIST", help="one process per GPU of LIST, e.g. 0,1,2,3")
+
+
 def _unfreeze(value: str) -> int | None:
     if value == "all":
         return None
@@ -227,6 +236,7 @@ def _add_predict(commands) -> None:
     p.add_argument("--threshold", type=float, metavar="P", help="multi-label models: predict every class "
                    "with probability >= P (default: each class's threshold, tuned on validation)")
     _add_hardware(p)
+    _add_launch(p)
 
 
 def _add_evaluate(commands) -> None:
@@ -249,6 +259,7 @@ def _add_evaluate(commands) -> None:
     e.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     e.add_argument("--tta", action="store_true", help="average with the mirror image's prediction")
     _add_hardware(e)
+    _add_launch(e)
 
 
 def _add_report(commands) -> None:

@@ -4,6 +4,10 @@
 ``headstart export`` (ONNX Runtime only, so a deployment installs neither PyTorch nor
 scikit-learn). Its predictions stream, one image at a time, from the model to a table on
 stdout or a CSV or JSON file: 100,000 images never sit in memory at once.
+
+Under torchrun each rank predicts a contiguous share of the images, in whole batches (so each
+row is the one a single process computes), and rank 0 writes every row, in input order, to the
+one output: a rank's rows are held in its memory until then (about 200 bytes an image).
 """
 
 from __future__ import annotations
@@ -26,16 +30,20 @@ __all__ = ["predict_command", "evaluate_command"]
 
 
 def predict_command(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from .. import distributed
+
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1. Got {args.top_k} instead.")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise UsageError(f"--threshold must be in [0, 1]. Got {args.threshold} instead.")
-    check_output(args.output, args.overwrite, (".csv", ".json"))
+    if distributed.is_main():
+        check_output(args.output, args.overwrite, (".csv", ".json"))
     clf = _open(args, console)
     if args.threshold is not None and not clf.multi_label_:
         raise UsageError(f"--threshold applies to multi-label models; {args.model} predicts one class per image")
     with tempfile.TemporaryDirectory(prefix="headstart-") as downloads:
-        inputs = _inputs(args.paths, Path(downloads))
+        # Every rank takes rank 0's inputs: the same images, in the same order, shared out.
+        inputs = distributed.broadcast(_inputs(args.paths, Path(downloads)) if distributed.is_main() else None)
         if all(i.path is None for i in inputs):  # nothing to predict is a user error, not a table of errors
             first = inputs[0]
             raise DataError(first.error if first.name in first.error else f"{first.error}: {first.name}")
@@ -46,7 +54,14 @@ def predict_command(args: argparse.Namespace, console: Console) -> ExitStatus:
             describe = _label_set(clf.classes_, thresholds)
         else:
             describe = _top_k(clf.classes_, top_k)
-        rows = _prediction_rows(clf, inputs, describe, args.batch_size, args.tta, console)
+        rows = _prediction_rows(clf, list(distributed.shard(inputs, args.batch_size)), describe, args.batch_size,
+                                args.tta, console)
+        if distributed.world().size > 1:
+            shares = distributed.gather_objects(list(rows))
+            if not distributed.is_main():
+                return ExitStatus.SUCCESS
+            rows = (row for share in shares for row in share)
+        rows = _warn_unreadable(rows, console)
         if args.output is None:
             count, failed = _print_table(rows, console)
         elif args.output.suffix.lower() == ".csv":
@@ -99,11 +114,13 @@ def _inputs(arguments: list[str], downloads: Path) -> list[_Input]:
 
 
 def evaluate_command(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from .. import distributed
     from ..evaluate import format_metrics
     from ..scoring import evaluate_folder, run_folder_of, seen_images
 
-    check_output(args.output, args.overwrite, (".json",))
-    check_output(args.report, args.overwrite, (".html",), flag="--report")
+    if distributed.is_main():
+        check_output(args.output, args.overwrite, (".json",))
+        check_output(args.report, args.overwrite, (".html",), flag="--report")
     if args.data is None and args.labels is None:
         raise UsageError("evaluate: give the labelled image folder DATA, or --labels CSV")
     clf = _open(args, console)
@@ -115,7 +132,9 @@ def evaluate_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     if run is None and not args.include_training_images:
         console.info(f"{args.model} has no split.csv beside it: images it was trained on cannot be told apart")
     evaluation = evaluate_folder(clf, args.data, seen, tta=args.tta, batch_size=args.batch_size, console=console,
-                                 labels=(args.labels, args.label_sep))
+                                 labels=(args.labels, args.label_sep))  # each rank predicts its share
+    if not distributed.is_main():
+        return ExitStatus.SUCCESS
     for skipped in evaluation.metrics["skipped"]:
         console.warn(f"skipping {skipped['path']}: {skipped['reason']}")
     if evaluation.left_out:
@@ -157,7 +176,7 @@ def _prediction_rows(clf, inputs: list[_Input], describe, batch_size: int, tta: 
         p = next(predictions) if item.path is not None else None
         error = item.error if p is None else p.error
         if p is None or p.probabilities is None:
-            yield _error_row(item.name, error, console)
+            yield {"path": item.name, "class": None, "probability": None, "top_k": [], "error": error}
             continue
         yield {"path": item.name, **describe(p.probabilities), "error": None}
 
@@ -181,9 +200,12 @@ def _label_set(classes: tuple[str, ...], thresholds: np.ndarray):
     return describe
 
 
-def _error_row(name: str, error: str, console: Console) -> dict:
-    console.warn(f"cannot read {name}: {error}")
-    return {"path": name, "class": None, "probability": None, "top_k": [], "error": error}
+def _warn_unreadable(rows: Iterator[dict], console: Console) -> Iterator[dict]:
+    """The rows, as they go, each unreadable input named in a warning (on rank 0, for every rank's rows)."""
+    for row in rows:
+        if row["error"]:
+            console.warn(f"cannot read {row['path']}: {row['error']}")
+        yield row
 
 
 def _write_label_sets_csv(rows: Iterator[dict], path: Path, classes: tuple[str, ...]) -> tuple[int, int]:

@@ -2,7 +2,8 @@
 
 Training is the one long command, so it is the one that must stop well: Ctrl-C and ``kill``
 (SIGTERM) both leave the last completed epoch in the run folder, and ``--resume`` continues
-from it with the settings ``run.json`` recorded. PyTorch and the model are imported by the
+from it with the settings ``run.json`` recorded. Under torchrun, which passes Ctrl-C and
+SIGTERM on to every rank, each rank stops, and rank 0's folder is the one to resume. PyTorch and the model are imported by the
 handler, not here: ``import headstart.cli`` stays light for the other commands.
 """
 
@@ -27,51 +28,61 @@ __all__ = ["train_command"]
 
 
 def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
-    from ..data.labels import label_file_root
+    from .. import distributed
     from ..features.cache import CacheLayout
     from ..model import ImageClassifier
-    from ..runfolder import CHECKPOINT_FILE, lock_run, new_run_dir, prepare_output_dir
+    from ..runfolder import CHECKPOINT_FILE, lock_run, prepare_output_dir
 
-    if args.resume is not None:
-        out = args.resume
-        request = _resume_request(out)
-        clf = ImageClassifier(**request.params, verbose=console.verbosity)
-        data = _training_data(request, clf)
-    else:
-        if args.data is None and args.labels is None:
-            raise UsageError("train: give the image folder DATA (or --labels CSV), or --resume RUN")
-        clf = ImageClassifier(**_training_kwargs(args), verbose=console.verbosity)
-        clf.training_config()  # a bad option fails before any work
-        root = args.data if args.data is not None or args.labels is None else label_file_root(args.labels)
-        request = clf.run_request(root, args.labels, args.label_sep)
-        data = _training_data(request, clf)  # a bad label file fails before the run folder is made
-        out = args.out or new_run_dir()
-    fresh = args.resume is None
-    tracker = _tracker(args, console)
+    # Rank 0 alone reads and writes the run folder: the other ranks of a data-parallel run (maybe on
+    # other machines, where it does not exist) get the settings and the folder's name from it.
+    out, request = distributed.broadcast(_plan(args) if distributed.is_main() else None)
+    clf = ImageClassifier(**request.params, verbose=console.verbosity)
+    data = _training_data(request, clf)  # a bad label file fails before the run folder is made
+    main, fresh = distributed.is_main(), args.resume is None
+    tracker = _tracker(args, console) if main else None
     # Both held until the model is saved: a second `train` into this folder is refused, naming
     # this process, and `cache clear` refuses while the run may still read or write features.
-    with lock_run(out), CacheLayout(clf.cache_dir).in_use():
-        if fresh:  # a full folder is refused before anything is logged or written
+    with lock_run(out) if main else contextlib.nullcontext(), CacheLayout(clf.cache_dir).in_use():
+        if main and fresh:  # a full folder is refused before anything is logged or written
             prepare_output_dir(out, args.overwrite)
         with tracker.run(out, request) if tracker is not None else contextlib.nullcontext():
-            if fresh:
+            if main and fresh:
                 _start(out, request)
             try:
                 with _terminate_as_interrupt():
                     clf.fit(data, console=console, checkpoint_dir=out,
                             on_epoch=tracker.log_epoch if tracker is not None else None)
             except KeyboardInterrupt:
-                console.error(f"interrupted: {out} keeps the last completed epoch; "
-                              f"continue with: headstart train --resume {out}")
+                if main:
+                    console.error(f"interrupted: {out} keeps the last completed epoch; "
+                                  f"continue with: headstart train --resume {out}")
                 if tracker is not None:
                     tracker.status = "KILLED"
                 return ExitStatus.INTERRUPTED
-            _save(clf, out)
-            (out / CHECKPOINT_FILE).unlink(missing_ok=True)
-            if tracker is not None:
-                tracker.log_run(out)
-    console.info(_summary(clf, out))
+            if main:
+                _save(clf, out)
+                (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+                if tracker is not None:
+                    tracker.log_run(out)
+    if main:
+        console.info(_summary(clf, out))
     return ExitStatus.SUCCESS
+
+
+def _plan(args: argparse.Namespace) -> tuple[Path, RunRequest]:
+    """The run folder and what to run in it: a new run's, or the one ``--resume`` names."""
+    from ..data.labels import label_file_root
+    from ..model import ImageClassifier
+    from ..runfolder import new_run_dir
+
+    if args.resume is not None:
+        return args.resume, _resume_request(args.resume)
+    if args.data is None and args.labels is None:
+        raise UsageError("train: give the image folder DATA (or --labels CSV), or --resume RUN")
+    clf = ImageClassifier(**_training_kwargs(args))
+    clf.training_config()  # a bad option fails before any work
+    root = args.data if args.data is not None or args.labels is None else label_file_root(args.labels)
+    return args.out or new_run_dir(), clf.run_request(root, args.labels, args.label_sep)
 
 
 def _save(clf: ImageClassifier, out: Path) -> None:

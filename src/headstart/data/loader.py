@@ -8,7 +8,7 @@ batch as a failure, with its reason.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,8 +112,9 @@ def collate(items) -> Batch:
 
 
 def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool = False, workers: int | None = None,
-                seed: int = 0, gpu: bool = False) -> DataLoader:
-    """Batches of decoded images; ``gpu``: for a model on a GPU (more workers, pinned memory)."""
+                seed: int = 0, gpu: bool = False, sampler: Iterable[int] | None = None) -> DataLoader:
+    """Batches of decoded images; ``gpu``: for a model on a GPU (more workers, pinned memory);
+    ``sampler``: the dataset indices to load, in order (this rank's share on a data-parallel run)."""
     # More decoding processes than cores only thrash; more than batches only idle.
     workers = default_workers(gpu) if workers is None else min(workers, available_cores())
     workers = min(workers, max(1, math.ceil(len(dataset) / batch_size)))
@@ -121,7 +122,8 @@ def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool = False, w
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
         generator=generator,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import distributed
 from ..config import HeadSpec, TrainingConfig
 from ..data.dataset import DatasetSplit
 from ..features.pipeline import Extraction, extract_features
@@ -29,7 +30,7 @@ def fit_lightweight(split: DatasetSplit, config: TrainingConfig, context: FitCon
     start = time.perf_counter()
     extraction = extract_features([s.path for s in split.samples()], feature_request(config), context.cache,
                                   context.console)
-    if extraction.without_pytorch:
+    if extraction.without_pytorch and extraction.features is not None:
         computing = extraction.features.computed > 0
         context.console.info(f"features from the cache {'and the exported engine ' if computing else ''}"
                              f"({extraction.features.engine}), so the head is fitted without loading the backbone")
@@ -83,7 +84,15 @@ def _progress_every(seconds: float, console) -> Progress:
 
 
 def fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfig, context: FitContext) -> HeadFit:
-    """The lightweight workflow's stage 1: a linear head on the features, in seconds."""
+    """The lightweight workflow's stage 1: a linear head on the features, in seconds.
+
+    On a data-parallel run, rank 0 fits it on the gathered features (the same rows as one process
+    would have, so the same head) and every rank gets it: all then fine-tune the same network.
+    """
+    return distributed.broadcast(_fit_head(extraction, split, config, context) if distributed.is_main() else None)
+
+
+def _fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfig, context: FitContext) -> HeadFit:
     features, console = extraction.features, context.console
     for path, reason in features.failed.items():
         console.warn(f"skipping {path}: {reason}")

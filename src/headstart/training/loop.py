@@ -4,6 +4,13 @@ Each concern is one small object with state of its own, as Keras' callbacks
 and fastai's trackers are: :class:`EarlyStopping` keeps the best epoch's
 weights, :class:`StageCheckpoint` what a resumed run continues from, and
 :class:`Trainer` what every epoch trains with.
+
+On a data-parallel run (:mod:`headstart.distributed`) each rank trains a
+DistributedDataParallel replica on its share of the epoch; the epoch's
+statistics are summed over the ranks, and every decision (stop early, keep the
+fine-tuning) is rank 0's, broadcast, so the replicas never diverge. Only rank 0
+writes the checkpoint; a resumed run reads it there and hands it to every rank,
+whatever their number.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .. import distributed
 from .._console import Console
 from ..backbone.head import ClassifierNet
 from ..config import TrainingConfig
@@ -47,7 +55,7 @@ class StageCheckpoint:
         """Checkpointing into ``run_dir`` (none when None), resuming from the checkpoint found there."""
         if run_dir is None:
             return cls()
-        found = load_checkpoint(Path(run_dir))
+        found = distributed.broadcast(load_checkpoint(Path(run_dir)) if distributed.is_main() else None)
         state, tensors = found if found is not None else (None, {})
         return cls(Path(run_dir), state, tensors)
 
@@ -64,7 +72,7 @@ class StageCheckpoint:
         return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
 
     def save(self, state: dict, tensors: dict[str, torch.Tensor]) -> None:
-        if self.run_dir is not None:
+        if self.run_dir is not None and distributed.is_main():
             save_checkpoint(self.run_dir, {**state, **self.carry_state}, {**tensors, **self.carry_tensors})
 
 
@@ -117,6 +125,8 @@ class Trainer:
     on_epoch: Callable[[dict], None] | None = None
     checkpoint: StageCheckpoint = field(default_factory=StageCheckpoint)
     multi_label: bool = False  # a sigmoid per class, binary cross-entropy, indicator-matrix labels
+    input_size: tuple[int, int, int] = (3, 224, 224)  # of the network's images
+    replica: nn.Module | None = None  # what trains: the net, in DistributedDataParallel on several ranks
 
 
 def loss_function(trainer: Trainer, training: bool = False) -> nn.Module:
@@ -132,9 +142,11 @@ def run_epoch(trainer: Trainer, loader: DataLoader, criterion: nn.Module,
               optimizer: torch.optim.Optimizer | None = None, scaler: torch.amp.GradScaler | None = None,
               desc: str = "") -> EpochStats:
     """One pass over ``loader``: trains when given an optimizer, else only measures (for a
-    multi-label model, its mean average precision too)."""
+    multi-label model, its mean average precision too); on a data-parallel run, over this rank's
+    share, and the statistics are those of every rank's together."""
     net, device = trainer.net, trainer.device
     training = optimizer is not None
+    model = trainer.replica if training and trainer.replica is not None else net
     net.train(training)
     total_loss, correct, count, failed = 0.0, 0.0, 0, []
     seen: list[tuple[np.ndarray, np.ndarray]] = []  # multi-label validation: (probabilities, labels)
@@ -143,11 +155,14 @@ def run_epoch(trainer: Trainer, loader: DataLoader, criterion: nn.Module,
         for batch in trainer.console.progress(loader, total=len(loader), desc=desc):
             failed += batch.failed
             if not batch.indices:
+                if training and model is not net:  # every rank must join each step's gradient all-reduce
+                    _step(model(torch.zeros((0, *trainer.input_size), dtype=torch.uint8, device=device)).sum() * 0.0,
+                          optimizer, scaler)
                 continue
             images = to_device(batch.images, device)
             labels = batch.labels.to(device, non_blocking=True)
             with autocast(device, trainer.dtype):
-                logits = net(images)
+                logits = model(images)
             loss = criterion(logits.float(), labels.float() if trainer.multi_label else labels)
             if training:
                 _step(loss, optimizer, scaler)
@@ -160,6 +175,9 @@ def run_epoch(trainer: Trainer, loader: DataLoader, criterion: nn.Module,
             else:
                 correct += (logits.argmax(1) == labels).sum().item()
             count += n
+    if distributed.world().size > 1:
+        total_loss, correct, count = distributed.all_sum([total_loss, correct, count]).tolist()
+        count, failed = int(count), [f for part in distributed.all_gather_objects(failed) for f in part]
     if count == 0:
         return EpochStats(math.nan, math.nan, 0, failed)
     mean_ap = None
@@ -217,6 +235,10 @@ def train_stage(trainer: Trainer, stage: str, epochs: int, lr: float, result: Tr
     scaler = torch.amp.GradScaler("cuda") if trainer.dtype == torch.float16 else None
     loss = loss_function(trainer, training=True)
     stopping = EarlyStopping(config.patience)
+    # Gradients are averaged over the ranks at each step. The backbone's BatchNorm layers stay in
+    # inference mode (ClassifierNet.train), so their statistics never change: no SyncBatchNorm is
+    # needed, and no buffer is broadcast at each step.
+    trainer.replica = distributed.data_parallel(net)
     first = 1
     if checkpoint.resumes(stage):
         first = _resume(trainer, stage, optimizer, schedule, stopping, result)
@@ -225,7 +247,7 @@ def train_stage(trainer: Trainer, stage: str, epochs: int, lr: float, result: Tr
     for epoch in range(first, epochs + 1):
         row, val = _epoch(trainer, stage, (epoch, epochs), optimizer, scaler, loss, result)
         schedule.step()
-        stopped = stopping.update(epoch, val, net)
+        stopped = distributed.broadcast(stopping.update(epoch, val, net))
         if checkpoint.run_dir is not None and not stopped and epoch < epochs:
             optim_state, optim_tensors = optimizer_tensors(optimizer, "optim.")
             best_state, best_tensors = stopping.state()
@@ -239,6 +261,7 @@ def train_stage(trainer: Trainer, stage: str, epochs: int, lr: float, result: Tr
             trainer.console.info(f"{stage}: no better validation loss for {config.patience} epochs: "
                                  f"stopping, restoring epoch {stopping.best_epoch}")
             break
+    trainer.replica = None  # its gradient hooks go with it: the next stage trains other parameters
     stopping.restore(net)
     outcome = StageResult(stopping.best_val, epoch, stopping.best_epoch, epoch < epochs)
     # The random state goes with the finished stage too: a run resumed from here draws the next
@@ -278,6 +301,8 @@ def _epoch(trainer: Trainer, stage: str, count: tuple[int, int], optimizer: torc
     epoch, epochs = count
     start = time.perf_counter()
     current_lr = optimizer.param_groups[0]["lr"]
+    if hasattr(trainer.train_loader.sampler, "set_epoch"):  # each epoch's shuffle, the same on every rank
+        trainer.train_loader.sampler.set_epoch(len(result.history))
     train = run_epoch(trainer, trainer.train_loader, criterion, optimizer, scaler, desc=f"{stage} {epoch}/{epochs}")
     val = (run_epoch(trainer, trainer.val_loader, loss_function(trainer), desc="validate")
            if trainer.val_loader is not None else None)

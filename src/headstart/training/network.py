@@ -1,5 +1,14 @@
 """A fit through the network: the pretrained backbone with a new head, stage 1, then the guarded
 fine-tune. This is the path of the standard workflow and of every fine-tuning run.
+
+On a data-parallel run, every rank trains a replica on its share of each epoch
+(DistributedDataParallel, :func:`headstart.training.loop.train_stage`) and validates
+its share of the validation images; the statistics are summed over the ranks.
+``--batch-size`` is per process: the global batch is N times larger. The learning
+rate is not rescaled (the gradients are averaged over the global batch, as in one
+process); to keep a one-process run's dynamics, keep the global batch (divide
+``--batch-size`` by N), or scale ``--lr`` by sqrt(N), the rule for Adam-type
+optimisers (Malladi et al., 2022), when the global batch grows N times.
 """
 
 from __future__ import annotations
@@ -7,7 +16,9 @@ from __future__ import annotations
 import time
 
 import torch
+from torch.utils.data import DistributedSampler
 
+from .. import distributed
 from ..backbone.head import ClassifierNet
 from ..backbone.pretrained import create_backbone
 from ..config import HeadSpec, Preprocessing, TrainingConfig
@@ -38,7 +49,9 @@ def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext
     precision = str(dtype).removeprefix("torch.")
     # The lightweight head's features come from the feature engine (named when it runs), not this precision.
     runs = f"features by the feature engine, fine-tuning in {precision}" if workflow == "lightweight" else precision
-    console.info(f"{workflow} workflow on {device.type} ({runs}), {split.sizes()}")
+    ranks = distributed.world().size
+    where = f"{ranks} processes on {device.type}s, each {config.batch_size} images a step" if ranks > 1 else device.type
+    console.info(f"{workflow} workflow on {where} ({runs}), {split.sizes()}")
     fitted = Fitted(workflow, backbone.spec, backbone.preprocessing, TrainResult(), net=net)
     start = time.perf_counter()
     stage1_val = None  # measured by the same pipeline as the fine-tuned model, unless stage 1 ran through it
@@ -50,7 +63,8 @@ def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext
         fitted.result, fitted.head_info, fitted.head_proba = head.result, head.info, head.proba
         fitted.thresholds = head.thresholds
     trainer = Trainer(net, *_loaders(split, backbone.preprocessing, config, device, console), config, device, dtype,
-                      console, context.on_epoch, StageCheckpoint.at(context.checkpoint_dir), split.multi_label)
+                      console, context.on_epoch, StageCheckpoint.at(context.checkpoint_dir),
+                      multi_label=split.multi_label, input_size=backbone.preprocessing.input_size)
     if workflow == "standard":
         fitted.result = train_frozen(trainer)
         stage1_val = fitted.result.stage1.val
@@ -68,16 +82,26 @@ def _loaders(split: DatasetSplit, preprocessing: Preprocessing, config: Training
              console) -> tuple:
     """The training loader (augmented, shuffled) and the validation loader (None without val images).
 
-    A loader starts its decoding workers when iterated, not here.
+    A loader starts its decoding workers when iterated, not here. Each epoch's shuffle is drawn
+    from the seed and the epoch's number (DistributedSampler, in one process too) and dealt out to
+    the ranks: ``--batch-size B`` on N processes trains on the same global batches as ``B x N`` in
+    one process (when N divides the training images; otherwise a few are repeated to even the
+    shares), and a run resumes on any number of processes. Each rank augments with its own
+    seed. The validation images are split into contiguous shares, none repeated (DistributedSampler
+    would pad), so the summed statistics are exact.
     """
     batch_size = bounded_batch_size(config.batch_size, preprocessing.input_size, device, console)
     gpu = device.type == "cuda"
+    here = distributed.world()
     train = ImageDataset([s.path for s in split.train], split.targets(split.train),
                          train_transform(preprocessing, config.augment))
-    loaders = [make_loader(train, batch_size, shuffle=True, workers=config.workers, seed=config.seed, gpu=gpu)]
+    sampler = DistributedSampler(train, here.size, here.rank, shuffle=True, seed=config.seed)
+    loaders = [make_loader(train, batch_size, workers=config.workers, seed=config.seed + here.rank, gpu=gpu,
+                           sampler=sampler)]
     if split.val:
         val = ImageDataset.for_eval([s.path for s in split.val], split.targets(split.val), preprocessing)
-        loaders.append(make_loader(val, batch_size, workers=config.workers, seed=config.seed, gpu=gpu))
+        loaders.append(make_loader(val, batch_size, workers=config.workers, seed=config.seed, gpu=gpu,
+                                   sampler=range(*distributed.shard_bounds(len(val))) if here.size > 1 else None))
     else:
         loaders.append(None)
     return tuple(loaders)

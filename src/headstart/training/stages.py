@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 
+from .. import distributed
 from ..backbone.freeze import freeze, unfreeze
 from .loop import (Trainer, loss_function, resume_after, run_epoch, stage_dict, stage_from, stats_dict, stats_from,
                    train_stage)
@@ -104,7 +105,8 @@ def _guard(trainer: Trainer, result: TrainResult, before: EpochStats | None, bef
     if before is None or after is None:
         result.fine_tune_kept = True
         return
-    result.fine_tune_kept, result.fine_tune_reason = guard_verdict(before, after)
+    # Rank 0 decides for every rank of a data-parallel run: all keep the same weights.
+    result.fine_tune_kept, result.fine_tune_reason = distributed.broadcast(guard_verdict(before, after))
     if result.fine_tune_kept:
         trainer.console.info(f"fine-tuning kept: it {result.fine_tune_reason}")
     else:
