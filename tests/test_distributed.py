@@ -170,7 +170,7 @@ def test_two_process_predict_and_evaluate_give_the_rows_and_metrics_of_one_proce
     done = launch("evaluate", run, tiny_set, "--output", tmp_path / "two.json")
     assert status == ExitStatus.SUCCESS and done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "two.json").read_text()) == json.loads((tmp_path / "one.json").read_text())
-    assert done.stdout.count(f"{run} on {tiny_set}") == 1  # rank 0 alone prints the results
+    assert done.stdout.count(f"{run} on ") == 1  # rank 0 alone prints the results
 
 
 def interrupted_run(cli, data: Path, run: Path, args: list[str], monkeypatch) -> Path:

@@ -98,10 +98,10 @@ def test_a_rejected_fine_tune_saves_the_stage_1_tensors(cli, data, tiny_args, tm
     stage1 = tmp_path / "stage1"
     assert cli(*train_args(data, stage1, tiny_args, 0, "--fine-tune-epochs", "0"))[0] == ExitStatus.SUCCESS
     kept = tmp_path / "kept"
-    monkeypatch.setattr(stages, "fine_tune_improved", lambda before, after: True)
+    monkeypatch.setattr(stages, "guard_verdict", lambda before, after: (True, "kept by the test"))
     assert cli(*train_args(data, kept, tiny_args, 0))[0] == ExitStatus.SUCCESS
     rejected = tmp_path / "rejected"
-    monkeypatch.setattr(stages, "fine_tune_improved", lambda before, after: False)
+    monkeypatch.setattr(stages, "guard_verdict", lambda before, after: (False, "refused by the test"))
     status, captured = cli(*train_args(data, rejected, tiny_args, 0))
     assert status == ExitStatus.SUCCESS and "keeping the stage-1 weights" in captured.stderr
     first, fine, final = tensors(stage1), tensors(kept), tensors(rejected)
