@@ -180,6 +180,7 @@ class TrainingConfig:
     fine_tune_epochs: int | None = None  # None: 2 on a GPU with workflow auto, else 0
     fine_tune_lr: float = 1e-5
     unfreeze_last: int | None = None  # None: the whole backbone
+    layer_decay: float = 1.0  # fine-tuning: each block's rate, this times the next block's (1: one rate)
     val_fraction: float = 0.2
     test_fraction: float = 0.0
     seed: int = 0
@@ -206,6 +207,7 @@ class TrainingConfig:
         for name in ("lr", "fine_tune_lr"):
             value = getattr(self, name)
             _require(isinstance(value, (int, float)) and value > 0, name, "a positive number", value)
+        _require(0 < self.layer_decay <= 1, "layer_decay", "in (0, 1]", self.layer_decay)
         _require(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
         _require(0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)", self.label_smoothing)
         _require(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)

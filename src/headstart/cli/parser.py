@@ -131,6 +131,9 @@ def _add_train(commands) -> None:
                    help=f"learning rate of fine-tuning, kept very low (default: {_DEFAULT.fine_tune_lr:g})")
     g.add_argument("--unfreeze-last", type=_unfreeze, default=_DEFAULT.unfreeze_last, metavar="K|all",
                    help="unfreeze the last K blocks of the backbone, or all (default)")
+    g.add_argument("--layer-decay", type=float, default=_DEFAULT.layer_decay, metavar="F",
+                   help="each block's rate is F times the next block's, the head's --fine-tune-lr "
+                   f"(default: {_DEFAULT.layer_decay:g})")
     g = t.add_argument_group("data and hardware")
     g.add_argument("--val-fraction", type=float, default=_DEFAULT.val_fraction, help="used when DATA has no val/ folder")
     g.add_argument("--test-fraction", type=float, default=_DEFAULT.test_fraction, help="used when DATA has no test/ folder")

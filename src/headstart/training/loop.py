@@ -33,6 +33,7 @@ from ..backbone.head import ClassifierNet
 from ..config import TrainingConfig
 from ..device import autocast, to_device
 from .checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
+from .recipe import Optimisation, optimisation
 from .results import EpochStats, StageResult, TrainResult
 
 __all__ = ["Trainer", "EarlyStopping", "StageCheckpoint", "run_epoch", "train_stage", "resume_after", "stats_dict",
@@ -138,14 +139,13 @@ def loss_function(trainer: Trainer, training: bool = False) -> nn.Module:
     return nn.CrossEntropyLoss(weight=weights, label_smoothing=trainer.config.label_smoothing if training else 0.0)
 
 
-def run_epoch(trainer: Trainer, loader: DataLoader, criterion: nn.Module,
-              optimizer: torch.optim.Optimizer | None = None, scaler: torch.amp.GradScaler | None = None,
+def run_epoch(trainer: Trainer, loader: DataLoader, criterion: nn.Module, optimisation: Optimisation | None = None,
               desc: str = "") -> EpochStats:
-    """One pass over ``loader``: trains when given an optimizer, else only measures (for a
+    """One pass over ``loader``: trains when given an optimisation, else only measures (for a
     multi-label model, its mean average precision too); on a data-parallel run, over this rank's
     share, and the statistics are those of every rank's together."""
     net, device = trainer.net, trainer.device
-    training = optimizer is not None
+    training = optimisation is not None
     model = trainer.replica if training and trainer.replica is not None else net
     net.train(training)
     total_loss, correct, count, failed = 0.0, 0.0, 0, []
@@ -156,8 +156,8 @@ def run_epoch(trainer: Trainer, loader: DataLoader, criterion: nn.Module,
             failed += batch.failed
             if not batch.indices:
                 if training and model is not net:  # every rank must join each step's gradient all-reduce
-                    _step(model(torch.zeros((0, *trainer.input_size), dtype=torch.uint8, device=device)).sum() * 0.0,
-                          optimizer, scaler)
+                    optimisation.step(
+                        model(torch.zeros((0, *trainer.input_size), dtype=torch.uint8, device=device)).sum() * 0.0)
                 continue
             images = to_device(batch.images, device)
             labels = batch.labels.to(device, non_blocking=True)
@@ -165,7 +165,7 @@ def run_epoch(trainer: Trainer, loader: DataLoader, criterion: nn.Module,
                 logits = model(images)
             loss = criterion(logits.float(), labels.float() if trainer.multi_label else labels)
             if training:
-                _step(loss, optimizer, scaler)
+                optimisation.step(loss)
             n = len(labels)
             total_loss += loss.item() * n
             if trainer.multi_label:  # label-wise accuracy at 0.5: 1 - Hamming loss
@@ -210,29 +210,16 @@ def validation_thresholds(trainer: Trainer) -> tuple[float, ...]:
     return tuple(float(t) for t in best_f1_thresholds(np.concatenate(labels), np.concatenate(proba)))
 
 
-def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-
-
-def train_stage(trainer: Trainer, stage: str, epochs: int, lr: float, result: TrainResult) -> StageResult:
-    """Train the parameters that require grad for up to ``epochs`` epochs at ``lr``.
+def train_stage(trainer: Trainer, stage: str, epochs: int, result: TrainResult) -> StageResult:
+    """Train the parameters that require grad for up to ``epochs`` epochs, as the stage's recipe
+    says (:func:`headstart.training.recipe.optimisation`).
 
     With a validation split, stops after ``config.patience`` epochs without a
     lower validation loss and restores the best epoch's weights. Saves every
     completed epoch in the trainer's checkpoint, and resumes from one of this stage.
     """
     net, config, checkpoint = trainer.net, trainer.config, trainer.checkpoint
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr,
-                                  weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    scaler = torch.amp.GradScaler("cuda") if trainer.dtype == torch.float16 else None
+    optimising = optimisation(net, config, stage, (epochs, len(trainer.train_loader)), trainer.dtype)
     loss = loss_function(trainer, training=True)
     stopping = EarlyStopping(config.patience)
     # Gradients are averaged over the ranks at each step. The backbone's BatchNorm layers stay in
@@ -241,18 +228,17 @@ def train_stage(trainer: Trainer, stage: str, epochs: int, lr: float, result: Tr
     trainer.replica = distributed.data_parallel(net)
     first = 1
     if checkpoint.resumes(stage):
-        first = _resume(trainer, stage, optimizer, schedule, stopping, result)
+        first = _resume(trainer, stage, optimising, stopping, result)
         trainer.console.info(f"resuming {stage} at epoch {first}/{epochs}")
     epoch = first - 1
     for epoch in range(first, epochs + 1):
-        row, val = _epoch(trainer, stage, (epoch, epochs), optimizer, scaler, loss, result)
-        schedule.step()
+        row, val = _epoch(trainer, stage, (epoch, epochs), optimising, loss, result)
         stopped = distributed.broadcast(stopping.update(epoch, val, net))
         if checkpoint.run_dir is not None and not stopped and epoch < epochs:
-            optim_state, optim_tensors = optimizer_tensors(optimizer, "optim.")
+            optim_state, optim_tensors = optimizer_tensors(optimising.optimizer, "optim.")
             best_state, best_tensors = stopping.state()
             checkpoint.save({"stage": stage, "epoch": epoch, "complete": False, "history": result.history,
-                             **best_state, "optimizer": optim_state, "schedule": schedule.state_dict()},
+                             **best_state, "optimizer": optim_state, "schedule": optimising.schedule.state_dict()},
                             {**_prefixed("net.", net.state_dict()), **optim_tensors, **best_tensors,
                              **_rng_tensors(trainer)})
         if trainer.on_epoch is not None:
@@ -280,30 +266,30 @@ def resume_after(trainer: Trainer, stage: str) -> None:
     trainer.console.info(f"resuming after {stage} (finished at epoch {checkpoint.state['epoch']})")
 
 
-def _resume(trainer: Trainer, stage: str, optimizer: torch.optim.Optimizer, schedule, stopping: EarlyStopping,
+def _resume(trainer: Trainer, stage: str, optimising: Optimisation, stopping: EarlyStopping,
             result: TrainResult) -> int:
     """Restore an interrupted stage from the checkpoint; returns the epoch to continue with."""
     checkpoint = trainer.checkpoint
     saved, tensors = checkpoint.state, checkpoint.tensors
     trainer.net.load_state_dict(checkpoint.tensors_with("net."))
-    restore_optimizer(optimizer, saved["optimizer"], tensors, "optim.")
-    schedule.load_state_dict(saved["schedule"])
+    restore_optimizer(optimising.optimizer, saved["optimizer"], tensors, "optim.")
+    optimising.schedule.load_state_dict(saved["schedule"])
     stopping.load(saved, checkpoint)
     _restore_rng(tensors, trainer)
     result.history[:] = saved["history"]
     return saved["epoch"] + 1
 
 
-def _epoch(trainer: Trainer, stage: str, count: tuple[int, int], optimizer: torch.optim.Optimizer, scaler,
-           criterion: nn.Module, result: TrainResult) -> tuple[dict, EpochStats | None]:
+def _epoch(trainer: Trainer, stage: str, count: tuple[int, int], optimising: Optimisation, criterion: nn.Module,
+           result: TrainResult) -> tuple[dict, EpochStats | None]:
     """Train one epoch and validate it; returns its history row (also appended to ``result``) and
     the validation result."""
     epoch, epochs = count
     start = time.perf_counter()
-    current_lr = optimizer.param_groups[0]["lr"]
+    current_lr = optimising.lr
     if hasattr(trainer.train_loader.sampler, "set_epoch"):  # each epoch's shuffle, the same on every rank
         trainer.train_loader.sampler.set_epoch(len(result.history))
-    train = run_epoch(trainer, trainer.train_loader, criterion, optimizer, scaler, desc=f"{stage} {epoch}/{epochs}")
+    train = run_epoch(trainer, trainer.train_loader, criterion, optimising, desc=f"{stage} {epoch}/{epochs}")
     val = (run_epoch(trainer, trainer.val_loader, loss_function(trainer), desc="validate")
            if trainer.val_loader is not None else None)
     for stats, loader in ((train, trainer.train_loader), (val, trainer.val_loader)):

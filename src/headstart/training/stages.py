@@ -37,7 +37,7 @@ def train_frozen(trainer: Trainer) -> TrainResult:
             trainer.net.load_state_dict(checkpoint.tensors_with("stage1."))
             result.stage1 = stage_from(saved["stage1"])
         return result
-    result.stage1 = train_stage(trainer, "frozen", trainer.config.epochs, trainer.config.lr, result)
+    result.stage1 = train_stage(trainer, "frozen", trainer.config.epochs, result)
     return result
 
 
@@ -94,7 +94,7 @@ def fine_tune(trainer: Trainer, epochs: int, result: TrainResult, before: EpochS
         net.load_state_dict(checkpoint.tensors_with("net."))
         result.fine_tune = stage_from(saved["result"])
     else:
-        result.fine_tune = train_stage(trainer, "fine-tune", epochs, config.fine_tune_lr, result)
+        result.fine_tune = train_stage(trainer, "fine-tune", epochs, result)
     freeze(net.backbone)
     _guard(trainer, result, before, before_state)
 
