@@ -70,6 +70,21 @@ def test_training_leaves_predictions_plots_and_a_self_contained_report(run: Path
     assert "<td>workflow</td><td>standard</td>" in settings
 
 
+def test_a_refused_fine_tune_says_its_likely_cause(cli, tiny_data: Path, tiny_args, tmp_path: Path, monkeypatch):
+    from headstart.training import stages
+
+    monkeypatch.setattr(stages, "guard_verdict", lambda before, after: (False, "refused by the test"))
+    out = tmp_path / "refused"
+    status, captured = cli("train", tiny_data, "--out", out, *tiny_args, "--fine-tune-epochs", "2")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    cause = json.loads((out / "metrics.json").read_text())["fine_tune"]["likely_cause"]
+    history = list(csv.DictReader(open(out / "history.csv", newline="")))
+    losses = [float(r["val_loss"]) for r in history]
+    assert f"{losses[-1]:.4f}" in cause  # read from the fine-tuning epochs' validation losses
+    assert f"likely cause: {cause}" in captured.stderr
+    assert f"Likely cause: {html.escape(cause)}" in (out / "report.html").read_text()
+
+
 def test_report_command_rebuilds_the_page_and_plots(cli, run: Path):
     first = (run / "report.html").read_text()
     (run / "report.html").unlink()

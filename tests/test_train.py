@@ -13,7 +13,8 @@ from headstart.config import BackboneRequest, HeadSpec, TrainingConfig
 from headstart.device import resolve_device, resolve_precision
 from headstart.errors import UsageError
 from headstart.training.results import EpochStats
-from headstart.training.stages import fine_tune_improved
+from headstart.training.recipe import WARMUP_FRACTION, optimisation
+from headstart.training.stages import fine_tune_improved, likely_cause
 
 from conftest import TINY_BACKBONE
 
@@ -74,6 +75,42 @@ def test_fine_tune_is_kept_only_when_validation_improves():
     assert fine_tune_improved(before, EpochStats(0.10, 0.95, 100))
     assert not fine_tune_improved(before, EpochStats(0.10, 0.94, 100))
     assert not fine_tune_improved(before, EpochStats(0.20, 0.95, 100))
+
+
+def fine_tune_rows(*val_losses: float) -> list[dict]:
+    return [{"stage": "frozen", "val_loss": 9.0}] + [{"stage": "fine-tune", "val_loss": x} for x in val_losses]
+
+
+@pytest.mark.parametrize("losses,cause", [
+    ((0.31, 0.29, 0.30), "too low"),  # within 5% of stage 1's 0.30: nothing moved
+    ((0.45, 0.50, 0.48), "too high"),
+    ((0.25, 0.22, 0.35), "overfitted"),
+    ((0.25, 0.22, 0.20), "did not rise"),
+])
+def test_likely_cause_of_a_refused_fine_tune_reads_the_validation_losses(losses, cause):
+    found = likely_cause(EpochStats(0.30, 0.90, 100), fine_tune_rows(*losses))
+    assert cause in found and "0.3000 -> " in found
+
+
+def test_fine_tuning_warms_up_then_decays_per_step_and_rates_blocks_by_depth():
+    net = tiny_net()
+    unfreeze(net.backbone)
+    config = TrainingConfig(fine_tune_lr=1e-3, layer_decay=0.5)
+    steps = optimisation(net, config, "fine-tune", (2, 10), torch.float32)
+    rates = []
+    for _ in range(20):
+        rates.append(steps.lr)
+        steps.optimizer.step()  # no gradients: nothing moves, but the schedule may step after it
+        steps.schedule.step()
+    warm = round(20 * WARMUP_FRACTION)
+    assert rates[0] == pytest.approx(1e-5) and rates[warm] == pytest.approx(1e-3)
+    assert all(a < b for a, b in zip(rates[:warm], rates[1:warm + 1]))
+    assert all(a > b for a, b in zip(rates[warm:-1], rates[warm + 1:]))
+    groups = steps.optimizer.param_groups
+    assert [g["initial_lr"] for g in groups[:3]] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    assert sum(len(g["params"]) for g in groups) == sum(1 for p in net.parameters() if p.requires_grad)
+    head = optimisation(net, TrainingConfig(lr=1e-2), "frozen", (2, 10), torch.float32)
+    assert head.lr == pytest.approx(1e-2) and len(head.optimizer.param_groups) == 1
 
 
 def test_device_and_precision_resolution():

@@ -177,6 +177,8 @@ def _summary(clf: ImageClassifier, out: Path) -> str:
     if m["fine_tune"]:
         verdict = "kept" if m["fine_tune"]["kept"] else "not kept: stage-1 weights restored"
         lines.append(f"  fine-tuning: val accuracy {m['fine_tune']['val_accuracy']:.2%} ({verdict})")
+        if m["fine_tune"].get("likely_cause"):
+            lines.append(f"    likely cause: {m['fine_tune']['likely_cause']}")
     for split in ("val", "test"):
         if split in m and m[split].get("multi_label"):
             lines.append(f"  final model: {split} mAP {m[split]['mean_ap']:.4f}, macro F1 {m[split]['macro_f1']:.4f}")

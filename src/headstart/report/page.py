@@ -165,6 +165,8 @@ def _stages_section(run: RunRecord, plot_dir: Path) -> str:
     if fine and fine.get("reason"):
         verdict = "kept" if fine.get("kept") else "not kept, stage-1 weights restored"
         parts.append(f"<p>Fine-tuning {verdict}: it {h.escape(fine['reason'])}.</p>")
+        if fine.get("likely_cause"):
+            parts.append(f"<p>Likely cause: {h.escape(fine['likely_cause'])}.</p>")
     elif fine and stage1 and _finite(fine.get("val_accuracy")) and _finite(stage1.get("val_accuracy")):
         gain = 100 * (fine["val_accuracy"] - stage1["val_accuracy"])
         verdict = "kept" if fine.get("kept") else "not kept"

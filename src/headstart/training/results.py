@@ -64,6 +64,7 @@ class TrainResult:
     fine_tune: StageResult | None = None
     fine_tune_kept: bool | None = None  # None: no fine-tuning was asked for
     fine_tune_reason: str | None = None  # the guard's verdict in words
+    fine_tune_cause: str | None = None  # not kept: why, read from the validation losses
     failed: dict[Path, str] = field(default_factory=dict)  # images that could not be decoded
     seconds: float = 0.0
 

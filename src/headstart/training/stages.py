@@ -11,6 +11,7 @@ user is told.
 from __future__ import annotations
 
 import copy
+import math
 
 from .. import distributed
 from ..backbone.freeze import freeze, unfreeze
@@ -18,7 +19,10 @@ from .loop import (Trainer, loss_function, resume_after, run_epoch, stage_dict, 
                    train_stage)
 from .results import EpochStats, TrainResult
 
-__all__ = ["train_frozen", "fine_tune", "fine_tune_improved", "guard_verdict"]
+__all__ = ["train_frozen", "fine_tune", "fine_tune_improved", "guard_verdict", "likely_cause"]
+
+# Validation losses within this share of stage 1's count as unchanged: fine-tuning moved nothing.
+FLAT = 0.05
 
 
 def train_frozen(trainer: Trainer) -> TrainResult:
@@ -63,6 +67,28 @@ def guard_verdict(before: EpochStats, after: EpochStats) -> tuple[bool, str]:
     if now == was:
         return False, f"validation {name} unchanged ({shown(now)}) and loss not lower: {losses}"
     return False, f"lowered validation {name}: {change}"
+
+
+def likely_cause(before: EpochStats, history: list[dict]) -> str | None:
+    """Why fine-tuning did not pay, read from its validation losses against stage 1's (None when
+    they say nothing): rising from the first epoch, the rate was too high; flat, too low or too
+    few epochs; falling, then rising, it overfitted."""
+    losses = [row["val_loss"] for row in history if row["stage"] == "fine-tune"]
+    start = before.loss
+    if not losses or not all(math.isfinite(x) for x in (start, *losses)):
+        return None
+    trace = " -> ".join(f"{x:.4f}" for x in (start, *losses))
+    if max(abs(x - start) for x in losses) <= FLAT * start:
+        return (f"validation loss stayed flat ({trace}): the rate is likely too low or the epochs too few; "
+                "try a higher --fine-tune-lr or more --fine-tune-epochs")
+    if losses[0] > start:
+        return (f"validation loss rose from the first epoch ({trace}): the rate is likely too high; "
+                "try a lower --fine-tune-lr, or --unfreeze-last to train fewer blocks")
+    if losses[-1] > min(losses):
+        return (f"validation loss fell, then rose ({trace}): fine-tuning overfitted the training images; "
+                "try fewer --fine-tune-epochs or --augment strong")
+    return (f"validation loss fell ({trace}) but the score did not rise: more --fine-tune-epochs, "
+            "or more validation images, may tell")
 
 
 def fine_tune(trainer: Trainer, epochs: int, result: TrainResult, before: EpochStats | None = None) -> None:
@@ -112,3 +138,6 @@ def _guard(trainer: Trainer, result: TrainResult, before: EpochStats | None, bef
     else:
         trainer.net.load_state_dict(before_state)
         trainer.console.info(f"fine-tuning not kept ({result.fine_tune_reason}): keeping the stage-1 weights")
+        result.fine_tune_cause = likely_cause(before, result.history)
+        if result.fine_tune_cause:
+            trainer.console.info(f"likely cause: {result.fine_tune_cause}")
