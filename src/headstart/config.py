@@ -181,6 +181,7 @@ class TrainingConfig:
     fine_tune_lr: float = 1e-5
     unfreeze_last: int | None = None  # None: the whole backbone
     layer_decay: float = 1.0  # fine-tuning: each block's rate, this times the next block's (1: one rate)
+    blend: bool = True  # fine-tuning: also try blends of its weights with stage 1's, keep the best
     val_fraction: float = 0.2
     test_fraction: float = 0.0
     seed: int = 0
@@ -202,7 +203,8 @@ class TrainingConfig:
         require_engine(self.engine)
         BackboneRequest(self.backbone, self.weights, self.image_size)  # checks the name and image size
         _require(self.class_weight in CLASS_WEIGHTS, "class_weight", "None or 'balanced'", self.class_weight)
-        _require(isinstance(self.flip_features, bool), "flip_features", "true or false", self.flip_features)
+        for name in ("flip_features", "blend"):
+            _require(isinstance(getattr(self, name), bool), name, "true or false", getattr(self, name))
         _require(self.multi_label in (None, True, False), "multi_label", "None, true or false", self.multi_label)
         for name in ("lr", "fine_tune_lr"):
             value = getattr(self, name)

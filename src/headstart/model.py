@@ -85,7 +85,8 @@ class ImageClassifier(ProbabilityPredictor):
                  lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 32,
                  label_smoothing: float = 0.0, augment: str = "light", dropout: float = 0.2,
                  patience: int = 3, fine_tune_epochs: int | None = None, fine_tune_lr: float = 1e-5,
-                 unfreeze_last: int | None = None, layer_decay: float = 1.0, val_fraction: float = 0.2, test_fraction: float = 0.0,
+                 unfreeze_last: int | None = None, layer_decay: float = 1.0, blend: bool = True,
+                 val_fraction: float = 0.2, test_fraction: float = 0.0,
                  seed: int = 0, device: str = "auto", precision: str = "auto", workers: int | None = None,
                  cache_dir: str | Path | None = None, verbose: int = 1):
         self.backbone = backbone
@@ -108,6 +109,7 @@ class ImageClassifier(ProbabilityPredictor):
         self.fine_tune_lr = fine_tune_lr
         self.unfreeze_last = unfreeze_last
         self.layer_decay = layer_decay
+        self.blend = blend
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.seed = seed

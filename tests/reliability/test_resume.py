@@ -92,7 +92,7 @@ def test_a_resumed_run_is_the_uninterrupted_run(cli, data, tiny_args, tmp_path: 
     assert_same_run(cut, whole)
 
 
-def test_a_rejected_fine_tune_saves_the_stage_1_tensors(cli, data, tiny_args, tmp_path: Path, monkeypatch):
+def test_a_rejected_fine_tune_saves_the_stage_1_tensors_and_a_kept_blend_its_blend(cli, data, tiny_args, tmp_path: Path, monkeypatch):
     from headstart.training import stages
 
     stage1 = tmp_path / "stage1"
@@ -100,12 +100,18 @@ def test_a_rejected_fine_tune_saves_the_stage_1_tensors(cli, data, tiny_args, tm
     kept = tmp_path / "kept"
     monkeypatch.setattr(stages, "guard_verdict", lambda before, after: (True, "kept by the test"))
     assert cli(*train_args(data, kept, tiny_args, 0))[0] == ExitStatus.SUCCESS
+    tuned = tmp_path / "tuned"
+    assert cli(*train_args(data, tuned, tiny_args, 0, "--no-blend"))[0] == ExitStatus.SUCCESS
     rejected = tmp_path / "rejected"
     monkeypatch.setattr(stages, "guard_verdict", lambda before, after: (False, "refused by the test"))
     status, captured = cli(*train_args(data, rejected, tiny_args, 0))
     assert status == ExitStatus.SUCCESS and "keeping the stage-1 weights" in captured.stderr
-    first, fine, final = tensors(stage1), tensors(kept), tensors(rejected)
-    assert any(not np.array_equal(first[k], fine[k]) for k in first)  # fine-tuning did change weights
+    first, fine, final, alone = tensors(stage1), tensors(kept), tensors(rejected), tensors(tuned)
+    assert any(not np.array_equal(first[k], alone[k]) for k in first)  # fine-tuning did change weights
+    # A guard that takes every improvement ends on the last blend tried: 3/4 fine-tuned, 1/4 stage 1.
+    assert json.loads((kept / "metrics.json").read_text())["fine_tune"]["share"] == 0.75
+    for key in first:
+        assert np.allclose(fine[key], 0.25 * first[key] + 0.75 * alone[key], atol=1e-6), key
     for key in first:
         assert np.array_equal(first[key], final[key]), key
     assert json.loads((rejected / "metrics.json").read_text())["fine_tune"]["kept"] is False

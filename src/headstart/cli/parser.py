@@ -134,6 +134,9 @@ def _add_train(commands) -> None:
     g.add_argument("--layer-decay", type=float, default=_DEFAULT.layer_decay, metavar="F",
                    help="each block's rate is F times the next block's, the head's --fine-tune-lr "
                    f"(default: {_DEFAULT.layer_decay:g})")
+    g.add_argument("--no-blend", dest="blend", action="store_false",
+                   help="keep the fine-tuned weights as they are, without trying their blends with "
+                   "stage 1's (averages of the two, the best on validation kept)")
     g = t.add_argument_group("data and hardware")
     g.add_argument("--val-fraction", type=float, default=_DEFAULT.val_fraction, help="used when DATA has no val/ folder")
     g.add_argument("--test-fraction", type=float, default=_DEFAULT.test_fraction, help="used when DATA has no test/ folder")

@@ -176,6 +176,9 @@ def _summary(clf: ImageClassifier, out: Path) -> str:
         lines.append(f"  stage 1 (frozen backbone): val accuracy {m['stage1']['val_accuracy']:.2%}")
     if m["fine_tune"]:
         verdict = "kept" if m["fine_tune"]["kept"] else "not kept: stage-1 weights restored"
+        share = m["fine_tune"].get("share")
+        if m["fine_tune"]["kept"] and share is not None and share < 1:
+            verdict = f"kept as a blend, {share:.0%} fine-tuned and {1 - share:.0%} stage 1"
         lines.append(f"  fine-tuning: val accuracy {m['fine_tune']['val_accuracy']:.2%} ({verdict})")
         if m["fine_tune"].get("likely_cause"):
             lines.append(f"    likely cause: {m['fine_tune']['likely_cause']}")

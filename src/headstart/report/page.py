@@ -165,6 +165,10 @@ def _stages_section(run: RunRecord, plot_dir: Path) -> str:
     if fine and fine.get("reason"):
         verdict = "kept" if fine.get("kept") else "not kept, stage-1 weights restored"
         parts.append(f"<p>Fine-tuning {verdict}: it {h.escape(fine['reason'])}.</p>")
+        share = fine.get("share")
+        if fine.get("kept") and share is not None and share < 1:
+            parts.append(f"<p>The weights kept are a blend, {share:.0%} fine-tuned and {1 - share:.0%} stage 1: "
+                         "of the blends tried, the best on validation (WiSE-FT).</p>")
         if fine.get("likely_cause"):
             parts.append(f"<p>Likely cause: {h.escape(fine['likely_cause'])}.</p>")
     elif fine and stage1 and _finite(fine.get("val_accuracy")) and _finite(stage1.get("val_accuracy")):

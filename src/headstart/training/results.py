@@ -65,6 +65,7 @@ class TrainResult:
     fine_tune_kept: bool | None = None  # None: no fine-tuning was asked for
     fine_tune_reason: str | None = None  # the guard's verdict in words
     fine_tune_cause: str | None = None  # not kept: why, read from the validation losses
+    fine_tune_share: float | None = None  # of the fine-tuned weights in the blend kept with stage 1's
     failed: dict[Path, str] = field(default_factory=dict)  # images that could not be decoded
     seconds: float = 0.0
 

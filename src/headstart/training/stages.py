@@ -11,7 +11,10 @@ user is told.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+
+import torch
 
 from .. import distributed
 from ..backbone.freeze import freeze, unfreeze
@@ -23,6 +26,9 @@ __all__ = ["train_frozen", "fine_tune", "fine_tune_improved", "guard_verdict", "
 
 # Validation losses within this share of stage 1's count as unchanged: fine-tuning moved nothing.
 FLAT = 0.05
+
+# The shares of the fine-tuned weights tried in blends with stage 1's, beside 1 (fine-tuned alone).
+BLENDS = (0.25, 0.5, 0.75)
 
 
 def train_frozen(trainer: Trainer) -> TrainResult:
@@ -122,7 +128,40 @@ def fine_tune(trainer: Trainer, epochs: int, result: TrainResult, before: EpochS
     else:
         result.fine_tune = train_stage(trainer, "fine-tune", epochs, result)
     freeze(net.backbone)
+    if config.blend:
+        _blend(trainer, result, before_state)
     _guard(trainer, result, before, before_state)
+
+
+def blended(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], share: float) -> dict[str, torch.Tensor]:
+    """The weights ``(1 - share) * first + share * second``; integer buffers are the second's."""
+    return {k: torch.lerp(first[k], v, share) if v.is_floating_point() else v for k, v in second.items()}
+
+
+def _blend(trainer: Trainer, result: TrainResult, before_state: dict) -> None:
+    """Keep the best on validation of the fine-tuned weights and their blends with stage 1's.
+
+    Averaging the weights of a network before and after fine-tuning (WiSE-FT, Wortsman et al.,
+    2022) often beats both ends: fine-tuning moves the weights along a path on which the loss
+    stays low. With BatchNorm frozen, both networks share every running statistic, so a blend is
+    a network of the same kind, evaluated at the cost of one validation pass.
+    """
+    if result.fine_tune.val is None:
+        return
+    tuned = copy.deepcopy(trainer.net.state_dict())
+    best, best_val = 1.0, result.fine_tune.val
+    for share in BLENDS:
+        trainer.net.load_state_dict(blended(before_state, tuned, share))
+        val = run_epoch(trainer, trainer.val_loader, loss_function(trainer), desc=f"validate blend {share:g}")
+        if guard_verdict(best_val, val)[0]:
+            best, best_val = share, val
+    best, best_val = distributed.broadcast((best, best_val))  # rank 0 decides, as the guard does
+    trainer.net.load_state_dict(tuned if best == 1.0 else blended(before_state, tuned, best))
+    result.fine_tune = dataclasses.replace(result.fine_tune, val=best_val)
+    result.fine_tune_share = best
+    if best < 1.0:
+        trainer.console.info(f"blending {best:.0%} of the fine-tuned weights with stage 1's scored best on "
+                             f"validation: loss {best_val.loss:.4f}, accuracy {best_val.accuracy:.2%}")
 
 
 def _guard(trainer: Trainer, result: TrainResult, before: EpochStats | None, before_state: dict) -> None:
