@@ -7,7 +7,8 @@ test images, over several seeds.
 For each set and seed, two ``headstart train`` runs on the same split (``--test-fraction``):
 ``--fine-tune-epochs 0`` (the baseline, measured in the same run of this script) and
 ``--fine-tune-epochs N`` plus any ``--recipe`` options. Prints each pair's validation and test
-accuracy, whether the guard kept the fine-tuning, the fine-tuned run's minutes, then the
+accuracy, whether the guard kept the fine-tuning, the fine-tuned run's minutes, the share of the
+fine-tuned weights in the blend kept with stage 1's, then the
 median gain per set. Run by hand; not a test (minutes per run on a CPU).
 """
 
@@ -44,7 +45,13 @@ def pair(data: Path, seed: int, args: argparse.Namespace, work: Path) -> dict:
     fine = tuned["fine_tune"] or {}
     return {"set": data.name, "seed": seed, "val1": base["val"]["accuracy"],
             "val2": fine.get("val_accuracy", float("nan")), "kept": bool(fine.get("kept")),
+            "share": fine.get("share"),
             "test1": base["test"]["accuracy"], "test2": tuned["test"]["accuracy"], "minutes": seconds / 60}
+
+
+def _share(share: float | None) -> str:
+    """The fine-tuned weights' share in the blend kept (1: fine-tuned alone)."""
+    return "-" if share is None else f"{share:.2f}"
 
 
 def main() -> None:
@@ -60,7 +67,7 @@ def main() -> None:
         work = args.work or Path(temporary)
         print(f"recipe: --fine-tune-epochs {args.epochs} {args.recipe}".rstrip())
         print(f"{'set':<24}{'seed':>5}{'val 1':>8}{'val 2':>8}{'kept':>6}{'test 1':>8}{'test 2':>8}"
-              f"{'gain':>7}{'min':>6}")
+              f"{'gain':>7}{'min':>6}{'blend':>7}")
         rows = []
         for data in args.data:
             for seed in args.seeds:
@@ -68,7 +75,7 @@ def main() -> None:
                 rows.append(row)
                 print(f"{row['set']:<24}{seed:>5}{row['val1']:>8.2%}{row['val2']:>8.2%}{'yes' if row['kept'] else 'no':>6}"
                       f"{row['test1']:>8.2%}{row['test2']:>8.2%}{row['test2'] - row['test1']:>+7.2%}"
-                      f"{row['minutes']:>6.1f}", flush=True)
+                      f"{row['minutes']:>6.1f}{_share(row['share']):>7}", flush=True)
         for data in args.data:
             mine = [r for r in rows if r["set"] == data.name]
             gains = [r["test2"] - r["test1"] for r in mine]

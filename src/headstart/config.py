@@ -173,12 +173,12 @@ class TrainingConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 32
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     augment: str = "light"
     dropout: float = 0.2
     patience: int = 3
     fine_tune_epochs: int | None = None  # None: 2 on a GPU with workflow auto, else 0
-    fine_tune_lr: float = 1e-5
+    fine_tune_lr: float = 1e-4  # the peak, after the warm-up (training/recipe.py)
     unfreeze_last: int | None = None  # None: the whole backbone
     layer_decay: float = 1.0  # fine-tuning: each block's rate, this times the next block's (1: one rate)
     blend: bool = True  # fine-tuning: also try blends of its weights with stage 1's, keep the best

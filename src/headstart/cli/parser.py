@@ -117,7 +117,9 @@ def _add_train(commands) -> None:
     g.add_argument("--batch-size", type=int, default=_DEFAULT.batch_size,
                    help=f"images per batch (default: {_DEFAULT.batch_size}; lowered to fit GPU memory)")
     g.add_argument("--label-smoothing", type=float, default=_DEFAULT.label_smoothing,
-                   help="standard workflow and fine-tuning: label smoothing of the loss (default: 0)")
+                   help="standard workflow and fine-tuning: label smoothing of the loss (default: "
+                   f"{_DEFAULT.label_smoothing:g}; it keeps a gradient for fine-tuning after a head that "
+                   "fits its training images exactly)")
     g.add_argument("--augment", choices=AUGMENTATIONS, default=_DEFAULT.augment,
                    help="standard workflow and fine-tuning: light = random resized crop and flip, "
                    "strong adds rotation and colour jitter")
@@ -128,7 +130,8 @@ def _add_train(commands) -> None:
     g.add_argument("--fine-tune-epochs", type=int, default=_DEFAULT.fine_tune_epochs, metavar="N",
                    help="0 skips it (default: 2 on a GPU with --workflow auto, else 0)")
     g.add_argument("--fine-tune-lr", type=float, default=_DEFAULT.fine_tune_lr,
-                   help=f"learning rate of fine-tuning, kept very low (default: {_DEFAULT.fine_tune_lr:g})")
+                   help="AdamW's peak rate for fine-tuning, reached after a warm-up over a tenth of the steps, "
+                   f"then decayed on a cosine (default: {_DEFAULT.fine_tune_lr:g})")
     g.add_argument("--unfreeze-last", type=_unfreeze, default=_DEFAULT.unfreeze_last, metavar="K|all",
                    help="unfreeze the last K blocks of the backbone, or all (default)")
     g.add_argument("--layer-decay", type=float, default=_DEFAULT.layer_decay, metavar="F",
