@@ -58,7 +58,7 @@ def backbones_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..data.labels import read_label_file, to_split
     from ..features.cache import CacheLayout
     from ..runfolder import new_run_dir, prepare_output_dir
-    from ..selection import parse_candidates, survey_backbones
+    from ..selection import parse_candidates, require_validation, survey_backbones
     from ..selection.page import survey_table, write_survey
 
     # The head's settings, checked as train checks them; each candidate replaces the backbone.
@@ -68,7 +68,7 @@ def backbones_command(args: argparse.Namespace, console: Console) -> ExitStatus:
                             device=args.device, workers=args.workers)
     cache = CacheLayout(args.cache_dir)
     candidates = parse_candidates(config.candidates, "--backbone", config.image_size, cache)
-    fractions = dict(val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed)
+    fractions = {"val_fraction": config.val_fraction, "test_fraction": config.test_fraction, "seed": config.seed}
     if args.labels is not None:
         root = args.data.resolve() if args.data is not None else None
         split = read_label_file(args.labels.resolve(), root, args.label_sep, **fractions)
@@ -78,6 +78,7 @@ def backbones_command(args: argparse.Namespace, console: Console) -> ExitStatus:
         raise UsageError("backbones: give the image folder DATA, or --labels CSV")
     for skipped in split.skipped:
         console.warn(f"skipping {skipped.path}: {skipped.reason}")
+    require_validation(split)
     out = prepare_output_dir(_outside_data(args.out or new_run_dir("backbones-"), split, args.data, "read"),
                              args.overwrite)
     console.info(f"comparing {len(candidates)} backbones on {split.root}: {split.sizes()} "

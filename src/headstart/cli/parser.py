@@ -195,7 +195,7 @@ def _add_backbones(commands) -> None:
     g = b.add_argument_group("split and head, as train draws and fits them")
     g.add_argument("--val-fraction", type=float, default=_DEFAULT.val_fraction, help="used when DATA has no val/ folder")
     g.add_argument("--test-fraction", type=float, default=_DEFAULT.test_fraction,
-                   help="held out and not looked at, as train holds them out (used when DATA has no test/ folder)")
+                   help="held out and not looked at, as train holds them out (when DATA has no test/ folder)")
     g.add_argument("--seed", type=int, default=_DEFAULT.seed, help="seeds the split (default: 0)")
     g.add_argument("--class-weight", choices=[w for w in CLASS_WEIGHTS if w], default=_DEFAULT.class_weight,
                    help="weight classes inversely to their frequency, for imbalanced data")

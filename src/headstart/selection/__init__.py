@@ -15,7 +15,7 @@ matplotlib is imported by :mod:`.page` alone; PyTorch only where a backbone must
 
 from .auto import select_backbone
 from .survey import (SAMPLE_IMAGES, Candidate, Entry, Survey, choose, default_candidates, parse_candidates,
-                     survey_backbones)
+                     require_validation, survey_backbones)
 
 __all__ = ["SAMPLE_IMAGES", "Candidate", "Entry", "Survey", "choose", "default_candidates", "parse_candidates",
-           "survey_backbones", "select_backbone"]
+           "require_validation", "survey_backbones", "select_backbone"]

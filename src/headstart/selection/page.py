@@ -82,20 +82,20 @@ def write_survey(survey: Survey, out: Path) -> list[Path]:
     budget = "no time budget" if survey.time_budget is None else \
         f"a time budget of {survey.time_budget:g} s of feature extraction per 1,000 images"
     body = [f"<h1>{len(survey.entries)} backbones compared</h1>",
-            f'<p class="muted">{h.escape(str(survey.root))}: {survey.classes} classes, {h.escape(survey.sizes)} '
-            "(test images left out: the choice is made on validation).</p>",
+            (f'<p class="muted">{h.escape(str(survey.root))}: {survey.classes} classes, {h.escape(survey.sizes)} '
+             "(test images left out: the choice is made on validation).</p>"),
             f'<p class="ok">Best, with {h.escape(budget)}: <b>{h.escape(survey.reason)}</b></p>' if chosen else "",
             h.table(["", *_HEADERS], [[h.Raw("&#9733;") if e.chosen else "", *row] for e, row in
                                       zip(survey.entries, _cells(survey))], numeric=range(2, len(_HEADERS) + 1)),
             h.image(plot_path, "validation accuracy against seconds per 1,000 images"),
             "<h2>How it was measured</h2>",
-            f"<p>Each backbone's features of the same training and validation images (one split, drawn "
+            (f"<p>Each backbone's features of the same training and validation images (one split, drawn "
             f"once) come from the feature cache, or are computed and cached; the lightweight head is fitted "
             f"on them as <code>headstart train</code> fits it, and scored on the validation images. "
             f"<b>img/s</b>: a warm extraction of the first {min(survey.sample, SAMPLE_IMAGES)} training "
             "images, recomputed by the engine a training run uses on this machine, decoding included, "
             "whatever the cache held. <b>extracted</b>: the features this comparison computed (the rest "
             "were cached). <b>weights</b>: the backbone's saved weights, as a run's model file holds "
-            "them; <b>params</b> leaves BatchNorm statistics out.</p>"]
+            "them; <b>params</b> leaves BatchNorm statistics out.</p>")]
     write_text(html_path, h.page("headstart: backbones compared", "\n".join(b for b in body if b)))
     return [csv_path, html_path, plot_path]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from ..training.lightweight import fit_head
 from ..training.plan import FitContext, feature_request
 
 __all__ = ["SAMPLE_IMAGES", "Candidate", "Entry", "Survey", "parse_candidates", "default_candidates",
-           "survey_backbones", "choose"]
+           "survey_backbones", "require_validation", "choose"]
 
 # Enough images that starting the engine and the decoding processes weighs little (about 1 s
 # for Lite0 on 2 cores), few enough that timing three backbones costs seconds.
@@ -163,9 +162,7 @@ def survey_backbones(split: DatasetSplit, candidates: Sequence[Candidate], confi
     """Fit the lightweight head on each candidate's features of ``split``'s training images, score it
     on its validation images, time a sample, and mark the best within ``time_budget`` (seconds of
     extraction per 1,000 images). ``config`` gives the head's settings (seed, class weights, engine...)."""
-    if not split.val:
-        raise UsageError("comparing backbones needs validation images: set --val-fraction above 0 "
-                         "or add a val/ folder")
+    require_validation(split)
     split = dataclasses.replace(split, test=[])  # chosen on validation: the test images stay unseen
     paths = [s.path for s in split.samples()]
     sample = [s.path for s in split.train[:SAMPLE_IMAGES]]
@@ -188,6 +185,13 @@ def survey_backbones(split: DatasetSplit, candidates: Sequence[Candidate], confi
                      f"{parameters / 1e6:.1f} M parameters")
     choose(survey)
     return survey
+
+
+def require_validation(split: DatasetSplit) -> None:
+    """Candidates are scored on validation images: refuse a split without any."""
+    if not split.val:
+        raise UsageError("comparing backbones needs validation images: set --val-fraction above 0 "
+                         "or add a val/ folder")
 
 
 def choose(survey: Survey) -> Entry:
