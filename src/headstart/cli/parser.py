@@ -33,6 +33,14 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{command}: {message}" if command else message)
 
 
+class _Repeated(argparse.Action):
+    """A repeatable option, gathered in a tuple as the configuration holds it (argparse's "append"
+    gathers a list, and the option's default would then differ from the configuration's)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, (*getattr(namespace, self.dest), values))
+
+
 def _common() -> argparse.ArgumentParser:
     """-q and --traceback, accepted after the command too (``headstart predict -q ...``).
 
@@ -98,7 +106,7 @@ def _add_train(commands) -> None:
     g = t.add_argument_group("backbone")
     _add_backbone(g, _DEFAULT, auto="; auto: compare the --candidate backbones first (as 'headstart "
                   "backbones' does) and train the best")
-    g.add_argument("--candidate", action="append", dest="candidates", default=[], metavar="NAME[=FILE]",
+    g.add_argument("--candidate", action=_Repeated, dest="candidates", default=_DEFAULT.candidates, metavar="NAME[=FILE]",
                    help="with --backbone auto: a backbone to compare, repeatable, with local weights as "
                    "NAME=FILE (default: efficientnet_lite0/1/2); the best validation accuracy is trained")
     _add_time_budget(g)
@@ -187,7 +195,7 @@ def _add_backbones(commands) -> None:
                    "runs/backbones-<timestamp>)")
     b.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     g = b.add_argument_group("candidates")
-    g.add_argument("--backbone", action="append", dest="candidates", default=[], metavar="NAME[=FILE]",
+    g.add_argument("--backbone", action=_Repeated, dest="candidates", default=_DEFAULT.candidates, metavar="NAME[=FILE]",
                    help="a backbone to compare, repeatable: efficientnet_lite0/1/2 or a timm name, with "
                    "local weights as NAME=FILE (default: the three embedded ones)")
     _add_extraction(g, _DEFAULT)
