@@ -1,5 +1,5 @@
-"""The commands around a model: ``inspect`` and ``backbones`` before training, ``report``, ``export`` and
-``serve`` after it, and ``cache`` for the features they share.
+"""The commands around a model: ``inspect`` and ``backbones`` before training, ``report``,
+``export`` and ``serve`` after it, and ``cache`` for the features they share.
 
 Each handler reads its options and hands over to the module that does the work; what is
 left here is what only a command line needs: default output paths, refusals before any
@@ -20,8 +20,8 @@ from .parser import check_output
 if TYPE_CHECKING:
     from ..data.dataset import DatasetSplit
 
-__all__ = ["inspect_command", "backbones_command", "report_command", "cache_command", "export_command", "serve_command",
-           "compare_command"]
+__all__ = ["inspect_command", "backbones_command", "report_command", "cache_command", "export_command",
+           "serve_command", "compare_command"]
 
 
 def inspect_command(args: argparse.Namespace, console: Console) -> ExitStatus:
