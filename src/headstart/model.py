@@ -117,8 +117,7 @@ class ImageClassifier(ProbabilityPredictor):
         self.device = device
         self.precision = precision
         self.workers = workers
-        self.candidates = candidates
-        self.time_budget = time_budget
+        self.candidates, self.time_budget = candidates, time_budget
         self.cache_dir = cache_dir
         self.verbose = verbose
 
