@@ -67,18 +67,22 @@ def tiny_data(tmp_path: Path) -> Path:
     return make_folder(tmp_path / "data")
 
 
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory) -> Path:
-    """Random-init weights for the tiny backbone, saved as safetensors: the offline --weights path."""
+def random_weights(name: str, path: Path, seed: int = 0) -> Path:
+    """Random-init weights of timm model ``name``, saved as safetensors at ``path``."""
     import timm
     import torch
     from safetensors.torch import save_file
 
-    torch.manual_seed(0)
-    model = timm.create_model(TINY_BACKBONE, pretrained=False)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Random-init weights for the tiny backbone, saved as safetensors: the offline --weights path."""
+    return random_weights(TINY_BACKBONE, tmp_path_factory.mktemp("weights") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from .errors import UsageError
 __all__ = [
     "FORMAT_VERSION",
     "ENGINES",
+    "AUTO_BACKBONE",
     "BackboneRequest",
     "Preprocessing",
     "BackboneSpec",
@@ -36,6 +37,8 @@ WORKFLOWS = ("auto", "standard", "lightweight")
 ENGINES = ("auto", "eager", "bf16", "fp16", "compile", "onnx")
 CLASS_WEIGHTS = (None, "balanced")
 DEVICES = ("auto", "cpu", "cuda")
+# The backbone name that asks for the best of several, compared on cached features first.
+AUTO_BACKBONE = "auto"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -188,6 +191,10 @@ class TrainingConfig:
     device: str = "auto"
     precision: str = "auto"
     workers: int | None = None  # None: one per core, at most 4
+    # backbone="auto": compare these (NAME or NAME=WEIGHTS_FILE; empty: the embedded ones) on
+    # cached features and train the best; see headstart.selection.
+    candidates: tuple[str, ...] = ()
+    time_budget: float | None = None  # auto: most seconds of feature extraction per 1,000 images
 
     def __post_init__(self) -> None:
         positive_ints = ("epochs", "batch_size")
@@ -226,6 +233,18 @@ class TrainingConfig:
                  "unfreeze_last", "an integer >= 1 (or None for all)", self.unfreeze_last)
         _require(self.workers is None or (isinstance(self.workers, int) and self.workers >= 0),
                  "workers", "an integer >= 0", self.workers)
+        auto = self.backbone == AUTO_BACKBONE
+        # A list from the command line or JSON, kept as a tuple: the config stays hashable and frozen.
+        object.__setattr__(self, "candidates", tuple(self.candidates))
+        _require(all(isinstance(c, str) and c for c in self.candidates), "candidates",
+                 "names (NAME or NAME=WEIGHTS_FILE)", self.candidates)
+        _require(auto or not self.candidates, "candidates", "empty unless backbone is 'auto'", self.candidates)
+        _require(auto or self.time_budget is None, "time_budget", "None unless backbone is 'auto'",
+                 self.time_budget)
+        _require(not auto or self.weights is None, "weights", "None with backbone 'auto' (give a candidate's "
+                 "weights as NAME=FILE in candidates)", self.weights)
+        _require(self.time_budget is None or (isinstance(self.time_budget, (int, float)) and self.time_budget > 0),
+                 "time_budget", "a positive number of seconds per 1,000 images", self.time_budget)
 
     @property
     def backbone_request(self) -> BackboneRequest:

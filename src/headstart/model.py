@@ -25,7 +25,7 @@ import numpy as np
 from . import distributed
 from ._console import Console
 from ._io import TEXT_ERRORS, atomic_files, file_problem, read_json
-from .config import HeadSpec, ModelConfig, TrainingConfig, library_versions
+from .config import AUTO_BACKBONE, HeadSpec, ModelConfig, TrainingConfig, library_versions
 from .data.dataset import DatasetSplit, Sample, Skipped
 from .data.labels import to_split
 from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
@@ -44,6 +44,7 @@ from .runfolder import (
     run_texts,
 )
 from .scoring import fit_metrics
+from .selection import select_backbone
 from .training import fitting
 from .training.plan import FitContext, feature_request
 from .training.results import without_failed
@@ -73,8 +74,9 @@ class ImageClassifier(ProbabilityPredictor):
     ``classes_``, ``config_``, ``net_``, ``metrics_``, ``history_`` (one dict per epoch, with
     :data:`headstart.runfolder.HISTORY_COLUMNS`: ``pandas.DataFrame(clf.history_)`` tabulates it),
     ``split_``, ``skipped_``, ``multi_label_``, ``thresholds_`` and ``predictions_`` (the final model's
-    probabilities for the val and test images, in ``split_`` order). ``cache_dir`` is where the lightweight workflow
-    keeps features (default: the user's cache folder); it is not saved with the model.
+    probabilities for the val and test images, in ``split_`` order), and with ``backbone="auto"``, ``backbones_``
+    (the ``candidates`` compared, a dict each as in ``backbones.csv``). ``cache_dir`` is where the lightweight
+    workflow keeps features (default: the user's cache folder); it is not saved with the model.
     """
 
     # Every parameter is a keyword of __init__, stored as given (scikit-learn's estimator contract).
@@ -88,6 +90,7 @@ class ImageClassifier(ProbabilityPredictor):
                  unfreeze_last: int | None = None, layer_decay: float = 1.0, blend: bool = True,
                  val_fraction: float = 0.2, test_fraction: float = 0.0,
                  seed: int = 0, device: str = "auto", precision: str = "auto", workers: int | None = None,
+                 candidates: Sequence[str] = (), time_budget: float | None = None,
                  cache_dir: str | Path | None = None, verbose: int = 1):
         self.backbone = backbone
         self.weights = weights
@@ -116,6 +119,7 @@ class ImageClassifier(ProbabilityPredictor):
         self.device = device
         self.precision = precision
         self.workers = workers
+        self.candidates, self.time_budget = candidates, time_budget
         self.cache_dir = cache_dir
         self.verbose = verbose
 
@@ -166,14 +170,18 @@ class ImageClassifier(ProbabilityPredictor):
         config = self.training_config()
         console = console or Console(self.verbose)
         cache = CacheLayout(self.cache_dir)
-        check_backbone(feature_request(config), cache)  # a misspelt name fails before any work
+        if config.backbone != AUTO_BACKBONE:  # candidates are checked before they are compared
+            check_backbone(feature_request(config), cache)  # a misspelt name fails before any work
         clock = time.perf_counter()
         split = _agreed_split(to_split(data, y, classes, config.multi_label, val_fraction=config.val_fraction,
                                        test_fraction=config.test_fraction, seed=config.seed))
         _report_data(split, console, config.val_fraction)
         timings = {"data": time.perf_counter() - clock}
-        fitted = fitting.fit(split, config, FitContext(cache, console, on_epoch,
-                                               Path(checkpoint_dir) if checkpoint_dir is not None else None))
+        run_dir, self.backbones_ = Path(checkpoint_dir) if checkpoint_dir is not None else None, None
+        if config.backbone == AUTO_BACKBONE:  # the best candidate on this split's validation images
+            config, self.backbones_ = select_backbone(split, config, cache, console, run_dir)
+            timings["backbones"] = time.perf_counter() - clock - timings["data"]
+        fitted = fitting.fit(split, config, FitContext(cache, console, on_epoch, run_dir))
         timings.update(fitted.timings)
         result = fitted.result
         result.seconds = timings["stage1"] + timings.get("fine_tune", 0.0)

@@ -14,6 +14,7 @@ A run folder is what ``headstart train`` writes and every other command reads:
 ``checkpoint.safetensors``  the last completed epoch, while training
 ``run.lock``              while training: the writer's process id, and its lock
 ``report.html``, plots/   the run's page
+``backbones.csv``         with ``--backbone auto``: the backbones compared, and the one chosen
 ========================  ==========================================================
 
 This module is the one place that knows those names, writes the text files
@@ -49,7 +50,8 @@ if TYPE_CHECKING:
 __all__ = [
     "MODEL_FILE", "CONFIG_FILE", "METRICS_FILE", "HISTORY_FILE", "SPLIT_FILE", "PREDICTIONS_FILE",
     "SKIPPED_FILE", "RUN_FILE", "CHECKPOINT_FILE", "REPORT_FILE", "PLOTS_DIR", "ONNX_FILE",
-    "HISTORY_COLUMNS", "RunRequest", "run_json_text", "history_csv", "split_csv", "predictions_csv", "skipped_csv", "read_run_request", "read_run_file", "read_csv_file",
+    "HISTORY_COLUMNS", "BACKBONES_FILE", "BACKBONES_COLUMNS", "RunRequest", "run_json_text", "history_csv",
+    "backbones_csv", "split_csv", "predictions_csv", "skipped_csv", "read_run_request", "read_run_file", "read_csv_file",
     "split_images", "run_texts", "prepare_output_dir", "new_run_dir", "relative_path", "LOCK_FILE", "lock_run",
     "lock_owner", "check_finished",
 ]
@@ -67,10 +69,16 @@ REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
 ONNX_FILE = "model.onnx"  # where ``headstart export`` writes by default
 LOCK_FILE = "run.lock"
+BACKBONES_FILE = "backbones.csv"  # the comparison of `headstart backbones`, and of train's --backbone auto
 
 # history.csv, one row per epoch of either stage.
 HISTORY_COLUMNS = ("epoch", "stage", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                    "lr", "seconds")
+# backbones.csv, one row per backbone compared (see headstart.selection).
+BACKBONES_COLUMNS = ("backbone", "weights", "architecture", "weights_source", "input_size", "parameters",
+                     "weights_mb", "val_accuracy", "val_loss", "val_map", "images_per_second",
+                     "seconds_per_1000_images", "features_computed", "extraction_seconds", "head_seconds",
+                     "within_budget", "chosen")
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,10 @@ def run_json_text(request: RunRequest) -> str:
 
 def history_csv(history: Sequence[dict]) -> str:
     return csv_text(HISTORY_COLUMNS, ([row[c] for c in HISTORY_COLUMNS] for row in history))
+
+
+def backbones_csv(rows: Sequence[dict]) -> str:
+    return csv_text(BACKBONES_COLUMNS, ([row[c] for c in BACKBONES_COLUMNS] for row in rows))
 
 
 def split_csv(split: DatasetSplit, classes: Sequence[str]) -> str:
@@ -306,4 +318,6 @@ def run_texts(model: Any) -> dict[str, str]:
             texts[PREDICTIONS_FILE] = predictions_csv(model.predictions_, split, model.classes_, model.thresholds_)
     if hasattr(model, "skipped_"):
         texts[SKIPPED_FILE] = skipped_csv(model.skipped_)
+    if getattr(model, "backbones_", None):
+        texts[BACKBONES_FILE] = backbones_csv(model.backbones_)
     return texts

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 from .._console import Console
 from ..errors import ExitStatus, HeadstartError
-from .commands import (cache_command, compare_command, export_command, inspect_command, report_command,
-                       serve_command)
+from .commands import (backbones_command, cache_command, compare_command, export_command, inspect_command,
+                       report_command, serve_command)
 from .launch import distributed_session, relaunch, wants_relaunch
 from .parser import build_parser
 from .predict import evaluate_command, predict_command
@@ -31,7 +31,7 @@ __all__ = ["main", "run", "build_parser"]
 
 _COMMANDS = {"train": train_command, "predict": predict_command, "evaluate": evaluate_command,
              "cache": cache_command, "report": report_command, "export": export_command, "serve": serve_command,
-             "inspect": inspect_command, "compare": compare_command}
+             "inspect": inspect_command, "backbones": backbones_command, "compare": compare_command}
 
 # The modules an install may lack, and the extra of pyproject.toml that brings each.
 _EXTRA_OF = {**dict.fromkeys(("torch", "torchvision", "timm", "sklearn", "scipy", "threadpoolctl", "safetensors",

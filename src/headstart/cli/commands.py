@@ -1,5 +1,5 @@
-"""The commands around a model: ``inspect`` before training, ``report``, ``export`` and
-``serve`` after it, and ``cache`` for the features they share.
+"""The commands around a model: ``inspect`` and ``backbones`` before training, ``report``,
+``export`` and ``serve`` after it, and ``cache`` for the features they share.
 
 Each handler reads its options and hands over to the module that does the work; what is
 left here is what only a command line needs: default output paths, refusals before any
@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import argparse
 import random
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._console import Console
 from ..errors import ExitStatus, UsageError
 from .parser import check_output
 
-__all__ = ["inspect_command", "report_command", "cache_command", "export_command", "serve_command",
-           "compare_command"]
+if TYPE_CHECKING:
+    from ..data.dataset import DatasetSplit
+
+__all__ = ["inspect_command", "backbones_command", "report_command", "cache_command", "export_command",
+           "serve_command", "compare_command"]
 
 
 def inspect_command(args: argparse.Namespace, console: Console) -> ExitStatus:
@@ -32,11 +37,7 @@ def inspect_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     split = load_split(args.data, args.labels, args.label_sep)
     for skipped in split.skipped if split.label_file is not None else ():
         console.warn(f"skipping {skipped.path}: {skipped.reason}")
-    out = args.out or new_run_dir("inspect-")
-    # Only a folder's files are all inspected: a label file's are the ones it lists.
-    if split.label_file is None and out.resolve().is_relative_to(split.root.resolve()):
-        raise UsageError(f"--out {out} is inside DATA ({args.data}): its files would be inspected next "
-                         "time; choose a folder outside it")
+    out = _outside_data(args.out or new_run_dir("inspect-"), split, args.data, "inspected")
     out = prepare_output_dir(out, args.overwrite)
     with CacheLayout(args.cache_dir).in_use():
         result = inspect_folder(split, settings, cache_dir=args.cache_dir, console=console)
@@ -50,6 +51,57 @@ def inspect_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     for path in write_inspection(result, out):
         console.result(str(path))
     return ExitStatus.SUCCESS
+
+
+def backbones_command(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from ..config import AUTO_BACKBONE, TrainingConfig
+    from ..data.labels import read_label_file, to_split
+    from ..features.cache import CacheLayout
+    from ..runfolder import new_run_dir, prepare_output_dir
+    from ..selection import parse_candidates, require_validation, survey_backbones
+    from ..selection.page import survey_table, write_survey
+
+    # The head's settings, checked as train checks them; each candidate replaces the backbone.
+    config = TrainingConfig(backbone=AUTO_BACKBONE, candidates=args.candidates, time_budget=args.time_budget,
+                            image_size=args.image_size, engine=args.engine, class_weight=args.class_weight,
+                            val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+                            device=args.device, workers=args.workers)
+    cache = CacheLayout(args.cache_dir)
+    candidates = parse_candidates(config.candidates, "--backbone", config.image_size, cache)
+    fractions = {"val_fraction": config.val_fraction, "test_fraction": config.test_fraction, "seed": config.seed}
+    if args.labels is not None:
+        root = args.data.resolve() if args.data is not None else None
+        split = read_label_file(args.labels.resolve(), root, args.label_sep, **fractions)
+    elif args.data is not None:
+        split = to_split(args.data.resolve(), **fractions)  # the split train draws, to the image
+    else:
+        raise UsageError("backbones: give the image folder DATA, or --labels CSV")
+    for skipped in split.skipped:
+        console.warn(f"skipping {skipped.path}: {skipped.reason}")
+    require_validation(split)
+    out = prepare_output_dir(_outside_data(args.out or new_run_dir("backbones-"), split, args.data, "read"),
+                             args.overwrite)
+    console.info(f"comparing {len(candidates)} backbones on {split.root}: {split.sizes()} "
+                 "(test images left out)")
+    with cache.in_use():
+        survey = survey_backbones(split, candidates, config, cache, console, config.time_budget)
+    console.result(survey_table(survey))
+    console.result(f"best: {survey.reason}")
+    for path in write_survey(survey, out):
+        console.result(str(path))
+    chosen = survey.chosen.candidate
+    console.info(f"train with it: headstart train ... --backbone {chosen.name}"
+                 + (f" --weights {chosen.weights}" if chosen.weights else ""))
+    return ExitStatus.SUCCESS
+
+
+def _outside_data(out: Path, split: DatasetSplit, data: Path | None, verb: str) -> Path:
+    """``out``, refused when it lies inside the image folder: what is written there would be
+    ``verb`` as images next time. A label file's images are only those it lists."""
+    if split.label_file is None and out.resolve().is_relative_to(split.root.resolve()):
+        raise UsageError(f"--out {out} is inside DATA ({data}): its files would be {verb} next "
+                         "time; choose a folder outside it")
+    return out
 
 
 def report_command(args: argparse.Namespace, console: Console) -> ExitStatus:

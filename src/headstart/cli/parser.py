@@ -33,6 +33,14 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{command}: {message}" if command else message)
 
 
+class _Repeated(argparse.Action):
+    """A repeatable option, gathered in a tuple as the configuration holds it (argparse's "append"
+    gathers a list, and the option's default would then differ from the configuration's)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, (*getattr(namespace, self.dest), values))
+
+
 def _common() -> argparse.ArgumentParser:
     """-q and --traceback, accepted after the command too (``headstart predict -q ...``).
 
@@ -61,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--traceback", action="store_true", help="show the Python traceback of an error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    for add in (_add_train, _add_predict, _add_evaluate, _add_inspect, _add_report, _add_export, _add_serve,
-                _add_compare, _add_cache):
+    for add in (_add_train, _add_predict, _add_evaluate, _add_inspect, _add_backbones, _add_report, _add_export,
+                _add_serve, _add_compare, _add_cache):
         add(commands)
     return parser
 
@@ -95,7 +103,13 @@ def _add_train(commands) -> None:
     t.add_argument("--track", choices=("mlflow",), help="also log settings, per-epoch and final metrics, "
                    "the report and the model to MLflow (MLFLOW_TRACKING_URI, else MLflow's local default; "
                    "pip install 'headstart[track]')")
-    _add_backbone(t.add_argument_group("backbone"), _DEFAULT)
+    g = t.add_argument_group("backbone")
+    _add_backbone(g, _DEFAULT, auto="; auto: compare the --candidate backbones first (as 'headstart "
+                  "backbones' does) and train the best")
+    g.add_argument("--candidate", action=_Repeated, dest="candidates", default=_DEFAULT.candidates, metavar="NAME[=FILE]",
+                   help="with --backbone auto: a backbone to compare, repeatable, with local weights as "
+                   "NAME=FILE (default: efficientnet_lite0/1/2); the best validation accuracy is trained")
+    _add_time_budget(g)
     g = t.add_argument_group("stage 1: the head on the frozen backbone")
     g.add_argument("--workflow", choices=WORKFLOWS, default=_DEFAULT.workflow,
                    help="lightweight: backbone features computed once (cached), head fitted on them in "
@@ -174,6 +188,34 @@ def _add_inspect(commands) -> None:
     _add_hardware(i, default, precision=False)  # the engine sets the precision of feature extraction
 
 
+def _add_backbones(commands) -> None:
+    b = _command(commands, "backbones", "compare backbones on a data set: the lightweight head's validation "
+                 "accuracy on each one's cached features, its speed and size",
+                 "  headstart backbones photos/\n"
+                 "  headstart backbones photos/ --backbone efficientnet_lite0 --backbone resnet50=r50.safetensors\n"
+                 "  headstart backbones photos/ --time-budget 15 --out runs/which-backbone")
+    b.add_argument("data", type=Path, metavar="DATA", nargs="?", help="image folder, as for train; with "
+                   "--labels, the folder the label file's relative paths start from")
+    _add_labels(b)
+    b.add_argument("--out", type=Path, help="folder for backbones.csv, .html and .png (default: "
+                   "runs/backbones-<timestamp>)")
+    b.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    g = b.add_argument_group("candidates")
+    g.add_argument("--backbone", action=_Repeated, dest="candidates", default=_DEFAULT.candidates, metavar="NAME[=FILE]",
+                   help="a backbone to compare, repeatable: efficientnet_lite0/1/2 or a timm name, with "
+                   "local weights as NAME=FILE (default: the three embedded ones)")
+    _add_extraction(g, _DEFAULT)
+    _add_time_budget(g)
+    g = b.add_argument_group("split and head, as train draws and fits them")
+    g.add_argument("--val-fraction", type=float, default=_DEFAULT.val_fraction, help="used when DATA has no val/ folder")
+    g.add_argument("--test-fraction", type=float, default=_DEFAULT.test_fraction,
+                   help="held out and not looked at, as train holds them out (when DATA has no test/ folder)")
+    g.add_argument("--seed", type=int, default=_DEFAULT.seed, help="seeds the split (default: 0)")
+    g.add_argument("--class-weight", choices=[w for w in CLASS_WEIGHTS if w], default=_DEFAULT.class_weight,
+                   help="weight classes inversely to their frequency, for imbalanced data")
+    _add_hardware(g, _DEFAULT, precision=False)
+
+
 def _add_labels(parser) -> None:
     """The options of a label file, which train, evaluate and inspect share."""
     parser.add_argument("--labels", type=Path, metavar="CSV", help="labels from a CSV file: columns path "
@@ -183,18 +225,31 @@ def _add_labels(parser) -> None:
                         help="separates several labels in one cell of --labels (default: ;)")
 
 
-def _add_backbone(group, default: TrainingConfig | InspectSettings) -> None:
+def _add_backbone(group, default: TrainingConfig | InspectSettings, auto: str = "") -> None:
     """The options that pick the features, and so the feature cache, which train and inspect
-    share; ``default`` is the command's configuration (theirs agree on these values)."""
+    share; ``default`` is the command's configuration (theirs agree on these values), ``auto``
+    what ``--backbone auto`` does, where it is accepted."""
     group.add_argument("--backbone", default=default.backbone,
                        help="efficientnet_lite0/1/2 (embedded weights, no download) or any timm model "
-                       "name; train and inspect with the same one share their cached features")
+                       "name; train and inspect with the same one share their cached features" + auto)
     group.add_argument("--weights", metavar="FILE", help="local weights (.safetensors, or a .pth state_dict)")
+    _add_extraction(group, default)
+
+
+def _add_extraction(group, default: TrainingConfig | InspectSettings) -> None:
+    """How features are computed and where they are cached, whatever the backbone."""
     group.add_argument("--image-size", type=int, metavar="PX", help="input size (default: the backbone's own)")
     group.add_argument("--engine", choices=ENGINES, default=default.engine,
                        help="what runs the backbone to compute features, for inspect and train's "
                        "lightweight workflow (auto: ONNX Runtime on a CPU, mixed precision on a GPU)")
     group.add_argument("--cache-dir", type=Path, help="where features are cached (default: the user cache folder)")
+
+
+def _add_time_budget(group) -> None:
+    group.add_argument("--time-budget", type=float, metavar="SECONDS",
+                       help="the most seconds a backbone may take to extract the features of 1,000 images on "
+                       "this machine, as the comparison measures it (what every later run pays per 1,000 "
+                       "images, whatever the data set's size); default: no limit")
 
 
 def _add_hardware(group, default: TrainingConfig | InspectSettings = _DEFAULT, precision: bool = True) -> None:

@@ -60,6 +60,7 @@ class FeatureRequest:
     device: str = "auto"
     flip: bool = False  # the mirror images' features too
     workers: int | None = None  # decoding processes (None: as many as pay)
+    recompute: bool = False  # compute every feature, cached or not (and cache it again): to time an engine
 
 
 @dataclass
@@ -158,7 +159,7 @@ def _without_pytorch(paths: list[Path], request: FeatureRequest, record: Backbon
                        record.spec.num_features)
     with cache.open_features(key) as features:
         found = _matrices(len(paths), key.num_features, features.scratch_folder, request.flip)
-        todo = _lookup(features, paths, found)
+        todo = _lookup(features, paths, found, request.recompute)
         runner = _exported_engine(cache, key) if todo else None
         if todo and runner is None:
             for matrix in found.values():
@@ -205,7 +206,7 @@ def _through_pytorch(paths: list[Path], request: FeatureRequest, backbone: Pretr
     # warm run never builds an engine at all.
     features = cache.open_features(key_for(names[0]))
     found = _matrices(len(paths), spec.num_features, features.scratch_folder, request.flip)
-    todo = _lookup(features, paths, found)
+    todo = _lookup(features, paths, found, request.recompute)
     used = names[0]
     failed: dict[Path, str] = {}
     ok = np.ones(len(paths), dtype=bool)
@@ -219,7 +220,7 @@ def _through_pytorch(paths: list[Path], request: FeatureRequest, backbone: Pretr
         if used != names[0]:
             features.close()
             features = cache.open_features(key_for(used))
-            todo = _lookup(features, paths, found)
+            todo = _lookup(features, paths, found, request.recompute)
         console.info(f"extracting features of {len(todo)} image(s) with engine {used} "
                      f"({len(paths) - len(todo)} cached)")
         gpu = device.type == "cuda"
@@ -318,7 +319,10 @@ def _decoded_here(paths: Sequence[Path], todo: Sequence[int], preprocessing: Pre
         yield np.stack(pixels) if pixels else np.zeros((0, *preprocessing.input_size), np.uint8), rows, failures
 
 
-def _lookup(cache: FeatureCache, paths: Sequence[Path], found: dict[int, FeatureMatrix]) -> list[int]:
+def _lookup(cache: FeatureCache, paths: Sequence[Path], found: dict[int, FeatureMatrix],
+            recompute: bool = False) -> list[int]:
+    if recompute:
+        return list(range(len(paths)))
     missing = set()
     for variant, matrix in found.items():
         missing.update(cache.lookup(paths, matrix, variant))
