@@ -106,6 +106,9 @@ def test_train_backbone_auto_trains_the_best_and_records_the_comparison(cli, dat
     assert config["backbone"]["weights"].startswith(f"file:{best['weights']} ")
     assert json.loads((out / "run.json").read_text())["params"]["backbone"] == "auto"  # a resume compares again
     assert f"chose {best['backbone']}=" in captured.stderr
+    report = (out / "report.html").read_text()
+    section = report[report.index("<h2>Backbones compared</h2>"):report.index("<h2>Training")]
+    assert section.count("<tr>") == len(rows) + 1 and f"&#9733;</td><td>{best['backbone']}</td>" in section
 
 
 def test_the_python_api_takes_backbone_auto(data: Path, tmp_path: Path, candidates: list[str]):

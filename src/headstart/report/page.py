@@ -41,7 +41,8 @@ def write_report(directory: str | Path, console: Console | None = None) -> Path:
     run = read_run(directory)
     plot_dir = run.directory / PLOTS_DIR
     plot_dir.mkdir(exist_ok=True)
-    sections = [_header(run), _data_section(run), _settings_section(run), _stages_section(run, plot_dir)]
+    sections = [_header(run), _data_section(run), _settings_section(run), _backbones_section(run),
+                _stages_section(run, plot_dir)]
     sections += _evaluation_sections(run, plot_dir)
     sections.append(_timings_section(run))
     title = f"headstart report: {run.directory.name}"
@@ -147,6 +148,22 @@ def _settings_section(run: RunRecord) -> str:
     return ("<h2>Settings</h2>" + h.table(["setting", "value"], rows)
             + '<p class="muted">The settings this workflow used, as resolved; run.json keeps every one asked for. '
             + f"{h.escape(versions)}</p>")
+
+
+def _backbones_section(run: RunRecord) -> str:
+    """The comparison --backbone auto chose from (backbones.csv), when there was one."""
+    if not run.backbones:
+        return ""
+    rows = [[h.Raw("&#9733;" if b["chosen"] == "True" else ""), b["backbone"], f"{b['input_size']} px",
+             f"{_float(b['parameters']) / 1e6:.1f} M", _pct(_float(b["val_accuracy"])), _num(_float(b["val_loss"])),
+             f"{_float(b['images_per_second']):.1f}", "yes" if b["within_budget"] == "True" else "no"]
+            for b in run.backbones]
+    return ("<h2>Backbones compared</h2>"
+            + h.table(["", "backbone", "input", "params", "val accuracy", "val loss", "img/s", "within budget"],
+                      rows, numeric=range(2, 8))
+            + '<p class="muted">--backbone auto fitted the lightweight head on each backbone\'s features of '
+            "these training images and trained with the best on validation (&#9733;) within the time budget; "
+            "backbones.csv has every column.</p>")
 
 
 def _stages_section(run: RunRecord, plot_dir: Path) -> str:

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelFileError
-from ..runfolder import (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, RUN_FILE, SKIPPED_FILE,
-                         check_finished, read_csv_file, read_run_file)
+from ..runfolder import (BACKBONES_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, RUN_FILE,
+                         SKIPPED_FILE, check_finished, read_csv_file, read_run_file)
 
 __all__ = ["RunRecord", "read_run"]
 
@@ -26,6 +26,7 @@ class RunRecord:
     predictions: list[dict] | None  # None for a run saved before predictions.csv existed
     skipped: list[dict]
     data_root: Path | None
+    backbones: list[dict]  # the comparison that chose the backbone (--backbone auto); empty otherwise
 
     @property
     def classes(self) -> list[str]:
@@ -45,8 +46,9 @@ def read_run(directory: str | Path) -> RunRecord:
     history = [{k: v if k == "stage" else _float(v) for k, v in row.items()}
                for row in read_csv_file(directory, HISTORY_FILE, required=False) or []]
     skipped = read_csv_file(directory, SKIPPED_FILE, required=False) or []
+    backbones = read_csv_file(directory, BACKBONES_FILE, required=False) or []
     return RunRecord(directory, config, metrics, history, predictions, skipped,
-                     Path(run["data"]) if run and "data" in run else None)
+                     Path(run["data"]) if run and "data" in run else None, backbones)
 
 
 def _image_path(run: RunRecord, path: str) -> Path:
