@@ -84,6 +84,7 @@ def fine_tune_rows(*val_losses: float) -> list[dict]:
 @pytest.mark.parametrize("losses,cause", [
     ((0.31, 0.29, 0.30), "too low"),  # within 5% of stage 1's 0.30: nothing moved
     ((0.45, 0.50, 0.48), "too high"),
+    ((0.45, 0.40, 0.36), "recovering"),
     ((0.25, 0.22, 0.35), "overfitted"),
     ((0.25, 0.22, 0.20), "did not rise"),
 ])

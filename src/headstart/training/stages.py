@@ -77,8 +77,13 @@ def guard_verdict(before: EpochStats, after: EpochStats) -> tuple[bool, str]:
 
 def likely_cause(before: EpochStats, history: list[dict]) -> str | None:
     """Why fine-tuning did not pay, read from its validation losses against stage 1's (None when
-    they say nothing): rising from the first epoch, the rate was too high; flat, too low or too
-    few epochs; falling, then rising, it overfitted."""
+    they say nothing): rising from the first epoch and staying up, the rate was too high; flat,
+    too low or too few epochs; falling, then rising, it overfitted.
+
+    A first epoch above stage 1's loss is not enough to blame the rate: a head fitted without
+    label smoothing is more confident than one trained with it, so the unsmoothed validation loss
+    jumps at the first epoch even when fine-tuning goes on to pay.
+    """
     losses = [row["val_loss"] for row in history if row["stage"] == "fine-tune"]
     start = before.loss
     if not losses or not all(math.isfinite(x) for x in (start, *losses)):
@@ -87,9 +92,12 @@ def likely_cause(before: EpochStats, history: list[dict]) -> str | None:
     if max(abs(x - start) for x in losses) <= FLAT * start:
         return (f"validation loss stayed flat ({trace}): the rate is likely too low or the epochs too few; "
                 "try a higher --fine-tune-lr or more --fine-tune-epochs")
-    if losses[0] > start:
+    if losses[0] > start and losses[-1] >= (1 - FLAT) * losses[0]:
         return (f"validation loss rose from the first epoch ({trace}): the rate is likely too high; "
                 "try a lower --fine-tune-lr, or --unfreeze-last to train fewer blocks")
+    if losses[0] > start:
+        return (f"validation loss rose in the first epoch, then fell ({trace}): fine-tuning was recovering "
+                "when it stopped; try more --fine-tune-epochs or a lower --fine-tune-lr")
     if losses[-1] > min(losses):
         return (f"validation loss fell, then rose ({trace}): fine-tuning overfitted the training images; "
                 "try fewer --fine-tune-epochs or --augment strong")
