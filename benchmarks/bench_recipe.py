@@ -73,7 +73,8 @@ def main() -> None:
             for seed in args.seeds:
                 row = pair(data, seed, args, work)
                 rows.append(row)
-                print(f"{row['set']:<24}{seed:>5}{row['val1']:>8.2%}{row['val2']:>8.2%}{'yes' if row['kept'] else 'no':>6}"
+                kept = "yes" if row["kept"] else "no"
+                print(f"{row['set']:<24}{seed:>5}{row['val1']:>8.2%}{row['val2']:>8.2%}{kept:>6}"
                       f"{row['test1']:>8.2%}{row['test2']:>8.2%}{row['test2'] - row['test1']:>+7.2%}"
                       f"{row['minutes']:>6.1f}{_share(row['share']):>7}", flush=True)
         for data in args.data:

@@ -158,7 +158,8 @@ def fit_metrics(model: Predictor, split: DatasetSplit, fitted: Fitted, head_prob
     }
     if result.fine_tune is not None:
         metrics["fine_tune"] = {**result.fine_tune.summary(), "kept": result.fine_tune_kept,
-                                "reason": result.fine_tune_reason, "likely_cause": result.fine_tune_cause, "share": result.fine_tune_share}
+                                "reason": result.fine_tune_reason, "likely_cause": result.fine_tune_cause,
+                                "share": result.fine_tune_share}
     stage1_only = result.fine_tune is None or not result.fine_tune_kept
     predictions = {}
     for name, samples in (("val", split.val), ("test", split.test)):

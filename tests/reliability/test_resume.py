@@ -92,7 +92,8 @@ def test_a_resumed_run_is_the_uninterrupted_run(cli, data, tiny_args, tmp_path: 
     assert_same_run(cut, whole)
 
 
-def test_a_rejected_fine_tune_saves_the_stage_1_tensors_and_a_kept_blend_its_blend(cli, data, tiny_args, tmp_path: Path, monkeypatch):
+def test_a_rejected_fine_tune_saves_the_stage_1_tensors_and_a_kept_blend_its_blend(cli, data, tiny_args,
+                                                                                  tmp_path: Path, monkeypatch):
     from headstart.training import stages
 
     stage1 = tmp_path / "stage1"
