@@ -143,7 +143,7 @@ def _add_train(commands) -> None:
     g = t.add_argument_group("stage 2: fine-tuning (kept only if validation improves)")
     g.add_argument("--fine-tune-epochs", type=int, default=_DEFAULT.fine_tune_epochs, metavar="N",
                    help="0 skips it (default: 2 on a GPU with --workflow auto, else 0)")
-    g.add_argument("--fine-tune-lr", type=float, default=_DEFAULT.fine_tune_lr,
+    g.add_argument("--fine-tune-lr", type=float, default=_DEFAULT.fine_tune_lr, metavar="LR",
                    help="AdamW's peak rate for fine-tuning, reached after a warm-up over a tenth of the steps, "
                    f"then decayed on a cosine (default: {_DEFAULT.fine_tune_lr:g})")
     g.add_argument("--unfreeze-last", type=_unfreeze, default=_DEFAULT.unfreeze_last, metavar="K|all",
