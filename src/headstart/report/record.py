@@ -5,7 +5,7 @@ formatting rules its sections share (report.page and report.multilabel both buil
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelFileError
@@ -26,7 +26,8 @@ class RunRecord:
     predictions: list[dict] | None  # None for a run saved before predictions.csv existed
     skipped: list[dict]
     data_root: Path | None
-    backbones: list[dict]  # the comparison that chose the backbone (--backbone auto); empty otherwise
+    # The comparison --backbone auto chose the backbone from; empty otherwise (and for evaluate's page).
+    backbones: list[dict] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
