@@ -182,7 +182,9 @@ class TrainingConfig:
     patience: int = 3
     fine_tune_epochs: int | None = None  # None: 2 on a GPU with workflow auto, else 0
     fine_tune_lr: float = 1e-4  # the peak, after the warm-up (training/recipe.py)
-    unfreeze_last: int | None = None  # None: the whole backbone
+    # The last 4 of EfficientNet-Lite's 8 blocks hold 98% of its parameters; leaving the first 4
+    # (the high-resolution ones) frozen fine-tunes 1.6x faster on a CPU, and paid as much or more.
+    unfreeze_last: int | None = 4  # None: the whole backbone
     layer_decay: float = 1.0  # fine-tuning: each block's rate, this times the next block's (1: one rate)
     blend: bool = True  # fine-tuning: also try blends of its weights with stage 1's, keep the best
     val_fraction: float = 0.2

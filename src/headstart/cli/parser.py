@@ -147,7 +147,8 @@ def _add_train(commands) -> None:
                    help="AdamW's peak rate for fine-tuning, reached after a warm-up over a tenth of the steps, "
                    f"then decayed on a cosine (default: {_DEFAULT.fine_tune_lr:g})")
     g.add_argument("--unfreeze-last", type=_unfreeze, default=_DEFAULT.unfreeze_last, metavar="K|all",
-                   help="unfreeze the last K blocks of the backbone, or all (default)")
+                   help="unfreeze the last K blocks of the backbone, or all (default: "
+                   f"{_DEFAULT.unfreeze_last}, of EfficientNet-Lite's 8)")
     g.add_argument("--layer-decay", type=float, default=_DEFAULT.layer_decay, metavar="F",
                    help="each block's rate is F times the next block's, the head's --fine-tune-lr "
                    f"(default: {_DEFAULT.layer_decay:g})")
