@@ -217,6 +217,12 @@ def _add_backbones(commands) -> None:
     _add_hardware(g, _DEFAULT, precision=False)
 
 
+def _add_model(parser) -> None:
+    """The model argument of the commands that run a trained model, PyTorch or exported."""
+    parser.add_argument("model", type=Path, metavar="RUN|MODEL.onnx",
+                        help="a run folder written by 'headstart train', or a file written by 'headstart export'")
+
+
 def _add_labels(parser) -> None:
     """The options of a label file, which train, evaluate and inspect share."""
     parser.add_argument("--labels", type=Path, metavar="CSV", help="labels from a CSV file: columns path "
@@ -288,8 +294,7 @@ def _add_predict(commands) -> None:
                  "  headstart predict runs/pets photo.jpg more_photos/\n"
                  "  headstart predict runs/pets/model.onnx https://example.org/cat.jpg\n"
                  "  headstart predict runs/pets photos/ --top-k 3 --output preds.csv")
-    p.add_argument("model", type=Path, metavar="RUN|MODEL.onnx",
-                   help="a run folder written by 'headstart train', or a file written by 'headstart export'")
+    _add_model(p)
     # str, not Path: Path would turn "https://host/a.jpg" into "https:/host/a.jpg".
     p.add_argument("paths", nargs="+", metavar="PATH|URL", help="image files, folders (recursive) "
                    "or http(s) URLs; one row per image, an error row for one that cannot be had")
@@ -309,8 +314,7 @@ def _add_evaluate(commands) -> None:
                  "  headstart evaluate runs/pets photos/\n"
                  "  headstart evaluate runs/pets/model.onnx new_photos/ --output metrics.json --report eval.html\n"
                  "  headstart evaluate runs/pets --labels labels.csv")
-    e.add_argument("model", type=Path, metavar="RUN|MODEL.onnx",
-                   help="a run folder written by 'headstart train', or a file written by 'headstart export'")
+    _add_model(e)
     e.add_argument("data", type=Path, metavar="DATA", nargs="?", help="one subfolder per class (with split "
                    "folders, test/ is used, else val/); with --labels, where its relative paths start")
     _add_labels(e)
@@ -362,8 +366,7 @@ def _add_export(commands) -> None:
 def _add_serve(commands) -> None:
     v = _command(commands, "serve", "serve a model over HTTP: an API and a web page",
                  "  headstart serve runs/pets\n  headstart serve runs/pets/model.onnx --port 8080")
-    v.add_argument("model", type=Path, metavar="RUN|MODEL.onnx",
-                   help="a run folder written by 'headstart train', or a file written by 'headstart export'")
+    _add_model(v)
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     v.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     v.add_argument("--max-batch", type=int, default=32, help="images per forward pass, across requests")
