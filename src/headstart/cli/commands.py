@@ -55,7 +55,7 @@ def inspect_command(args: argparse.Namespace, console: Console) -> ExitStatus:
 
 def backbones_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..config import AUTO_BACKBONE, TrainingConfig
-    from ..data.labels import read_label_file, to_split
+    from ..data.labels import load_split
     from ..features.cache import CacheLayout
     from ..runfolder import new_run_dir, prepare_output_dir
     from ..selection import parse_candidates, require_validation, survey_backbones
@@ -68,14 +68,10 @@ def backbones_command(args: argparse.Namespace, console: Console) -> ExitStatus:
                             device=args.device, workers=args.workers)
     cache = CacheLayout(args.cache_dir)
     candidates = parse_candidates(config.candidates, "--backbone", config.image_size, cache)
-    fractions = {"val_fraction": config.val_fraction, "test_fraction": config.test_fraction, "seed": config.seed}
-    if args.labels is not None:
-        root = args.data.resolve() if args.data is not None else None
-        split = read_label_file(args.labels.resolve(), root, args.label_sep, **fractions)
-    elif args.data is not None:
-        split = to_split(args.data.resolve(), **fractions)  # the split train draws, to the image
-    else:
+    if args.data is None and args.labels is None:
         raise UsageError("backbones: give the image folder DATA, or --labels CSV")
+    # The split train draws, to the image.
+    split = load_split(args.data, args.labels, args.label_sep, config.val_fraction, config.test_fraction, config.seed)
     for skipped in split.skipped:
         console.warn(f"skipping {skipped.path}: {skipped.reason}")
     require_validation(split)

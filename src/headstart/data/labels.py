@@ -34,7 +34,8 @@ from ..errors import DataError, UsageError
 from .dataset import SPLIT_FOLDERS, DatasetSplit, Sample, Skipped, discover, stratified_split
 from .images import probe_all
 
-__all__ = ["LABEL_COLUMNS", "read_label_file", "from_targets", "label_file_root", "to_split", "evaluation_split"]
+__all__ = ["LABEL_COLUMNS", "read_label_file", "from_targets", "label_file_root", "to_split", "load_split",
+           "evaluation_split"]
 
 LABEL_COLUMNS = ("label", "labels", "class")  # the first one present is read
 _SPLITS = {name: split for split, names in SPLIT_FOLDERS.items() for name in names}
@@ -149,6 +150,23 @@ def to_split(data, y=None, classes: Sequence[str] | None = None, multi_label: bo
     if multi_label is False and split.multi_label:
         raise UsageError("multi_label=False, but images have several labels: leave it None or set it True")
     return split
+
+
+def load_split(data: str | Path | None, labels: str | Path | None = None, label_sep: str = ";",
+               val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0) -> DatasetSplit:
+    """The images of the folder ``data``, or of the label file ``labels`` (relative paths from
+    ``data`` when given), split as :func:`discover` and :func:`read_label_file` split them.
+
+    Paths are resolved as ``headstart train`` resolves them, so that the features training
+    cached (keyed by absolute path) are found.
+    """
+    fractions = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    if labels is not None:
+        root = Path(data).resolve() if data is not None else None
+        return read_label_file(Path(labels).resolve(), root, label_sep, **fractions)
+    if data is None:
+        raise UsageError("give the image folder DATA, or --labels CSV")
+    return discover(Path(data).resolve(), **fractions)
 
 
 def evaluation_split(data: str | Path | None, classes: Sequence[str], multi_label: bool,

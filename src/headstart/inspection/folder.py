@@ -17,8 +17,8 @@ import numpy as np
 
 from .._console import Console
 from ..config import BackboneRequest, require_engine
-from ..data.dataset import DatasetSplit, discover, split_of
-from ..data.labels import read_label_file
+from ..data.dataset import DatasetSplit, split_of
+from ..data.labels import load_split
 from ..errors import UsageError
 from ..features.cache import CacheLayout
 from ..features.pipeline import FeatureRequest, extract_features
@@ -115,22 +115,6 @@ class Inspection:
         return [f for f in self.findings if f.kind == kind]
 
 
-def load_split(data: str | Path | None, labels: str | Path | None = None, label_sep: str = ";") -> DatasetSplit:
-    """The images of ``data``, or of the label file ``labels`` (relative paths from ``data`` when
-    given): their splits as they are; without them, everything is "train".
-
-    Inspecting draws no random split: a leak can only be across splits the user made.
-    Paths are resolved as ``headstart train`` resolves them, so that the features
-    training cached (keyed by absolute path) are found.
-    """
-    if labels is not None:
-        root = Path(data).resolve() if data is not None else None
-        return read_label_file(Path(labels).resolve(), root, label_sep, val_fraction=0.0, test_fraction=0.0)
-    if data is None:
-        raise UsageError("give the image folder DATA, or --labels CSV")
-    return discover(Path(data).resolve(), val_fraction=0.0, test_fraction=0.0)
-
-
 def inspect_folder(data: str | Path | DatasetSplit, settings: InspectSettings | None = None,
                    cache_dir: str | Path | None = None, console: Console | None = None) -> Inspection:
     """Run every check on an image folder (or a prepared split); returns the findings, ordered by kind."""
@@ -138,6 +122,7 @@ def inspect_folder(data: str | Path | DatasetSplit, settings: InspectSettings | 
     cache = CacheLayout(cache_dir)
     console = console or Console(0)
     start = time.perf_counter()
+    # No random split drawn (no fractions): a leak can only be across splits the user made.
     split = data if isinstance(data, DatasetSplit) else load_split(data)
     samples = [(s, name) for name, group in split.splits().items() for s in group]
     paths = [s.path for s, _ in samples]
