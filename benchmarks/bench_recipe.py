@@ -3,10 +3,11 @@ test images, over several seeds.
 
     python benchmarks/bench_recipe.py ../shared/datasets/dtd10 --seeds 0 1 2
     python benchmarks/bench_recipe.py ../shared/datasets/dtd10 --recipe "--fine-tune-lr 3e-4"
+    python benchmarks/bench_recipe.py ../shared/datasets/dtd10 --both "--image-size 320"
 
 For each set and seed, two ``headstart train`` runs on the same split (``--test-fraction``):
 ``--fine-tune-epochs 0`` (the baseline, measured in the same run of this script) and
-``--fine-tune-epochs N`` plus any ``--recipe`` options. Prints each pair's validation and test
+``--fine-tune-epochs N`` plus any ``--recipe`` options; ``--both`` options go to the two runs. Prints each pair's validation and test
 accuracy, whether the guard kept the fine-tuning, the fine-tuned run's minutes, the share of the
 fine-tuned weights in the blend kept with stage 1's, then the
 median gain per set. Run by hand; not a test (minutes per run on a CPU).
@@ -38,7 +39,8 @@ def train(data: Path, out: Path, options: list[str]) -> tuple[dict, float]:
 
 def pair(data: Path, seed: int, args: argparse.Namespace, work: Path) -> dict:
     """The baseline and the fine-tuned run of one seed."""
-    common = ["--test-fraction", str(args.test_fraction), "--seed", str(seed), "--workflow", "lightweight"]
+    common = ["--test-fraction", str(args.test_fraction), "--seed", str(seed), "--workflow", "lightweight",
+              *shlex.split(args.both)]
     base, _ = train(data, work / f"{data.name}-{seed}-base", [*common, "--fine-tune-epochs", "0"])
     tuned, seconds = train(data, work / f"{data.name}-{seed}-tuned",
                            [*common, "--fine-tune-epochs", str(args.epochs), *shlex.split(args.recipe)])
@@ -60,12 +62,13 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs")
     parser.add_argument("--recipe", default="", help="more train options for the fine-tuned run")
+    parser.add_argument("--both", default="", help="more train options for both runs (e.g. --image-size)")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--work", type=Path, help="where the runs go (default: a temporary folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-recipe-") as temporary:
         work = args.work or Path(temporary)
-        print(f"recipe: --fine-tune-epochs {args.epochs} {args.recipe}".rstrip())
+        print(f"both: {args.both or '-'}; recipe: --fine-tune-epochs {args.epochs} {args.recipe}".rstrip())
         print(f"{'set':<24}{'seed':>5}{'val 1':>8}{'val 2':>8}{'kept':>6}{'test 1':>8}{'test 2':>8}"
               f"{'gain':>7}{'min':>6}{'blend':>7}")
         rows = []
