@@ -131,9 +131,9 @@ def _add_train(commands) -> None:
     g.add_argument("--batch-size", type=int, default=_DEFAULT.batch_size,
                    help=f"images per batch (default: {_DEFAULT.batch_size}; lowered to fit GPU memory)")
     g.add_argument("--label-smoothing", type=float, default=_DEFAULT.label_smoothing,
-                   help="standard workflow and fine-tuning: label smoothing of the loss (default: "
-                   f"{_DEFAULT.label_smoothing:g}; it keeps a gradient for fine-tuning after a head that "
-                   "fits its training images exactly)")
+                   help="standard workflow and fine-tuning, one label per image: label smoothing of the "
+                   f"loss (default: {_DEFAULT.label_smoothing:g}; it keeps a gradient for fine-tuning after a "
+                   "head that fits its training images exactly; multi-label losses are not smoothed)")
     g.add_argument("--augment", choices=AUGMENTATIONS, default=_DEFAULT.augment,
                    help="standard workflow and fine-tuning: light = random resized crop and flip, "
                    "strong adds rotation and colour jitter")
