@@ -80,7 +80,7 @@ def backbones_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     console.info(f"comparing {len(candidates)} backbones on {split.root}: {split.sizes()} "
                  "(test images left out)")
     with cache.in_use():
-        survey = survey_backbones(split, candidates, config, cache, console, config.time_budget)
+        survey = survey_backbones(split, candidates, config, cache, console)
     console.result(survey_table(survey))
     console.result(f"best: {survey.reason}")
     for path in write_survey(survey, out):

@@ -41,7 +41,7 @@ def select_backbone(split: DatasetSplit, config: TrainingConfig, cache: CacheLay
         candidates = parse_candidates(config.candidates, "--candidate", config.image_size, cache)
         console.info(f"--backbone auto: comparing {len(candidates)} backbones by the lightweight head's "
                      "validation score on their (cached) features")
-        survey = survey_backbones(split, candidates, config, cache, console, config.time_budget)
+        survey = survey_backbones(split, candidates, config, cache, console)
         rows, chosen = survey.rows(), survey.chosen.row()
         console.info(f"chose {survey.reason}")
         if run_dir is not None:

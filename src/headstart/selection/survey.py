@@ -158,15 +158,15 @@ class Survey:
 
 
 def survey_backbones(split: DatasetSplit, candidates: Sequence[Candidate], config: TrainingConfig,
-                     cache: CacheLayout, console: Console, time_budget: float | None = None) -> Survey:
+                     cache: CacheLayout, console: Console) -> Survey:
     """Fit the lightweight head on each candidate's features of ``split``'s training images, score it
-    on its validation images, time a sample, and mark the best within ``time_budget`` (seconds of
-    extraction per 1,000 images). ``config`` gives the head's settings (seed, class weights, engine...)."""
+    on its validation images, time a sample, and mark the best within ``config.time_budget`` (seconds
+    of extraction per 1,000 images). ``config`` gives the head's settings (seed, class weights, engine...)."""
     require_validation(split)
     split = dataclasses.replace(split, test=[])  # chosen on validation: the test images stay unseen
     paths = [s.path for s in split.samples()]
     sample = [s.path for s in split.train[:SAMPLE_IMAGES]]
-    survey = Survey([], split.root, len(split.classes), split.sizes(), len(sample), time_budget)
+    survey = Survey([], split.root, len(split.classes), split.sizes(), len(sample), config.time_budget)
     for number, candidate in enumerate(candidates, start=1):
         console.info(f"backbone {number} of {len(candidates)}: {candidate.label}")
         settings = dataclasses.replace(config, backbone=candidate.name, weights=candidate.weights,
