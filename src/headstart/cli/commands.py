@@ -68,8 +68,6 @@ def backbones_command(args: argparse.Namespace, console: Console) -> ExitStatus:
                             device=args.device, workers=args.workers)
     cache = CacheLayout(args.cache_dir)
     candidates = parse_candidates(config.candidates, "--backbone", config.image_size, cache)
-    if args.data is None and args.labels is None:
-        raise UsageError("backbones: give the image folder DATA, or --labels CSV")
     # The split train draws, to the image.
     split = load_split(args.data, args.labels, args.label_sep, config.val_fraction, config.test_fraction, config.seed)
     for skipped in split.skipped:
