@@ -34,7 +34,7 @@ from mosaics import make_mosaics  # noqa: E402
 
 from headstart._console import Console  # noqa: E402
 from headstart.data.labels import read_label_file  # noqa: E402
-from headstart.evaluate import multilabel_metrics  # noqa: E402
+from headstart.metrics import multilabel_metrics  # noqa: E402
 from headstart.features.cache import CacheLayout  # noqa: E402
 from headstart.features.pipeline import FeatureRequest, extract_features  # noqa: E402
 from headstart.features.rows import Rows  # noqa: E402

@@ -108,7 +108,7 @@ def test_evaluate_prints_and_writes_metrics(cli, trained: Path, tiny_data: Path,
     assert status == ExitStatus.SUCCESS, captured.stderr
     assert "confusion matrix" in captured.stdout and "precision" in captured.stdout
     metrics = json.loads(out.read_text())
-    # The 12 training images are left out (tests/test_scoring.py has the details).
+    # The 12 training images are left out (tests/test_evaluate.py has the details).
     assert metrics["count"] == 12 and np.array(metrics["confusion_matrix"]).sum() == 12
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from headstart.evaluate import best_f1_thresholds, multilabel_metrics
+from headstart.metrics import best_f1_thresholds, multilabel_metrics
 from headstart.features.rows import Rows
 from headstart.training.ovr import _BinaryObjective, fit_ovr_head, sigmoid_probabilities
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from headstart.errors import ExitStatus
-from headstart.evaluate import calibration_bins, expected_calibration_error
+from headstart.metrics import calibration_bins, expected_calibration_error
 from headstart.report import plots
 
 PLOTS = {"learning_curves.png", "confusion_counts.png", "confusion_normalised.png", "per_class_f1.png",
@@ -213,7 +213,7 @@ def test_a_lightweight_run_plots_its_l2_search(cli, tiny_data: Path, tmp_path: P
 
 
 def test_most_confused_pairs_and_the_wilson_interval():
-    from headstart.evaluate import most_confused, wilson_interval
+    from headstart.metrics import most_confused, wilson_interval
 
     pairs = most_confused([[5, 3, 0], [1, 6, 0], [0, 4, 2]], ["a", "b", "c"])
     assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [("c", "b", 4), ("a", "b", 3), ("b", "a", 1)]

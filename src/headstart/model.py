@@ -43,7 +43,7 @@ from .runfolder import (
     read_csv_file,
     run_texts,
 )
-from .scoring import fit_metrics
+from .evaluate import fit_metrics
 from .selection import select_backbone
 from .training import fitting
 from .training.plan import FitContext, feature_request
@@ -293,8 +293,8 @@ class ImageClassifier(ProbabilityPredictor):
                              multi_label=self.multi_label_)
 
     def evaluate_samples(self, samples: Sequence[Sample], tta: bool = False) -> dict:
-        """Metrics (:func:`headstart.scoring.sample_metrics`) on labelled samples."""
-        from .scoring import sample_metrics
+        """Metrics (:func:`headstart.evaluate.sample_metrics`) on labelled samples."""
+        from .evaluate import sample_metrics
 
         return sample_metrics(self, samples, self._sharded_proba(samples, tta))
 
@@ -308,8 +308,8 @@ class ImageClassifier(ProbabilityPredictor):
         """Metrics on a labelled folder, or a label file's images (``labels``; relative paths from
         ``data`` if given): its test (else val, else train) split with split folders, else every
         image; images this model was fitted on in this session are left out, and unusable label
-        rows are listed in ``skipped`` (:func:`headstart.scoring.evaluate_folder`)."""
-        from .scoring import evaluate_folder
+        rows are listed in ``skipped`` (:func:`headstart.evaluate.evaluate_folder`)."""
+        from .evaluate import evaluate_folder
 
         self._check_fitted()
         split = getattr(self, "split_", None)

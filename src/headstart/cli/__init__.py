@@ -24,7 +24,8 @@ from .commands import (backbones_command, cache_command, compare_command, export
                        report_command, serve_command)
 from .launch import distributed_session, relaunch, wants_relaunch
 from .parser import build_parser
-from .predict import evaluate_command, predict_command
+from .evaluate import evaluate_command
+from .predict import predict_command
 from .train import train_command
 
 __all__ = ["main", "run", "build_parser"]

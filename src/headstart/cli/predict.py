@@ -1,4 +1,4 @@
-"""``headstart predict`` and ``headstart evaluate``: a trained model on new images.
+"""``headstart predict``: a trained model on new images.
 
 ``predict`` takes either kind of model, a run folder (PyTorch) or a file written by
 ``headstart export`` (ONNX Runtime only, so a deployment installs neither PyTorch nor
@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from .._console import Console
-from .._io import TEXT_ERRORS, atomic_path, csv_cell, json_line, write_json
+from .._io import TEXT_ERRORS, atomic_path, csv_cell, json_line
 from ..errors import DataError, ExitStatus, UsageError
 from .parser import check_output
 
-__all__ = ["predict_command", "evaluate_command"]
+__all__ = ["predict_command", "open_predictor"]
 
 
 def predict_command(args: argparse.Namespace, console: Console) -> ExitStatus:
@@ -38,7 +38,7 @@ def predict_command(args: argparse.Namespace, console: Console) -> ExitStatus:
         raise UsageError(f"--threshold must be in [0, 1]. Got {args.threshold} instead.")
     if distributed.is_main():
         check_output(args.output, args.overwrite, (".csv", ".json"))
-    clf = _open(args, console)
+    clf = open_predictor(args, console)
     if args.threshold is not None and not clf.multi_label_:
         raise UsageError(f"--threshold applies to multi-label models; {args.model} predicts one class per image")
     with tempfile.TemporaryDirectory(prefix="headstart-") as downloads:
@@ -113,49 +113,7 @@ def _inputs(arguments: list[str], downloads: Path) -> list[_Input]:
     return inputs
 
 
-def evaluate_command(args: argparse.Namespace, console: Console) -> ExitStatus:
-    from .. import distributed
-    from ..evaluate import format_metrics
-    from ..scoring import evaluate_folder, run_folder_of, seen_images
-
-    if distributed.is_main():
-        check_output(args.output, args.overwrite, (".json",))
-        check_output(args.report, args.overwrite, (".html",), flag="--report")
-    if args.data is None and args.labels is None:
-        raise UsageError("evaluate: give the labelled image folder DATA, or --labels CSV")
-    clf = _open(args, console)
-    if args.report and clf.multi_label_:
-        raise UsageError(f"--report: the evaluation page is for single-label models; {args.model} is multi-label "
-                         "(its metrics are printed, and --output writes them)")
-    run = None if args.include_training_images else run_folder_of(args.model)
-    seen = seen_images(run, clf.classes_) if run is not None else None
-    if run is None and not args.include_training_images:
-        console.info(f"{args.model} has no split.csv beside it: images it was trained on cannot be told apart")
-    evaluation = evaluate_folder(clf, args.data, seen, tta=args.tta, batch_size=args.batch_size, console=console,
-                                 labels=(args.labels, args.label_sep))  # each rank predicts its share
-    if not distributed.is_main():
-        return ExitStatus.SUCCESS
-    for skipped in evaluation.metrics["skipped"]:
-        console.warn(f"skipping {skipped['path']}: {skipped['reason']}")
-    if evaluation.left_out:
-        console.warn(f"left out {evaluation.left_out} image(s) the model was trained on ({run / 'split.csv'}): "
-                     "their score would flatter it; --include-training-images scores them too")
-    if evaluation.validated_on:
-        console.warn(f"{evaluation.validated_on} of the scored images are the run's validation split, which "
-                     "chose the model: their score is slightly optimistic")
-    console.result(format_metrics(evaluation.metrics, title=f"{args.model} on {evaluation.scope}"))
-    if args.output:
-        write_json(args.output, evaluation.metrics)
-        console.info(f"metrics written to {args.output}")
-    if args.report:
-        from ..report.page import write_evaluation_report
-
-        write_evaluation_report(evaluation, clf.classes_, args.report, f"{args.model} on {evaluation.scope}")
-        console.info(f"report written to {args.report}")
-    return ExitStatus.SUCCESS
-
-
-def _open(args: argparse.Namespace, console: Console):
+def open_predictor(args: argparse.Namespace, console: Console):
     """The model of ``args.model`` (a run folder, or an exported file that runs with ONNX Runtime
     alone), a run folder's set to run on the chosen hardware."""
     from ..model import ImageClassifier, open_model

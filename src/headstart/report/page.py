@@ -26,7 +26,7 @@ from . import plots
 from .record import RunRecord, _finite, _float, _image_path, _num, read_run
 
 if TYPE_CHECKING:
-    from ..scoring import Evaluation
+    from ..evaluate import Evaluation
 
 __all__ = ["RunRecord", "read_run", "write_report", "write_evaluation_report"]
 

@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from .._io import atomic_path
 from ..data.images import DECODE_ERRORS, load_thumbnail
-from ..evaluate import CALIBRATION_BINS, calibration_bins, expected_calibration_error
+from ..metrics import CALIBRATION_BINS, calibration_bins, expected_calibration_error
 
 __all__ = ["learning_curves", "regularization_path", "confusion", "per_class_f1", "reliability_diagram",
            "roc_pr_curves", "Mistake", "confident_mistakes", "save"]

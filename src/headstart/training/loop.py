@@ -182,7 +182,7 @@ def run_epoch(trainer: Trainer, loader: DataLoader, criterion: nn.Module, optimi
         return EpochStats(math.nan, math.nan, 0, failed)
     mean_ap = None
     if seen:
-        from ..evaluate import mean_average_precision
+        from ..metrics import mean_average_precision
 
         mean_ap = mean_average_precision(np.concatenate([y for _, y in seen]), np.concatenate([p for p, _ in seen]))
     return EpochStats(total_loss / count, correct / count, count, failed, mean_ap)
@@ -191,7 +191,7 @@ def run_epoch(trainer: Trainer, loader: DataLoader, criterion: nn.Module, optimi
 def validation_thresholds(trainer: Trainer) -> tuple[float, ...]:
     """A multi-label model's decision thresholds, each class's best F1 on the validation images
     (0.5 each without them)."""
-    from ..evaluate import best_f1_thresholds
+    from ..metrics import best_f1_thresholds
 
     classes = trainer.net.head.fc.out_features
     if trainer.val_loader is None:

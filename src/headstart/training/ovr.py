@@ -50,7 +50,7 @@ def fit_ovr_head(train: Rows, val: Rows | None, class_weight: str | None = None,
     then refit on both."""
     from threadpoolctl import threadpool_limits
 
-    from ..evaluate import best_f1_thresholds  # scikit-learn: imported when a head is fitted, not before
+    from ..metrics import best_f1_thresholds  # scikit-learn: imported when a head is fitted, not before
 
     start = time.perf_counter()
     has_val = val is not None and len(val) > 0
@@ -80,7 +80,7 @@ def fit_ovr_head(train: Rows, val: Rows | None, class_weight: str | None = None,
 
 def _score(y: np.ndarray, proba: np.ndarray) -> float:
     """Mean average precision; minus the cross-entropy where no class has a held-out image."""
-    from ..evaluate import mean_average_precision
+    from ..metrics import mean_average_precision
 
     score = mean_average_precision(y, proba)
     return score if not np.isnan(score) else -_bce(y.ravel(), proba.ravel())
@@ -116,7 +116,7 @@ def _bce(y: np.ndarray, p: np.ndarray) -> float:
 
 def multilabel_stats(y: np.ndarray, proba: np.ndarray) -> EpochStats:
     """Binary cross-entropy, label-wise accuracy at 0.5 and mean average precision of ``proba``."""
-    from ..evaluate import mean_average_precision
+    from ..metrics import mean_average_precision
 
     return EpochStats(_bce(y.ravel(), proba.ravel()), float(((proba >= 0.5) == (y > 0.5)).mean()), len(y),
                       mean_ap=mean_average_precision(y, proba))
