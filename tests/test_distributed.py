@@ -215,3 +215,21 @@ def test_a_failing_rank_ends_the_job_with_one_line_naming_it(cli, tiny_set, tiny
     assert f"headstart: error: rank 0 of 2: checkpoint {run / CHECKPOINT_FILE} is damaged" in done.stderr
     assert "headstart: error: rank 0 of 2 failed with exit status 5" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_rank_killed_by_a_signal_is_named_and_not_taken_for_ctrl_c(tmp_path: Path):
+    """Out of memory, the kernel SIGKILLs one rank: the job says which rank and which signal, and
+    does not end as an interruption (130) that a Ctrl-C would be."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    # Loaded by every Python process at start-up: rank 1 (torchrun sets RANK) dies as the OOM killer would kill it.
+    (hook / "sitecustomize.py").write_text("import os, signal\n"
+                                           "if os.environ.get('RANK') == '1':\n"
+                                           "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    data = make_folder(tmp_path / "data")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO / "src")])}
+    done = subprocess.run([sys.executable, "-m", "headstart", "train", str(data), "--out", str(tmp_path / "run"),
+                           "--nproc", "2"], capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    assert done.returncode == ExitStatus.ERROR, done.stderr
+    assert "headstart: error: rank 1 of 2 was killed by SIGKILL" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -13,12 +13,13 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import Iterator, Sequence
 
 from .._console import Console
 from ..errors import ExitStatus, UsageError
 
-__all__ = ["DISTRIBUTED_COMMANDS", "distributed_session", "wants_relaunch", "relaunch"]
+__all__ = ["DISTRIBUTED_COMMANDS", "distributed_session", "wants_relaunch", "relaunch", "rank_failure"]
 
 # The commands that run data-parallel; the others run in one process.
 DISTRIBUTED_COMMANDS = ("train", "predict", "evaluate")
@@ -75,16 +76,33 @@ def relaunch(argv: Sequence[str], args: argparse.Namespace, console: Console) ->
         run(get_args_parser().parse_args(command))
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
-        if failure.exitcode < 0 or failure.exitcode == ExitStatus.INTERRUPTED:
-            return ExitStatus.INTERRUPTED
-        console.error(f"rank {rank} of {nproc} failed with exit status {failure.exitcode} (its error is above)")
-        return ExitStatus(failure.exitcode) if failure.exitcode in set(ExitStatus) else ExitStatus.ERROR
+        return rank_failure(rank, nproc, failure.exitcode, console)
     except (SignalException, KeyboardInterrupt):
         console.error("interrupted: every rank was stopped")
         return ExitStatus.INTERRUPTED
     finally:
         logging.disable(logging.NOTSET)
     return ExitStatus.SUCCESS
+
+
+def rank_failure(rank: int, nproc: int, exitcode: int, console: Console) -> ExitStatus:
+    """The exit status of a run whose first failed rank ended with ``exitcode``, said in one line.
+
+    Only Ctrl-C is an interruption: a rank that the kernel or a user killed (out of memory is
+    SIGKILL, a crash SIGSEGV) is a failure, named with its signal, not a run to resume quietly.
+    """
+    if exitcode in (ExitStatus.INTERRUPTED, -signal.SIGINT):
+        return ExitStatus.INTERRUPTED
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        why = " (the kernel does this when memory runs out)" if -exitcode == signal.SIGKILL else ""
+        console.error(f"rank {rank} of {nproc} was killed by {name}{why}")
+        return ExitStatus.ERROR
+    console.error(f"rank {rank} of {nproc} failed with exit status {exitcode} (its error is above)")
+    return ExitStatus(exitcode) if exitcode in set(ExitStatus) else ExitStatus.ERROR
 
 
 def _process_count(args: argparse.Namespace) -> int:
