@@ -21,6 +21,7 @@ from safetensors.numpy import load_file
 from headstart import distributed
 from headstart.cli.launch import _without_launch_options
 from headstart.errors import ExitStatus
+from headstart.callbacks import Callback
 from headstart.runfolder import CHECKPOINT_FILE
 
 from conftest import make_folder, shared_dataset
@@ -179,11 +180,12 @@ def interrupted_run(cli, data: Path, run: Path, args: list[str], monkeypatch) ->
 
     real_fit = model_module.ImageClassifier.fit
 
-    def fit_then_ctrl_c(self, data, **kwargs):
-        def on_epoch(row):
+    class CtrlC(Callback):
+        def on_epoch_end(self, epoch, logs):
             raise KeyboardInterrupt
 
-        return real_fit(self, data, **{**kwargs, "on_epoch": on_epoch})
+    def fit_then_ctrl_c(self, data, **kwargs):
+        return real_fit(self, data, **{**kwargs, "callbacks": [CtrlC()]})
 
     with monkeypatch.context() as patch:
         patch.setattr(model_module.ImageClassifier, "fit", fit_then_ctrl_c)

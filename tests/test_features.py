@@ -244,7 +244,7 @@ def test_lightweight_fit_saves_the_same_end_to_end_model(tmp_path: Path, tiny_we
     clf = headstart.ImageClassifier(backbone=TINY_BACKBONE, weights=str(tiny_weights), image_size=32,
                                     workflow="lightweight", engine="eager", val_fraction=0.3, workers=0,
                                     precision="fp32", cache_dir=tmp_path / "cache", verbose=0).fit(data)
-    assert clf.metrics_["workflow"] == "lightweight" and clf.metrics_["features"]["computed"] == 30
+    assert clf.metrics_.workflow == "lightweight" and clf.metrics_.features.computed == 30
     assert [row["stage"] for row in clf.history_] == ["head"]
     val_paths = [s.path for s in clf.split_.val]
     # The saved end-to-end model predicts what the head predicted on cached features.
@@ -252,9 +252,9 @@ def test_lightweight_fit_saves_the_same_end_to_end_model(tmp_path: Path, tiny_we
     loaded.set_params(precision="fp32", workers=0)
     predicted = loaded.predict_proba(val_paths).argmax(1)
     agree = (predicted == np.array([s.label for s in clf.split_.val])).mean()
-    assert agree == pytest.approx(clf.metrics_["val"]["accuracy"])
+    assert agree == pytest.approx(clf.metrics_.val.accuracy)
     again = headstart.ImageClassifier(**{**clf.get_params(), "class_weight": "balanced"}).fit(data)
-    assert again.metrics_["features"]["computed"] == 0
+    assert again.metrics_.features.computed == 0
 
 
 # `headstart ARGV` in a fresh process, as a user runs it, saying which heavy libraries it imported.
@@ -314,7 +314,7 @@ def test_a_model_fitted_from_cached_features_predicts_like_one_fitted_through_th
                   verbose=0)
     first = headstart.ImageClassifier(**params).fit(data)
     again = headstart.ImageClassifier(**params).fit(data)
-    assert again.metrics_["features"]["computed"] == 0
+    assert again.metrics_.features.computed == 0
     assert again._net is None  # fitted from the cache: the network is built when first needed
     images = sorted(data.rglob("*.png"))
     np.testing.assert_allclose(again.predict_proba(images), first.predict_proba(images), atol=1e-6)

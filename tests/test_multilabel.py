@@ -148,7 +148,7 @@ def test_fit_on_paths_with_label_lists_or_an_indicator_matrix(mosaics: Path):
     binarizer = MultiLabelBinarizer(classes=list(clf.classes_))
     y = binarizer.fit_transform(label_lists)
     again = headstart.ImageClassifier(verbose=0).fit(paths, y, classes=clf.classes_)
-    assert again.metrics_["val"]["mean_ap"] == pytest.approx(clf.metrics_["val"]["mean_ap"])
+    assert again.metrics_.val.mean_ap == pytest.approx(clf.metrics_.val.mean_ap)
     predicted = binarizer.transform(clf.predict(paths[:20]))
     assert (predicted == y[:20]).mean() >= 0.9
 

@@ -97,12 +97,10 @@ def test_report_command_rebuilds_the_page_and_plots(cli, run: Path):
     assert len(_embedded_images((run / "report.html").read_text())) == len(_embedded_images(first))
 
 
-def test_report_of_a_run_saved_before_predictions_existed(cli, run: Path):
+def test_a_run_missing_its_predictions_is_refused_naming_the_file(cli, run: Path):
     (run / "predictions.csv").unlink()
     status, captured = cli("report", run)
-    assert status == ExitStatus.SUCCESS, captured.stderr
-    page = (run / "report.html").read_text()
-    assert "predictions.csv is missing" in page and "Top losses" not in page
+    assert status == ExitStatus.MODEL and f"{run / 'predictions.csv'} is missing" in captured.stderr
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -1,4 +1,5 @@
-"""``--track mlflow`` against a real MLflow tracking server, and ``headstart compare``."""
+"""Trackers: ``--track mlflow`` against a real MLflow tracking server, ``--track tensorboard`` read back
+with TensorBoard's own reader, callbacks from the Python API, and ``headstart compare``."""
 
 import csv
 import os
@@ -91,6 +92,88 @@ def test_an_unreachable_tracking_server_is_one_line_and_writes_nothing(cli, tiny
     assert status == ExitStatus.USAGE
     assert captured.stderr.startswith(f"headstart: error: --track mlflow: cannot start a run at {closed}")
     assert captured.stderr.count("\n") == 1 and list(out.iterdir()) == []  # rerun as it was, no --overwrite
+
+
+def test_tensorboard_event_files_hold_every_epoch_the_settings_and_the_final_metrics(cli, tiny_data: Path,
+                                                                                    tiny_args, tmp_path: Path):
+    pytest.importorskip("tensorboard", reason="the track extra (pip install 'headstart[track]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    out = tmp_path / "run"
+    status, captured = cli("train", tiny_data, "--out", out, *tiny_args, "--fine-tune-epochs", "1",
+                           "--track", "tensorboard")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    history = list(csv.DictReader(open(out / "history.csv")))
+    val_loss = events.Scalars("val_loss")
+    assert [e.step for e in val_loss] == [1, 2, 3]  # two frozen epochs, then one of fine-tuning
+    assert [e.value for e in val_loss] == pytest.approx([float(r["val_loss"]) for r in history], rel=1e-6)
+    import json
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    final = events.Scalars("final_val_accuracy")
+    assert [e.value for e in final] == pytest.approx([metrics["val"]["accuracy"]])
+    session = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    assert session.hparams["epochs"].number_value == 2 and session.hparams["workflow"].string_value == "standard"
+
+
+def test_callbacks_see_the_fit_start_each_epoch_its_end_and_the_save(tiny_data: Path, tiny_weights: Path,
+                                                                      tmp_path: Path):
+    import headstart
+    from headstart.callbacks import Callback
+
+    class Spy(Callback):
+        def __init__(self):
+            self.calls = []
+
+        def on_fit_start(self, request):
+            self.calls.append(("start", request.data))
+
+        def on_epoch_end(self, epoch, logs):
+            self.calls.append(("epoch", epoch, logs["stage"]))
+
+        def on_fit_end(self, record):
+            self.calls.append(("end", record.metrics.workflow, len(record.history)))
+
+        def on_save(self, directory):
+            self.calls.append(("save", directory))
+
+    spy = Spy()
+    clf = headstart.ImageClassifier(backbone="test_efficientnet", weights=str(tiny_weights), image_size=32,
+                                    workflow="standard", epochs=2, batch_size=8, workers=0, fine_tune_epochs=1,
+                                    verbose=0)
+    clf.fit(tiny_data, callbacks=[spy])
+    saved = clf.save(tmp_path / "run")
+    assert spy.calls == [("start", tiny_data.resolve()), ("epoch", 1, "frozen"), ("epoch", 2, "frozen"),
+                         ("epoch", 3, "fine-tune"), ("end", "standard", 3), ("save", saved)]
+    assert clf.record_.metrics is clf.metrics_ and clf.record_.request.data == tiny_data.resolve()
+
+
+def test_a_callback_is_told_of_an_interruption_and_the_fit_stops(tiny_data: Path, tiny_weights: Path):
+    import headstart
+    from headstart.callbacks import Callback
+
+    class StopAtFirstEpoch(Callback):
+        interrupted = ended = False
+
+        def on_epoch_end(self, epoch, logs):
+            raise KeyboardInterrupt
+
+        def on_interrupt(self):
+            self.interrupted = True
+
+        def on_fit_end(self, record):
+            self.ended = True
+
+    stop = StopAtFirstEpoch()
+    clf = headstart.ImageClassifier(backbone="test_efficientnet", weights=str(tiny_weights), image_size=32,
+                                    workflow="standard", epochs=2, batch_size=8, workers=0, verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        clf.fit(tiny_data, callbacks=[stop])
+    assert stop.interrupted and not stop.ended
 
 
 def test_compare_puts_runs_side_by_side(cli, tiny_data: Path, tiny_args, tmp_path: Path):

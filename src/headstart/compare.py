@@ -7,6 +7,7 @@ are what explains a difference in the metrics below them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from . import _html as h
 from ._io import csv_text, write_text
-from .runfolder import CONFIG_FILE, METRICS_FILE, check_finished, read_run_file
+from .record import read_record
 
 __all__ = ["Comparison", "compare_runs", "comparison_csv", "comparison_html", "comparison_text"]
 
@@ -36,35 +37,33 @@ class Comparison:
 
 def compare_runs(runs: Sequence[str | Path]) -> Comparison:
     """Settings (differing ones first), then metrics, then timings, of the finished ``runs``."""
-    configs, metrics = [], []
-    for run in map(Path, runs):
-        check_finished(run)
-        configs.append(read_run_file(run, CONFIG_FILE))
-        metrics.append(read_run_file(run, METRICS_FILE))
-    settings = {"backbone": [c.get("backbone", {}).get("name") for c in configs],
-                "image size": ["x".join(map(str, (c.get("preprocessing", {}).get("input_size") or [])[1:]))
-                               for c in configs],
-                "workflow": [m.get("workflow") for m in metrics],
-                "head L2 C": [(m.get("head") or {}).get("C") for m in metrics],
-                "feature engine": [(m.get("features") or {}).get("engine") for m in metrics]}
-    names = dict.fromkeys(k for c in configs for k in (c.get("training") or {}))
-    for name in names:
+    records = [read_record(run) for run in runs]
+    configs, metrics = [r.config for r in records], [r.metrics for r in records]
+    settings = {"backbone": [c.backbone.name for c in configs],
+                "image size": ["x".join(map(str, c.preprocessing.input_size[1:])) for c in configs],
+                "workflow": [m.workflow for m in metrics],
+                "head L2 C": [m.head.C if m.head else None for m in metrics],
+                "feature engine": [m.features.engine if m.features else None for m in metrics]}
+    trainings = [dataclasses.asdict(c.training) if c.training else {} for c in configs]
+    for name in dict.fromkeys(k for t in trainings for k in t):
         if name not in ("backbone", "workflow", "image_size", "engine"):
-            settings[name.replace("_", " ")] = [(c.get("training") or {}).get(name) for c in configs]
+            settings[name.replace("_", " ")] = [t.get(name) for t in trainings]
     setting_rows = [("setting", k, tuple(map(_text, v))) for k, v in settings.items()]
     setting_rows.sort(key=lambda row: len(set(row[2])) == 1)  # stable: differing settings first
     rows = list(setting_rows)
     for split in ("val", "test"):
-        if any(split in m for m in metrics):
-            rows += [(f"{split} metrics", label, tuple(_text((m.get(split) or {}).get(key)) for m in metrics))
+        scores = [m.splits().get(split) for m in metrics]
+        if any(scores):
+            rows += [(f"{split} metrics", label, tuple(_text(getattr(s, key) if s else None) for s in scores))
                      for key, label in _METRICS]
     for stage, label in (("stage1", "stage 1"), ("fine_tune", "fine-tuning")):
-        if any(m.get(stage) for m in metrics):
-            rows.append(("training", f"{label} val accuracy",
-                         tuple(_text((m.get(stage) or {}).get("val_accuracy")) for m in metrics)))
-    rows.append(("training", "fine-tuning kept", tuple(_text((m.get("fine_tune") or {}).get("kept"))
+        stages = [getattr(m, stage) for m in metrics]
+        if any(stages):
+            rows.append(("training", f"{label} val accuracy", tuple(_text(s.val_accuracy if s else None)
+                                                                    for s in stages)))
+    rows.append(("training", "fine-tuning kept", tuple(_text(m.fine_tune.kept if m.fine_tune else None)
                                                        for m in metrics)))
-    rows.append(("time", "training seconds", tuple(_text(m.get("train_seconds")) for m in metrics)))
+    rows.append(("time", "training seconds", tuple(_text(m.train_seconds) for m in metrics)))
     return Comparison(tuple(str(r) for r in runs), tuple(rows))
 
 

@@ -7,9 +7,11 @@ A saved model is rebuilt from these alone: ``predict``, ``evaluate`` and
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import reprlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from .errors import UsageError
@@ -135,8 +137,7 @@ class HeadSpec:
     A single-label head's outputs go through a softmax (one class per image); a
     ``multi_label`` head's through a sigmoid each, and a class is predicted when
     its probability reaches its threshold (tuned on validation for the best F1;
-    0.5 where there was nothing to tune on). Both fields default to what models
-    saved before multi-label existed were.
+    0.5 where there was nothing to tune on).
     """
 
     num_classes: int
@@ -327,11 +328,19 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise UsageError(f"'{where}' must be an object. Got {reprlib.repr(value)} instead.")
+        if args[1] is not str:
+            return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
         if not all(isinstance(v, (str, int, float)) for v in value.values()):
             raise UsageError(f"'{where}' must map names to strings. Got {reprlib.repr(value)} instead.")
         return {str(k): str(v) for k, v in value.items()}
-    if origin is Literal:
+    if origin is Literal or hint is Any:
         return value
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise UsageError(f"'{where}' must be a path. Got {reprlib.repr(value)} instead.")
+        return Path(value)
+    if hint is float and value is None:
+        return math.nan  # JSON has no NaN: headstart writes null for a number it could not measure
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UsageError(f"'{where}' must be a number. Got {reprlib.repr(value)} instead.")

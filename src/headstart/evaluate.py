@@ -13,7 +13,7 @@ model is scored exactly like the run it came from.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +25,8 @@ from .data.dataset import LABEL_SEP, DatasetSplit, Sample, Skipped, sample_targe
 from .data.labels import evaluation_split
 from .errors import DataError
 from .predictor import Predictor
-from .runfolder import RUN_FILE, SPLIT_FILE, relative_path, split_images
+from .record import FineTuneRecord, RunMetrics, SplitMetrics, StageRecord, split_images
+from .runfolder import RUN_FILE, SPLIT_FILE, prediction_row, relative_path
 
 if TYPE_CHECKING:
     from .training.results import Fitted
@@ -42,19 +43,20 @@ class Evaluation:
     scope: str  # in words: which split or folder was scored
     samples: list[Sample]  # labels in the model's class order
     proba: np.ndarray
-    metrics: dict
+    metrics: SplitMetrics
+    skipped: list[Skipped] = field(default_factory=list)  # label rows that could not be used
     left_out: int = 0  # images of the run's training split, not scored
     validated_on: int = 0  # scored images of the run's validation split
 
+    def to_dict(self) -> dict:
+        """What ``headstart evaluate --output`` writes: the metrics, and what was scored and left out."""
+        return {**self.metrics.to_dict(), "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
+                "scope": self.scope, "left_out_trained_on": self.left_out, "validated_on": self.validated_on}
+
     def prediction_rows(self, classes: Sequence[str]) -> list[dict]:
         """Rows shaped as a run's ``predictions.csv`` (its report reads the same columns)."""
-        rows = []
-        for sample, p in zip(self.samples, self.proba):
-            decoded = not np.isnan(p).any()
-            rows.append({"path": relative_path(sample.path, self.data), "split": "evaluated",
-                         "class": classes[sample.label], "predicted": classes[int(p.argmax())] if decoded else "",
-                         **{f"p_{c}": (float(v) if decoded else "") for c, v in zip(classes, p)}})
-        return rows
+        return [prediction_row(relative_path(s.path, self.data), "evaluated", classes[s.label], p, classes)
+                for s, p in zip(self.samples, self.proba)]
 
 
 def evaluation_samples(data: str | Path | None, classes: Sequence[str], multi_label: bool = False,
@@ -120,16 +122,12 @@ def evaluate_folder(predictor: Predictor, data: str | Path | None, seen: dict[Pa
 
     # Each rank of a data-parallel run predicts its share in whole batches; all get every row.
     proba = distributed.map_shards(probabilities, [s.path for s in samples], align=batch_size)
-    metrics = sample_metrics(predictor, samples, proba)
-    metrics["skipped"] = [{"path": str(s.path), "reason": s.reason} for s in skipped]
-    metrics["scope"] = scope
-    metrics["left_out_trained_on"] = left_out
-    metrics["validated_on"] = validated_on
     root = Path(data) if data is not None else Path(labels[0]).parent
-    return Evaluation(root, scope, samples, proba, metrics, left_out, validated_on)
+    return Evaluation(root, scope, samples, proba, sample_metrics(predictor, samples, proba), skipped, left_out,
+                      validated_on)
 
 
-def sample_metrics(predictor: Predictor, samples: Sequence[Sample], proba: np.ndarray) -> dict:
+def sample_metrics(predictor: Predictor, samples: Sequence[Sample], proba: np.ndarray) -> SplitMetrics:
     """The metrics of ``predictor``'s probabilities ``proba`` on the labelled ``samples``: a single-label
     model's, or a multi-label model's at its thresholds; NaN rows count as undecodable."""
     from .metrics import (
@@ -137,31 +135,23 @@ def sample_metrics(predictor: Predictor, samples: Sequence[Sample], proba: np.nd
     )
 
     multi = predictor.multi_label_
-    return decoded_metrics(sample_targets(samples, len(predictor.classes_), multi), proba, predictor.classes_,
-                           predictor.thresholds_ if multi else None)
+    return SplitMetrics.from_dict(decoded_metrics(sample_targets(samples, len(predictor.classes_), multi), proba,
+                                                  predictor.classes_, predictor.thresholds_ if multi else None))
 
 
 def fit_metrics(model: Predictor, split: DatasetSplit, fitted: Fitted, head_proba: dict[str, np.ndarray],
-                predict: Callable[[Sequence[Sample]], np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
-    """A run's ``metrics.json`` (workflow, counts, each stage, val and test metrics) and the final
-    model's probabilities for the val and test images, as ``model`` was just fitted on ``split``;
+                predict: Callable[[Sequence[Sample]], np.ndarray]) -> tuple[RunMetrics, dict[str, np.ndarray]]:
+    """A run's metrics (workflow, counts, each stage, val and test metrics) and the final model's
+    probabilities for the val and test images, as ``model`` was just fitted on ``split``;
     ``predict(samples)`` gives the final model's probabilities where the head's cannot stand."""
     result = fitted.result
-    metrics: dict = {
-        "workflow": fitted.workflow,
-        "train_seconds": result.seconds,
-        "counts": split.counts(),
-        "skipped": len(split.skipped) + len(result.failed),
-        "stage1": result.stage1.summary() if result.stage1 else None,
-        "fine_tune": None,
-        **fitted.head_info,
-    }
+    fine_tune = None
     if result.fine_tune is not None:
-        metrics["fine_tune"] = {**result.fine_tune.summary(), "kept": result.fine_tune_kept,
-                                "reason": result.fine_tune_reason, "likely_cause": result.fine_tune_cause,
-                                "share": result.fine_tune_share}
+        fine_tune = FineTuneRecord(**result.fine_tune.summary(), kept=bool(result.fine_tune_kept),
+                                   reason=result.fine_tune_reason, likely_cause=result.fine_tune_cause,
+                                   share=result.fine_tune_share)
     stage1_only = result.fine_tune is None or not result.fine_tune_kept
-    predictions = {}
+    predictions, scores = {}, {}
     for name, samples in (("val", split.val), ("test", split.test)):
         if not samples:
             continue
@@ -169,5 +159,9 @@ def fit_metrics(model: Predictor, split: DatasetSplit, fitted: Fitted, head_prob
         # unless fine-tuning changed the backbone they came from.
         proba = head_proba[name] if stage1_only and name in head_proba else predict(samples)
         predictions[name] = proba
-        metrics[name] = sample_metrics(model, samples, proba)
+        scores[name] = sample_metrics(model, samples, proba)
+    metrics = RunMetrics(workflow=fitted.workflow, train_seconds=result.seconds, counts=split.counts(),
+                         skipped=len(split.skipped) + len(result.failed),
+                         stage1=StageRecord(**result.stage1.summary()) if result.stage1 else None,
+                         fine_tune=fine_tune, features=fitted.features, head=fitted.head, **scores)
     return metrics, predictions

@@ -15,8 +15,9 @@ JSON only: nothing is ever unpickled.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,8 @@ import numpy as np
 
 from . import distributed
 from ._console import Console
-from ._io import TEXT_ERRORS, atomic_files, file_problem, read_json
+from ._io import TEXT_ERRORS, atomic_files, file_problem
+from .callbacks import Callback, CallbackList
 from .config import AUTO_BACKBONE, HeadSpec, ModelConfig, TrainingConfig, library_versions
 from .data.dataset import DatasetSplit, Sample, Skipped
 from .data.labels import to_split
@@ -32,17 +34,9 @@ from .errors import BackboneError, DataError, ModelFileError, NotFittedError, Us
 from .features.cache import CacheLayout
 from .features.pipeline import check_backbone
 from .predictor import Prediction, ProbabilityPredictor
-from .runfolder import (
-    CONFIG_FILE,
-    HISTORY_FILE,
-    METRICS_FILE,
-    MODEL_FILE,
-    RunRequest,
-    check_finished,
-    prepare_output_dir,
-    read_csv_file,
-    run_texts,
-)
+from .record import (RunMetrics, RunRecord, RunRequest, read_config, read_history, read_metrics, read_request,
+                     run_texts)
+from .runfolder import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE, check_finished, prepare_output_dir
 from .evaluate import fit_metrics
 from .selection import select_backbone
 from .training import fitting
@@ -126,6 +120,8 @@ class ImageClassifier(ProbabilityPredictor):
     # Set by fit and load: the network, or after a fit without PyTorch, its tensors (NumPy).
     _net: ClassifierNet | None = None
     _state: dict[str, np.ndarray] | None = None
+    _callbacks: CallbackList | None = None  # the last fit's, told when its model is saved
+    record_: RunRecord | None = None
 
     # -- scikit-learn's parameter protocol -------------------------------------------------
     def get_params(self, deep: bool = True) -> dict:
@@ -150,9 +146,8 @@ class ImageClassifier(ProbabilityPredictor):
         return TrainingConfig(**{name: getattr(self, name) for name in _TRAINING_PARAMS})
 
     # -- training ---------------------------------------------------------------------------
-    def fit(self, data, y=None, *, classes: Sequence[str] | None = None,
-            on_epoch: Callable[[dict], None] | None = None, console: Console | None = None,
-            checkpoint_dir: str | Path | None = None) -> ImageClassifier:
+    def fit(self, data, y=None, *, classes: Sequence[str] | None = None, callbacks: Sequence[Callback] = (),
+            console: Console | None = None, checkpoint_dir: str | Path | None = None) -> ImageClassifier:
         """Train on an image folder (one subfolder per class), on image paths and labels ``y``, on a
         DataFrame with ``path`` and ``label`` columns, or on a :class:`DatasetSplit` (from
         :func:`headstart.data.read_label_file`...). ``y``: a class name per path, or (multi-label)
@@ -160,15 +155,28 @@ class ImageClassifier(ProbabilityPredictor):
         ``MultiLabelBinarizer``. A model is multi-label (a sigmoid per class, thresholds tuned on
         validation) when any image has several labels, or with ``multi_label=True``.
 
-        ``on_epoch`` is called with each epoch's history row. ``console``
-        receives progress and messages (default: stderr, at ``verbose``). With
-        ``checkpoint_dir``, every completed epoch is checkpointed there, and a
-        checkpoint found there is resumed from: an interrupted run, rerun the
-        same way, finishes as if it had never stopped.
+        ``callbacks``: :class:`headstart.callbacks.Callback` objects, told when the fit starts, at
+        each epoch's end, when it ends (with :attr:`record_`), is interrupted or fails, and when the
+        model is saved. ``console`` receives progress and messages (default: stderr, at ``verbose``).
+        With ``checkpoint_dir``, every completed epoch is checkpointed there, and a checkpoint found
+        there is resumed from: an interrupted run, rerun the same way, finishes as if it had never stopped.
         """
+        self._callbacks = CallbackList(callbacks)
+        try:
+            self._fit(data, y, classes, console or Console(self.verbose), checkpoint_dir)
+        except KeyboardInterrupt:
+            self._callbacks.on_interrupt()
+            raise
+        except BaseException as exc:
+            self._callbacks.on_error(exc)
+            raise
+        self._callbacks.on_fit_end(self.record_)
+        return self
+
+    def _fit(self, data, y, classes: Sequence[str] | None, console: Console, checkpoint_dir: str | Path | None
+             ) -> None:
         started = time.perf_counter()
         config = self.training_config()
-        console = console or Console(self.verbose)
         cache = CacheLayout(self.cache_dir)
         if config.backbone != AUTO_BACKBONE:  # candidates are checked before they are compared
             check_backbone(feature_request(config), cache)  # a misspelt name fails before any work
@@ -176,12 +184,16 @@ class ImageClassifier(ProbabilityPredictor):
         split = _agreed_split(to_split(data, y, classes, config.multi_label, val_fraction=config.val_fraction,
                                        test_fraction=config.test_fraction, seed=config.seed))
         _report_data(split, console, config.val_fraction)
+        request = self.run_request(split.root, split.label_file, split.label_sep)
+        self._callbacks.on_fit_start(request)
         timings = {"data": time.perf_counter() - clock}
         run_dir, self.backbones_ = Path(checkpoint_dir) if checkpoint_dir is not None else None, None
         if config.backbone == AUTO_BACKBONE:  # the best candidate on this split's validation images
             config, self.backbones_ = select_backbone(split, config, cache, console, run_dir)
             timings["backbones"] = time.perf_counter() - clock - timings["data"]
-        fitted = fitting.fit(split, config, FitContext(cache, console, on_epoch, run_dir))
+        epochs = itertools.count(1)
+        fitted = fitting.fit(split, config, FitContext(
+            cache, console, lambda row: self._callbacks.on_epoch_end(next(epochs), row), run_dir))
         timings.update(fitted.timings)
         result = fitted.result
         result.seconds = timings["stage1"] + timings.get("fine_tune", 0.0)
@@ -192,15 +204,26 @@ class ImageClassifier(ProbabilityPredictor):
                         thresholds=fitted.thresholds)
         self.config_ = ModelConfig(classes=split.classes, backbone=fitted.spec, head=head,
                                    preprocessing=fitted.preprocessing, training=config, versions=library_versions())
-        self.history_ = result.history
         split, head_proba = without_failed(split, result.failed, fitted.head_proba)
         self.split_ = split
         self.skipped_ = split.skipped + [Skipped(p, r) for p, r in result.failed.items()]
         clock = time.perf_counter()
-        self.metrics_, self.predictions_ = fit_metrics(self, split, fitted, head_proba, self._sharded_proba)
+        metrics, self.predictions_ = fit_metrics(self, split, fitted, head_proba, self._sharded_proba)
         timings["evaluation"] = time.perf_counter() - clock
-        self.metrics_["timings"] = {**timings, "total": time.perf_counter() - started}
-        return self
+        metrics = dataclasses.replace(metrics, timings={**timings, "total": time.perf_counter() - started})
+        self.record_ = RunRecord(self.config_, metrics, request, tuple(result.history), run_dir)
+
+    @property
+    def metrics_(self) -> RunMetrics | None:
+        """What fitting measured (``record_.metrics``); None for a model saved without its metrics."""
+        self._check_fitted()
+        return self.record_.metrics if self.record_ is not None else None
+
+    @property
+    def history_(self) -> list[dict]:
+        """One dict per epoch (``record_.history``), as ``history.csv`` holds them."""
+        self._check_fitted()
+        return list(self.record_.history) if self.record_ is not None else []
 
     # -- prediction -------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -314,7 +337,7 @@ class ImageClassifier(ProbabilityPredictor):
         self._check_fitted()
         split = getattr(self, "split_", None)
         seen = {s.path.resolve(): name for name in ("train", "val") for s in split.splits()[name]} if split else None
-        return evaluate_folder(self, data, seen, tta=tta, labels=(labels, label_sep)).metrics
+        return evaluate_folder(self, data, seen, tta=tta, labels=(labels, label_sep)).to_dict()
 
     # -- persistence ------------------------------------------------------------------------
     def run_request(self, data: str | Path, labels: str | Path | None = None, label_sep: str = ";") -> RunRequest:
@@ -345,10 +368,12 @@ class ImageClassifier(ProbabilityPredictor):
             save_file(state, str(new(MODEL_FILE)), metadata={"format": "pt", "headstart": "model"})
             for name, text in texts.items():
                 new(name).write_text(text, encoding="utf-8", errors=TEXT_ERRORS)
-        if report and METRICS_FILE in texts:
+        if report and getattr(self, "split_", None) is not None:
             from .report.page import write_report
 
             write_report(directory)
+        if self._callbacks is not None:
+            self._callbacks.on_save(directory)
         return directory
 
 
@@ -371,20 +396,15 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
 
     directory = Path(directory)
     check_finished(directory)
-    config_path, model_path = directory / CONFIG_FILE, directory / MODEL_FILE
-    for path in (config_path, model_path):
-        problem = file_problem(path)  # missing, or a FIFO or device that reading would hang on
-        if problem is not None:
-            raise ModelFileError(f"not a headstart model folder: {path} {problem}")
-    raw = read_json(config_path)
-    try:
-        config = ModelConfig.from_dict(raw)
-    except UsageError as exc:
-        raise ModelFileError(f"{config_path}: {exc}") from None
+    config = read_config(directory)
+    model_path = directory / MODEL_FILE
+    problem = file_problem(model_path)  # missing, or a FIFO or device that reading would hang on
+    if problem is not None:
+        raise ModelFileError(f"not a headstart model folder: {model_path} {problem}")
     try:
         net = build_network(config)
     except BackboneError as exc:
-        raise ModelFileError(f"{config_path}: {exc}") from None
+        raise ModelFileError(f"{directory / CONFIG_FILE}: {exc}") from None
     load_tensors(net, model_path)
     params = {name: getattr(config.training, name) for name in _TRAINING_PARAMS} if config.training else {}
     params.update(device=device, verbose=verbose, workers=None)
@@ -392,10 +412,9 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
     clf._net = net.eval()
     clf.classes_ = config.classes
     clf.config_ = config
-    metrics_path = directory / METRICS_FILE
-    clf.metrics_ = read_json(metrics_path) if metrics_path.is_file() else None
-    clf.history_ = [{k: v if k == "stage" else int(v) if k == "epoch" else float(v) for k, v in row.items()}
-                    for row in read_csv_file(directory, HISTORY_FILE, required=False) or []]
+    if (directory / METRICS_FILE).is_file():
+        request = read_request(directory) if (directory / RUN_FILE).is_file() else None
+        clf.record_ = RunRecord(config, read_metrics(directory), request, read_history(directory), directory)
     return clf
 
 

@@ -1,4 +1,4 @@
-"""How a run folder looks: every file name in it, ``run.json``, and the rules for output folders.
+"""How a run folder looks: every file name in it, its CSV files, and the rules for output folders.
 
 A run folder is what ``headstart train`` writes and every other command reads:
 
@@ -15,10 +15,12 @@ A run folder is what ``headstart train`` writes and every other command reads:
 ``run.lock``              while training: the writer's process id, and its lock
 ``report.html``, plots/   the run's page
 ``backbones.csv``         with ``--backbone auto``: the backbones compared, and the one chosen
+``tensorboard/``          with ``--track tensorboard``: TensorBoard's event files
 ========================  ==========================================================
 
-This module is the one place that knows those names, writes the text files
-and reads ``run.json`` and the CSV files back. It imports nothing heavy.
+This module is the one place that knows those names, and writes and reads the CSV
+files back; the JSON files are the run record's (:mod:`headstart.record`). It
+imports nothing heavy.
 
 A run being written is locked (:func:`lock_run`: ``flock`` on ``run.lock``, which
 holds the writer's pid), so a second ``train`` into the same folder is refused with
@@ -32,27 +34,21 @@ import contextlib
 import csv
 import datetime
 import fcntl
-import json
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ._io import TEXT_ERRORS, csv_text, csv_value, json_text, read_json
+from ._io import TEXT_ERRORS, csv_text, csv_value
 from .errors import ModelFileError, UsageError
-
-if TYPE_CHECKING:
-    from .data.dataset import DatasetSplit, Skipped
 
 __all__ = [
     "MODEL_FILE", "CONFIG_FILE", "METRICS_FILE", "HISTORY_FILE", "SPLIT_FILE", "PREDICTIONS_FILE",
     "SKIPPED_FILE", "RUN_FILE", "CHECKPOINT_FILE", "REPORT_FILE", "PLOTS_DIR", "ONNX_FILE",
-    "HISTORY_COLUMNS", "BACKBONES_FILE", "BACKBONES_COLUMNS", "RunRequest", "run_json_text", "history_csv",
-    "backbones_csv", "split_csv", "predictions_csv", "skipped_csv", "read_run_request", "read_run_file", "read_csv_file",
-    "split_images", "run_texts", "prepare_output_dir", "new_run_dir", "relative_path", "LOCK_FILE", "lock_run",
+    "HISTORY_COLUMNS", "BACKBONES_FILE", "BACKBONES_COLUMNS", "history_csv", "backbones_csv", "split_csv",
+    "prediction_row", "predictions_csv", "skipped_csv", "read_csv_file", "prepare_output_dir", "new_run_dir", "relative_path", "LOCK_FILE", "TENSORBOARD_DIR", "lock_run",
     "lock_owner", "check_finished",
 ]
 
@@ -70,6 +66,7 @@ PLOTS_DIR = "plots"
 ONNX_FILE = "model.onnx"  # where ``headstart export`` writes by default
 LOCK_FILE = "run.lock"
 BACKBONES_FILE = "backbones.csv"  # the comparison of `headstart backbones`, and of train's --backbone auto
+TENSORBOARD_DIR = "tensorboard"  # event files of --track tensorboard
 
 # history.csv, one row per epoch of either stage.
 HISTORY_COLUMNS = ("epoch", "stage", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -81,25 +78,6 @@ BACKBONES_COLUMNS = ("backbone", "weights", "architecture", "weights_source", "i
                      "within_budget", "chosen")
 
 
-@dataclass(frozen=True)
-class RunRequest:
-    """``run.json``: what a run was asked to do, enough to rerun or resume it."""
-
-    data: Path  # the data folder, absolute (with a label file: where its relative paths start)
-    params: dict[str, Any]  # ImageClassifier's parameters, as JSON values
-    labels: Path | None = None  # the label file, absolute, when the labels came from one
-    label_sep: str = ";"
-
-
-def run_json_text(request: RunRequest) -> str:
-    """The text of ``run.json`` (its one writer; paths are written as strings)."""
-    params = {k: str(v) if isinstance(v, Path) else v for k, v in request.params.items()}
-    saved = {"data": str(Path(request.data).resolve()), "params": params}
-    if request.labels is not None:
-        saved.update(labels=str(Path(request.labels).resolve()), label_sep=request.label_sep)
-    return json_text(saved)
-
-
 def history_csv(history: Sequence[dict]) -> str:
     return csv_text(HISTORY_COLUMNS, ([row[c] for c in HISTORY_COLUMNS] for row in history))
 
@@ -108,63 +86,37 @@ def backbones_csv(rows: Sequence[dict]) -> str:
     return csv_text(BACKBONES_COLUMNS, ([row[c] for c in BACKBONES_COLUMNS] for row in rows))
 
 
-def split_csv(split: DatasetSplit, classes: Sequence[str]) -> str:
-    """Which image went where: a valid label file too (path relative to the data folder, class, split;
-    a multi-label image's classes separated by ``;``)."""
-    return csv_text(("path", "class", "split"), ((relative_path(s.path, split.root), split.label_names(s), name)
-                                                 for name, samples in split.splits().items() for s in samples))
+def split_csv(rows: Iterable[tuple[str, str, str]]) -> str:
+    """Which image went where, from (path relative to the data folder, class, split) rows: a valid
+    label file too (a multi-label image's classes separated by ``;``)."""
+    return csv_text(("path", "class", "split"), rows)
 
 
-def predictions_csv(predictions: dict[str, np.ndarray], split: DatasetSplit, classes: Sequence[str],
-                    thresholds: Sequence[float] | None = None) -> str:
-    """One row per evaluated image: its split, true and predicted class, and every class's probability
-    (empty where the image could not be decoded), so a report can be rebuilt without the model.
-    A multi-label model's rows hold label sets, ``;``-separated, decided at ``thresholds``."""
+def prediction_row(path: str, split: str, true: str, proba: np.ndarray, classes: Sequence[str],
+                   thresholds: Sequence[float] | None = None) -> dict[str, Any]:
+    """One image's row of ``predictions.csv``: its split, true and predicted class (a multi-label
+    model's label set, ``;``-separated, decided at ``thresholds``), and every class's probability;
+    empty where the image could not be decoded (a NaN row)."""
+    decoded = not np.isnan(proba).any()
+    if not decoded:
+        predicted = ""
+    elif thresholds is None:
+        predicted = classes[int(proba.argmax())]
+    else:
+        predicted = ";".join(c for c, p, t in zip(classes, proba, thresholds) if p >= t)
+    return {"path": path, "split": split, "class": true, "predicted": predicted,
+            **{f"p_{c}": (float(p) if decoded else "") for c, p in zip(classes, proba)}}
+
+
+def predictions_csv(classes: Sequence[str], rows: Iterable[dict[str, Any]]) -> str:
+    """``predictions.csv`` from :func:`prediction_row` rows, so a report can be rebuilt without the model."""
     header = ("path", "split", "class", "predicted", *(f"p_{c}" for c in classes))
-
-    def predicted(row: np.ndarray) -> str:
-        if thresholds is None:
-            return classes[int(row.argmax())]
-        return ";".join(c for c, p, t in zip(classes, row, thresholds) if p >= t)
-
-    def rows():
-        for name, proba in predictions.items():
-            for sample, row in zip(split.splits()[name], proba):
-                decoded = not np.isnan(row).any()
-                yield (relative_path(sample.path, split.root), name, split.label_names(sample),
-                       predicted(row) if decoded else "", *(f"{p:.6g}" if decoded else "" for p in row))
-
-    return csv_text(header, rows())
+    return csv_text(header, ([f"{v:.6g}" if isinstance(v, float) else v for v in row.values()] for row in rows))
 
 
-def skipped_csv(skipped: Sequence[Skipped]) -> str:
-    return csv_text(("path", "reason"), ((str(s.path), s.reason) for s in skipped))
-
-
-def read_run_request(run: Path) -> RunRequest:
-    """``run.json`` of the run folder ``run``; a missing or damaged one is a :class:`UsageError`."""
-    path = Path(run) / RUN_FILE
-    if not path.is_file():
-        raise UsageError(f"{path} not found: not a run folder written by 'headstart train'")
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        labels = saved.get("labels")
-        return RunRequest(Path(saved["data"]), dict(saved["params"]), Path(labels) if labels else None,
-                          str(saved.get("label_sep", ";")))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"{path} is damaged ({exc})") from None
-    except RecursionError:
-        raise UsageError(f"{path} is damaged (its JSON is nested too deeply)") from None
-
-
-def read_run_file(run: Path, name: str, required: bool = True) -> Any:
-    """A JSON file of the run folder, parsed; None when it is absent and not ``required``."""
-    path = Path(run) / name
-    if not path.is_file():
-        if required:
-            raise ModelFileError(f"not a run folder: {path} is missing")
-        return None
-    return read_json(path)
+def skipped_csv(rows: Iterable[tuple[str, str]]) -> str:
+    """The files left out, from (path, reason) rows."""
+    return csv_text(("path", "reason"), rows)
 
 
 def read_csv_file(run: Path, name: str, required: bool = True) -> list[dict] | None:
@@ -180,19 +132,6 @@ def read_csv_file(run: Path, name: str, required: bool = True) -> list[dict] | N
                     for row in csv.DictReader(f)]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ModelFileError(f"{path} is not a readable CSV file: {exc}") from None
-
-
-def split_images(run: Path, split: str, classes: tuple[str, ...] | list[str]) -> list[tuple[Path, int]]:
-    """(image, label) of one split of a run, from its ``split.csv`` and the data folder in
-    ``run.json``; only the images still there. Empty when the run has no such files. The label
-    is -1 for an image without exactly one of ``classes`` (a multi-label run's)."""
-    run = Path(run)
-    if not ((run / SPLIT_FILE).is_file() and (run / RUN_FILE).is_file()):
-        return []
-    root = read_run_request(run).data
-    index = {c: i for i, c in enumerate(classes)}
-    rows = [r for r in read_csv_file(run, SPLIT_FILE) if r["split"] == split]
-    return [(root / r["path"], index.get(r["class"], -1)) for r in rows if (root / r["path"]).is_file()]
 
 
 def prepare_output_dir(directory: str | Path, overwrite: bool) -> Path:
@@ -299,25 +238,3 @@ def check_finished(run: str | Path) -> None:
         raise ModelFileError(f"{run} is still training{who}: its model is written when training ends")
     raise ModelFileError(f"{run} is unfinished: training stopped before its model was written; "
                          f"finish it with: headstart train --resume {run}")
-
-
-def run_texts(model: Any) -> dict[str, str]:
-    """The text files of a run folder for ``model`` (a fitted :class:`headstart.model.ImageClassifier`,
-    read through its fitted attributes): its config, and what fitting produced when it was fitted
-    in this session."""
-    texts = {CONFIG_FILE: json_text(model.config_.to_dict())}
-    if getattr(model, "metrics_", None) is not None:
-        texts[METRICS_FILE] = json_text(model.metrics_)
-    if getattr(model, "history_", None):
-        texts[HISTORY_FILE] = history_csv(model.history_)
-    split = getattr(model, "split_", None)
-    if split is not None:
-        texts[SPLIT_FILE] = split_csv(split, model.classes_)
-        texts[RUN_FILE] = run_json_text(model.run_request(split.root, split.label_file, split.label_sep))
-        if getattr(model, "predictions_", None):
-            texts[PREDICTIONS_FILE] = predictions_csv(model.predictions_, split, model.classes_, model.thresholds_)
-    if hasattr(model, "skipped_"):
-        texts[SKIPPED_FILE] = skipped_csv(model.skipped_)
-    if getattr(model, "backbones_", None):
-        texts[BACKBONES_FILE] = backbones_csv(model.backbones_)
-    return texts

@@ -218,8 +218,9 @@ def _describe(predictor) -> dict:
     if hasattr(predictor, "metadata"):
         return {"backbone": predictor.metadata.get("backbone"), "engine": "onnxruntime"}
     score = "mean_ap" if predictor.multi_label_ else "accuracy"
-    return {"backbone": predictor.config_.backbone.name, "engine": "pytorch", "metrics": {
-        k: predictor.metrics_[k][score] for k in ("val", "test") if predictor.metrics_ and k in predictor.metrics_}}
+    splits = predictor.metrics_.splits() if predictor.metrics_ is not None else {}
+    return {"backbone": predictor.config_.backbone.name, "engine": "pytorch",
+            "metrics": {k: getattr(m, score) for k, m in splits.items()}}
 
 
 def server_config(app, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None):

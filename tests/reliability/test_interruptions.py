@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import headstart
+from headstart.callbacks import Callback
 from headstart.runfolder import CHECKPOINT_FILE, RUN_FILE
 from headstart.training.checkpoint import load_checkpoint
 from headstart.errors import ExitStatus
@@ -54,15 +55,13 @@ def test_interrupted_run_resumes_to_the_same_metrics(cli, data, tiny_args, tmp_p
 
     real_fit = model_module.ImageClassifier.fit
 
-    def fit_then_ctrl_c(self, data, **kwargs):
-        seen = []
-
-        def on_epoch(row):
-            seen.append(row)
-            if len(seen) == stop_after:
+    class CtrlC(Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == stop_after:
                 raise KeyboardInterrupt  # as if Ctrl-C came during the next epoch
 
-        return real_fit(self, data, **{**kwargs, "on_epoch": on_epoch})
+    def fit_then_ctrl_c(self, data, **kwargs):
+        return real_fit(self, data, **{**kwargs, "callbacks": [*kwargs.get("callbacks", ()), CtrlC()]})
 
     monkeypatch.setattr(model_module.ImageClassifier, "fit", fit_then_ctrl_c)
     run = tmp_path / "cut"
@@ -143,6 +142,6 @@ def test_same_seed_same_split_and_metrics(data, tiny_weights, tmp_path: Path):
     a, b, c = fit(0), fit(0), fit(1)
     assert [s.path for s in a.split_.val] == [s.path for s in b.split_.val]
     assert [s.path for s in a.split_.val] != [s.path for s in c.split_.val]
-    assert comparable(a.metrics_) == comparable(b.metrics_)
+    assert comparable(a.metrics_.to_dict()) == comparable(b.metrics_.to_dict())
     for key, value in a.net_.state_dict().items():
         assert np.array_equal(value.cpu().numpy(), b.net_.state_dict()[key].cpu().numpy()), key

@@ -130,7 +130,8 @@ def export_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..model import load
     from ..onnx.export import export_classifier
     from ..onnx.quantize import quantize_int8
-    from ..runfolder import ONNX_FILE, split_images
+    from ..record import split_images
+    from ..runfolder import ONNX_FILE
 
     out = args.output or args.model / ONNX_FILE
     int8_out = out.with_suffix(".int8.onnx")

@@ -40,17 +40,17 @@ def evaluate_command(args: argparse.Namespace, console: Console) -> ExitStatus:
                                  labels=(args.labels, args.label_sep))  # each rank predicts its share
     if not distributed.is_main():
         return ExitStatus.SUCCESS
-    for skipped in evaluation.metrics["skipped"]:
-        console.warn(f"skipping {skipped['path']}: {skipped['reason']}")
+    for skipped in evaluation.skipped:
+        console.warn(f"skipping {skipped.path}: {skipped.reason}")
     if evaluation.left_out:
         console.warn(f"left out {evaluation.left_out} image(s) the model was trained on ({run / 'split.csv'}): "
                      "their score would flatter it; --include-training-images scores them too")
     if evaluation.validated_on:
         console.warn(f"{evaluation.validated_on} of the scored images are the run's validation split, which "
                      "chose the model: their score is slightly optimistic")
-    console.result(format_metrics(evaluation.metrics, title=f"{args.model} on {evaluation.scope}"))
+    console.result(format_metrics(evaluation.metrics.to_dict(), title=f"{args.model} on {evaluation.scope}"))
     if args.output:
-        write_json(args.output, evaluation.metrics)
+        write_json(args.output, evaluation.to_dict())
         console.info(f"metrics written to {args.output}")
     if args.report:
         from ..report.page import write_evaluation_report

@@ -100,9 +100,10 @@ def _add_train(commands) -> None:
     t.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     t.add_argument("--resume", type=Path, metavar="RUN", help="finish an interrupted run, from its last "
                    "completed epoch, with the settings it was started with")
-    t.add_argument("--track", choices=("mlflow",), help="also log settings, per-epoch and final metrics, "
-                   "the report and the model to MLflow (MLFLOW_TRACKING_URI, else MLflow's local default; "
-                   "pip install 'headstart[track]')")
+    t.add_argument("--track", choices=("mlflow", "tensorboard"), action="append",
+                   help="also log settings, per-epoch and final metrics: mlflow logs them with the report and "
+                   "the model to MLflow (MLFLOW_TRACKING_URI, else MLflow's local default), tensorboard writes "
+                   "event files into RUN/tensorboard; repeat for both (pip install 'headstart[track]')")
     g = t.add_argument_group("backbone")
     _add_backbone(g, _DEFAULT, auto="; auto: compare the --candidate backbones first (as 'headstart "
                   "backbones' does) and train the best")

@@ -22,7 +22,7 @@ from ..errors import ExitStatus, HeadstartError, StorageError, UsageError
 
 if TYPE_CHECKING:
     from ..model import ImageClassifier
-    from ..runfolder import RunRequest
+    from ..record import RunRequest
 
 __all__ = ["train_command"]
 
@@ -32,6 +32,7 @@ def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..features.cache import CacheLayout
     from ..model import ImageClassifier
     from ..runfolder import CHECKPOINT_FILE, lock_run, prepare_output_dir
+    from ..tracking import create_trackers
 
     # Rank 0 alone reads and writes the run folder: the other ranks of a data-parallel run (maybe on
     # other machines, where it does not exist) get the settings and the folder's name from it.
@@ -39,31 +40,25 @@ def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     clf = ImageClassifier(**request.params, verbose=console.verbosity)
     data = _training_data(request, clf)  # a bad label file fails before the run folder is made
     main, fresh = distributed.is_main(), args.resume is None
-    tracker = _tracker(args, console) if main else None
     # Both held until the model is saved: a second `train` into this folder is refused, naming
     # this process, and `cache clear` refuses while the run may still read or write features.
     with lock_run(out) if main else contextlib.nullcontext(), CacheLayout(clf.cache_dir).in_use():
         if main and fresh:  # a full folder is refused before anything is logged or written
             prepare_output_dir(out, args.overwrite)
-        with tracker.run(out, request) if tracker is not None else contextlib.nullcontext():
-            if main and fresh:
-                _start(out, request)
-            try:
-                with _terminate_as_interrupt():
-                    clf.fit(data, console=console, checkpoint_dir=out,
-                            on_epoch=tracker.log_epoch if tracker is not None else None)
-            except KeyboardInterrupt:
-                if main:
-                    console.error(f"interrupted: {out} keeps the last completed epoch; "
-                                  f"continue with: headstart train --resume {out}")
-                if tracker is not None:
-                    tracker.status = "KILLED"
-                return ExitStatus.INTERRUPTED
+        trackers = create_trackers(args.track or (), out, console) if main else []  # a tracker's store is checked
+        if main and fresh:
+            _start(out, request)
+        try:
+            with _terminate_as_interrupt():
+                clf.fit(data, console=console, checkpoint_dir=out, callbacks=trackers)
+        except KeyboardInterrupt:
             if main:
-                _save(clf, out)
-                (out / CHECKPOINT_FILE).unlink(missing_ok=True)
-                if tracker is not None:
-                    tracker.log_run(out)
+                console.error(f"interrupted: {out} keeps the last completed epoch; "
+                              f"continue with: headstart train --resume {out}")
+            return ExitStatus.INTERRUPTED
+        if main:
+            _save(clf, out)
+            (out / CHECKPOINT_FILE).unlink(missing_ok=True)
     if main:
         console.info(_summary(clf, out))
     return ExitStatus.SUCCESS
@@ -101,19 +96,11 @@ def _save(clf: ImageClassifier, out: Path) -> None:
 def _start(out: Path, request: RunRequest) -> None:
     """A new run in ``out``: its ``run.json`` first, and no checkpoint (--overwrite starts afresh)."""
     from .._io import write_text
-    from ..runfolder import CHECKPOINT_FILE, RUN_FILE, run_json_text
+    from ..record import record_text
+    from ..runfolder import CHECKPOINT_FILE, RUN_FILE
 
     (out / CHECKPOINT_FILE).unlink(missing_ok=True)
-    write_text(out / RUN_FILE, run_json_text(request))
-
-
-def _tracker(args: argparse.Namespace, console: Console):
-    """The MLflow run this training is logged to with ``--track mlflow`` (None without it)."""
-    if getattr(args, "track", None) != "mlflow":
-        return None
-    from ..tracking import MlflowTracker
-
-    return MlflowTracker.create(console)
+    write_text(out / RUN_FILE, record_text(request))
 
 
 def _training_kwargs(args: argparse.Namespace) -> dict:
@@ -137,12 +124,12 @@ def _training_data(request: RunRequest, clf: ImageClassifier):
 def _resume_request(run: Path) -> RunRequest:
     """``run.json`` of the run to resume; its errors name ``--resume``, the option at fault."""
     from ..model import ImageClassifier
-    from ..runfolder import RUN_FILE, read_run_request
+    from ..record import read_request
+    from ..runfolder import RUN_FILE
 
-    try:
-        request = read_run_request(run)
-    except UsageError as exc:
-        raise UsageError(f"--resume: {exc}") from None
+    if not (run / RUN_FILE).is_file():
+        raise UsageError(f"--resume: {run / RUN_FILE} not found: not a run folder written by 'headstart train'")
+    request = read_request(run)
     unknown = set(request.params) - set(ImageClassifier().get_params())
     if unknown:
         raise UsageError(f"--resume: {run / RUN_FILE} has unknown settings: {', '.join(sorted(unknown))}")
@@ -169,27 +156,23 @@ def _terminate_as_interrupt() -> Iterator[None]:
 def _summary(clf: ImageClassifier, out: Path) -> str:
     from ..runfolder import REPORT_FILE, SKIPPED_FILE
 
-    m = clf.metrics_
+    m = clf.record_.metrics
     lines = ["", "done:"]
     # x == x fails for NaN only: a stage-1 accuracy that was not measured is not printed.
-    if m["stage1"] and m["stage1"]["val_accuracy"] == m["stage1"]["val_accuracy"]:
-        lines.append(f"  stage 1 (frozen backbone): val accuracy {m['stage1']['val_accuracy']:.2%}")
-    if m["fine_tune"]:
-        verdict = "kept" if m["fine_tune"]["kept"] else "not kept: stage-1 weights restored"
-        share = m["fine_tune"].get("share")
-        if m["fine_tune"]["kept"] and share is not None and share < 1:
-            verdict = f"kept as a blend, {share:.0%} fine-tuned and {1 - share:.0%} stage 1"
-        lines.append(f"  fine-tuning: val accuracy {m['fine_tune']['val_accuracy']:.2%} ({verdict})")
-        if m["fine_tune"].get("likely_cause"):
-            lines.append(f"    likely cause: {m['fine_tune']['likely_cause']}")
-    for split in ("val", "test"):
-        if split in m and m[split].get("multi_label"):
-            lines.append(f"  final model: {split} mAP {m[split]['mean_ap']:.4f}, macro F1 {m[split]['macro_f1']:.4f}")
-        elif split in m:
-            lines.append(f"  final model: {split} accuracy {m[split]['accuracy']:.2%}")
-    if m["skipped"]:
-        lines.append(f"  {m['skipped']} file(s) skipped: see {out / SKIPPED_FILE}")
-    lines.append(f"  training time {m['train_seconds']:.0f} s; model saved in {out}")
+    if m.stage1 and m.stage1.val_accuracy == m.stage1.val_accuracy:
+        lines.append(f"  stage 1 (frozen backbone): val accuracy {m.stage1.val_accuracy:.2%}")
+    if m.fine_tune:
+        lines.append(f"  fine-tuning: val accuracy {m.fine_tune.val_accuracy:.2%} ({m.fine_tune.verdict()})")
+        if m.fine_tune.likely_cause:
+            lines.append(f"    likely cause: {m.fine_tune.likely_cause}")
+    for split, scores in m.splits().items():
+        if scores.multi_label:
+            lines.append(f"  final model: {split} mAP {scores.mean_ap:.4f}, macro F1 {scores.macro_f1:.4f}")
+        else:
+            lines.append(f"  final model: {split} accuracy {scores.accuracy:.2%}")
+    if m.skipped:
+        lines.append(f"  {m.skipped} file(s) skipped: see {out / SKIPPED_FILE}")
+    lines.append(f"  training time {m.train_seconds:.0f} s; model saved in {out}")
     lines.append(f"  see what it learned: {out / REPORT_FILE}")
     lines.append(f"  predict with: headstart predict {out} IMAGES...")
     return "\n".join(lines)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, UsageError
+from ..errors import DataError, ModelFileError, UsageError
 from .dataset import SPLIT_FOLDERS, DatasetSplit, Sample, Skipped, discover, stratified_split
 from .images import probe_all
 
@@ -56,11 +56,11 @@ def label_file_root(csv_path: Path) -> Path:
     ``split.csv`` (a ``run.json`` beside it) the data folder that run was trained on."""
     run_file = csv_path.parent / "run.json"
     if run_file.is_file():
-        from ..runfolder import read_run_request  # the run folder's format is runfolder's
+        from ..record import read_request  # the run folder's format is the record's
 
         try:
-            data = read_run_request(csv_path.parent).data
-        except UsageError:
+            data = read_request(csv_path.parent).data
+        except ModelFileError:
             return csv_path.parent
         return data if data.is_dir() else data.parent
     return csv_path.parent

@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 from .. import _html as h
 from ..runfolder import SPLIT_FILE, read_csv_file
 from . import plots
-from .record import RunRecord, _image_path, _num
+from ..record import SplitMetrics
+from .record import PageData, _image_path, _num
 
 __all__ = ["evaluation_sections", "pr_curves", "co_occurrence"]
 
@@ -28,10 +29,10 @@ WORST_SHOWN = 12
 CURVES_SHOWN = 12  # the classes with the lowest AP: more curves in one plot are unreadable
 
 
-def evaluation_sections(run: RunRecord, plot_dir: Path) -> list[str]:
+def evaluation_sections(run: PageData, plot_dir: Path) -> list[str]:
     """The Metrics, Plots and worst-labels sections of a multi-label run's report."""
-    m = run.metrics
-    evaluated = [name for name in ("val", "test") if name in m]
+    m = run.splits
+    evaluated = list(m)
     if not evaluated:
         return ["<h2>Metrics</h2><p>No validation or test images: nothing to measure the model on.</p>"]
     main = evaluated[-1]  # test when there is one (the unbiased estimate), else val
@@ -41,11 +42,11 @@ def evaluation_sections(run: RunRecord, plot_dir: Path) -> list[str]:
     parts.append(f"<h2>Plots ({title})</h2>")
     parts.append(h.image(plots.save(_per_class_bars(m[main], title), plot_dir / "per_class_ap_f1.png"),
                          "AP and F1 per class"))
-    rows = [r for r in run.predictions or [] if r.get("split") == main and r.get("predicted") is not None
+    rows = [r for r in run.predictions if r.get("split") == main and r.get("predicted") is not None
             and r.get(f"p_{run.classes[0]}")]
     y_true, proba = _label_matrix(rows, run.classes)
     if len(rows):
-        thresholds = [m[main]["per_class"][c]["threshold"] for c in run.classes]
+        thresholds = [m[main].per_class[c].threshold for c in run.classes]
         parts.append(h.image(plots.save(pr_curves(y_true, proba, run.classes, thresholds, title),
                                         plot_dir / "pr_curves.png"), "precision-recall curves"))
     every = read_csv_file(run.directory, SPLIT_FILE, required=False) or []
@@ -58,40 +59,40 @@ def evaluation_sections(run: RunRecord, plot_dir: Path) -> list[str]:
     return parts
 
 
-def _summary_table(m: dict, evaluated: Sequence[str]) -> str:
+def _summary_table(m: dict[str, SplitMetrics], evaluated: Sequence[str]) -> str:
     names = [("mean_ap", "mAP (mean average precision)"), ("macro_f1", "macro F1"), ("micro_f1", "micro F1"),
              ("samples_f1", "samples F1"), ("subset_accuracy", "subset accuracy (whole label set right)"),
              ("hamming_loss", "Hamming loss (wrong image-class decisions)"), ("log_loss", "binary cross-entropy")]
-    rows = [[label, *(_num(m[s].get(key)) for s in evaluated)] for key, label in names]
-    rows.append(["images", *(m[s].get("count") for s in evaluated)])
+    rows = [[label, *(_num(getattr(m[s], key)) for s in evaluated)] for key, label in names]
+    rows.append(["images", *(m[s].count for s in evaluated)])
     headers = ["metric", *({"val": "validation", "test": "test"}[s] for s in evaluated)]
     return h.table(headers, rows, numeric=range(1, len(evaluated) + 1))
 
 
 def _worst_first(per_class: dict) -> list[str]:
     """Classes by AP, then F1, lowest first; a class without images (no AP) last."""
-    return sorted(per_class, key=lambda c: (np.nan_to_num(per_class[c]["average_precision"], nan=2.0),
-                                            per_class[c]["f1"]))
+    return sorted(per_class, key=lambda c: (np.nan_to_num(per_class[c].average_precision, nan=2.0),
+                                            per_class[c].f1))
 
 
-def _per_class_table(metrics: dict) -> str:
-    per_class = metrics["per_class"]
-    rows = [[c, _num(v["average_precision"], 3), _num(v["f1"], 3), _num(v["precision"], 3), _num(v["recall"], 3),
-             _num(v["threshold"], 3), v["support"]]
+def _per_class_table(metrics: SplitMetrics) -> str:
+    per_class = metrics.per_class
+    rows = [[c, _num(v.average_precision, 3), _num(v.f1, 3), _num(v.precision, 3), _num(v.recall, 3),
+             _num(v.threshold, 3), v.support]
             for c, v in ((c, per_class[c]) for c in _worst_first(per_class))]
     return h.table(["class", "AP", "F1", "precision", "recall", "threshold", "images"], rows,
                    numeric=(1, 2, 3, 4, 5, 6))
 
 
-def _per_class_bars(metrics: dict, split: str, most: int = 40) -> Figure:
-    per_class = metrics["per_class"]
+def _per_class_bars(metrics: SplitMetrics, split: str, most: int = 40) -> Figure:
+    per_class = metrics.per_class
     names = _worst_first(per_class)[:most]
     y = np.arange(len(names))
     figure = Figure(figsize=(7, max(2.5, 0.36 * len(names) + 1.2)), layout="constrained")
     ax = figure.subplots()
-    ax.barh(y - 0.2, [np.nan_to_num(per_class[c]["average_precision"]) for c in names], 0.4, label="AP")
-    ax.barh(y + 0.2, [per_class[c]["f1"] for c in names], 0.4, label="F1 at the threshold")
-    ax.set_yticks(y, [f"{c[:20]} (n={per_class[c]['support']})" for c in names])
+    ax.barh(y - 0.2, [np.nan_to_num(per_class[c].average_precision) for c in names], 0.4, label="AP")
+    ax.barh(y + 0.2, [per_class[c].f1 for c in names], 0.4, label="F1 at the threshold")
+    ax.set_yticks(y, [f"{c[:20]} (n={per_class[c].support})" for c in names])
     ax.invert_yaxis()  # the worst class on top, where the eye starts
     ax.set_xlim(0, 1)
     ax.legend(loc="lower right")
@@ -147,7 +148,7 @@ def co_occurrence(y_true: np.ndarray, classes: Sequence[str], most: int = 30) ->
     return figure
 
 
-def _worst_section(run: RunRecord, rows: list[dict], y_true: np.ndarray, proba: np.ndarray, title: str) -> str:
+def _worst_section(run: PageData, rows: list[dict], y_true: np.ndarray, proba: np.ndarray, title: str) -> str:
     """The worst missed labels (present, lowest probability) and spurious ones (absent, highest)."""
     missed = np.argwhere(y_true > 0)
     missed = missed[np.argsort(proba[y_true > 0], kind="stable")][:WORST_SHOWN]

@@ -9,6 +9,7 @@ with thumbnails of the images it shows: the page opens offline, anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import tempfile
@@ -21,14 +22,15 @@ import numpy as np
 from .. import _html as h
 from .._console import Console
 from .._io import write_text
-from ..runfolder import METRICS_FILE, PLOTS_DIR, PREDICTIONS_FILE, REPORT_FILE, SKIPPED_FILE
+from ..record import SplitMetrics
+from ..runfolder import METRICS_FILE, PLOTS_DIR, REPORT_FILE, SKIPPED_FILE
 from . import plots
-from .record import RunRecord, _finite, _float, _image_path, _num, read_run
+from .record import PageData, _finite, _float, _image_path, _num, read_run
 
 if TYPE_CHECKING:
     from ..evaluate import Evaluation
 
-__all__ = ["RunRecord", "read_run", "write_report", "write_evaluation_report"]
+__all__ = ["PageData", "read_run", "write_report", "write_evaluation_report"]
 
 EVALUATED = "evaluated"  # the one "split" of an evaluation page
 TOP_LOSSES = 12
@@ -57,8 +59,8 @@ def write_evaluation_report(evaluation: Evaluation, classes: Sequence[str], path
     """The page of ``headstart evaluate --report``: the training report's metrics, plots, most
     confused classes, mistakes and top losses, for the images evaluated (plots embedded only)."""
     path = Path(path)
-    run = RunRecord(path.parent, {"classes": list(classes)}, {EVALUATED: evaluation.metrics}, [],
-                    evaluation.prediction_rows(classes), [], evaluation.data)
+    run = PageData(path.parent, tuple(classes), False, {EVALUATED: evaluation.metrics},
+                   evaluation.prediction_rows(classes), evaluation.data)
     notes = [f"<h1>{h.escape(title)}</h1>",
              f"<p>{len(evaluation.samples)} image(s) scored: {h.escape(evaluation.scope)}.</p>"]
     if evaluation.left_out:
@@ -67,27 +69,27 @@ def write_evaluation_report(evaluation: Evaluation, classes: Sequence[str], path
         notes.append(f'<p class="warn">{evaluation.validated_on} of the scored images are the validation split '
                      "that chose the model: their score is slightly optimistic.</p>")
     with tempfile.TemporaryDirectory(prefix="headstart-plots-") as plot_dir:
-        sections = _evaluation_sections(run, Path(plot_dir), splits=(EVALUATED,))
+        sections = _evaluation_sections(run, Path(plot_dir))
     write_text(path, h.page(title, "\n".join([*notes, *sections])))
     return path
 
 
 # -- sections ---------------------------------------------------------------------------
 
-def _header(run: RunRecord) -> str:
-    m, backbone = run.metrics, run.config.get("backbone", {})
-    final = next((f"{name} mAP {_num(m[name]['mean_ap'])}" if m[name].get("multi_label") else
-                  f"{name} accuracy {_pct(m[name]['accuracy'])}" for name in ("test", "val") if name in m), "")
+def _header(run: PageData) -> str:
+    record = run.record
+    final = record.metrics.final()
+    final = f"{_split_name(final[0])} {final[1].headline()}" if final else ""
     made = datetime.datetime.fromtimestamp((run.directory / METRICS_FILE).stat().st_mtime)
     return (f"<h1>{h.escape(run.directory.name)}</h1>"
-            f"<p>{len(run.classes)} classes, backbone <code>{h.escape(str(backbone.get('architecture')))}</code>, "
-            f"{h.escape(str(m.get('workflow', '?')))} workflow. <b>{h.escape(final)}</b></p>"
+            f"<p>{len(run.classes)} classes, backbone <code>{h.escape(record.config.backbone.architecture)}</code>, "
+            f"{h.escape(record.metrics.workflow)} workflow. <b>{h.escape(final)}</b></p>"
             f'<p class="muted">Run folder {h.escape(str(run.directory.resolve()))}, trained '
             f"{made:%Y-%m-%d %H:%M}. Data: {h.escape(str(run.data_root or 'unknown'))}.</p>")
 
 
-def _data_section(run: RunRecord) -> str:
-    counts = run.metrics.get("counts", {})
+def _data_section(run: PageData) -> str:
+    counts = run.record.metrics.counts
     splits = [s for s in ("train", "val", "test") if sum(counts.get(s, {}).values())]
     rows = [[c, *(counts[s].get(c, 0) for s in splits), sum(counts[s].get(c, 0) for s in splits)]
             for c in run.classes]
@@ -115,42 +117,40 @@ _FINE_TUNE_SETTINGS = ("fine_tune_epochs", "fine_tune_lr", "unfreeze_last", "lay
 _DATA_SETTINGS = ("val_fraction", "test_fraction", "seed", "device", "precision", "workers")
 
 
-def _settings_section(run: RunRecord) -> str:
-    training = run.config.get("training") or {}
-    backbone = run.config.get("backbone", {})
-    pre = run.config.get("preprocessing", {})
-    m = run.metrics
-    size = "x".join(map(str, (pre.get("input_size") or [])[1:]))
-    rows = [["backbone", f"{backbone.get('name')} (timm {backbone.get('architecture')})"],
-            ["weights", backbone.get("weights")], ["features", backbone.get("num_features")],
-            ["input", f"{size} px, {pre.get('interpolation')}, crop {pre.get('crop_pct')}, "
-                      f"mean {pre.get('mean')}, std {pre.get('std')}"],
-            ["workflow", m.get("workflow", training.get("workflow"))]]
-    if m.get("features"):  # the engine that really computed the features, not "auto"
-        rows.append(["feature engine", m["features"].get("engine")])
-    if (m.get("head") or {}).get("C") is not None:
-        rows.append(["head L2 strength", f"C={m['head']['C']:g} (chosen on validation loss)"])
-    used = list(_STAGE1_SETTINGS.get(m.get("workflow"), training))
-    if m.get("fine_tune"):
+def _settings_section(run: PageData) -> str:
+    config, m = run.record.config, run.record.metrics
+    training = dataclasses.asdict(config.training) if config.training else {}
+    backbone, pre = config.backbone, config.preprocessing
+    size = "x".join(map(str, pre.input_size[1:]))
+    rows = [["backbone", f"{backbone.name} (timm {backbone.architecture})"],
+            ["weights", backbone.weights], ["features", backbone.num_features],
+            ["input", f"{size} px, {pre.interpolation}, crop {pre.crop_pct}, mean {list(pre.mean)}, std {list(pre.std)}"],
+            ["workflow", m.workflow]]
+    if m.features:  # the engine that really computed the features, not "auto"
+        rows.append(["feature engine", m.features.engine])
+    if m.head:
+        rows.append(["head L2 strength", f"C={m.head.C:g} (chosen on validation loss)"])
+    used = list(_STAGE1_SETTINGS.get(m.workflow, training))
+    if m.fine_tune:
         used += [name for name in _FINE_TUNE_SETTINGS if name not in used]
     for name in (*used, *_DATA_SETTINGS):
         if name not in training:
             continue
         value = training[name]
-        if name == "fine_tune_epochs":
-            value = (m.get("fine_tune") or {}).get("epochs_run", value)
+        if name == "fine_tune_epochs" and m.fine_tune:
+            value = m.fine_tune.epochs_run
         elif name == "unfreeze_last" and value is None:
             value = "all blocks"
         elif name == "workers" and value is None:
             value = "automatic"
         rows.append([name.replace("_", " "), value])
-    versions = ", ".join(f"{k} {v}" for k, v in (run.config.get("versions") or {}).items())
+    versions = ", ".join(f"{k} {v}" for k, v in config.versions.items())
     return ("<h2>Settings</h2>" + h.table(["setting", "value"], rows)
             + '<p class="muted">The settings this workflow used, as resolved; run.json keeps every one asked for. '
             + f"{h.escape(versions)}</p>")
 
 
-def _backbones_section(run: RunRecord) -> str:
+def _backbones_section(run: PageData) -> str:
     """The comparison --backbone auto chose from (backbones.csv), when there was one."""
     if not run.backbones:
         return ""
@@ -166,53 +166,48 @@ def _backbones_section(run: RunRecord) -> str:
             "backbones.csv has every column.</p>")
 
 
-def _stages_section(run: RunRecord, plot_dir: Path) -> str:
-    m = run.metrics
-    stage1, fine = m.get("stage1"), m.get("fine_tune")
+def _stages_section(run: PageData, plot_dir: Path) -> str:
+    m = run.record.metrics
+    stage1, fine = m.stage1, m.fine_tune
     rows = []
     for name, stage in (("stage 1: head on the frozen backbone", stage1), ("fine-tuning", fine)):
         if stage:
-            kept = {True: "yes", False: "no: stage-1 weights restored"}.get(stage.get("kept"), "")
-            rows.append([name, _pct(stage.get("val_accuracy")), _num(stage.get("val_loss")),
-                         stage.get("epochs_run"), stage.get("best_epoch"),
-                         "yes" if stage.get("stopped_early") else "no", kept])
+            kept = fine.verdict() if stage is fine else ""
+            rows.append([name, _pct(stage.val_accuracy), _num(stage.val_loss), stage.epochs_run, stage.best_epoch,
+                         "yes" if stage.stopped_early else "no", kept])
     parts = ["<h2>Training: stage 1 and fine-tuning</h2>",
              h.table(["stage", "val accuracy", "val loss", "epochs", "best epoch", "stopped early", "kept"],
                      rows, numeric=(1, 2, 3, 4))]
-    if fine and fine.get("reason"):
-        verdict = "kept" if fine.get("kept") else "not kept, stage-1 weights restored"
-        parts.append(f"<p>Fine-tuning {verdict}: it {h.escape(fine['reason'])}.</p>")
-        share = fine.get("share")
-        if fine.get("kept") and share is not None and share < 1:
-            parts.append(f"<p>The weights kept are a blend, {share:.0%} fine-tuned and {1 - share:.0%} stage 1: "
-                         "of the blends tried, the best on validation (WiSE-FT).</p>")
-        if fine.get("likely_cause"):
-            parts.append(f"<p>Likely cause: {h.escape(fine['likely_cause'])}.</p>")
-    elif fine and stage1 and _finite(fine.get("val_accuracy")) and _finite(stage1.get("val_accuracy")):
-        gain = 100 * (fine["val_accuracy"] - stage1["val_accuracy"])
-        verdict = "kept" if fine.get("kept") else "not kept"
+    if fine and fine.reason:
+        parts.append(f"<p>Fine-tuning {h.escape(fine.verdict())}; it {h.escape(fine.reason)}.</p>")
+        if fine.kept and fine.share is not None and fine.share < 1:
+            parts.append("<p>Of the blends of fine-tuned and stage-1 weights tried, this was the best on "
+                         "validation (WiSE-FT).</p>")
+        if fine.likely_cause:
+            parts.append(f"<p>Likely cause: {h.escape(fine.likely_cause)}.</p>")
+    elif fine and stage1 and _finite(fine.val_accuracy) and _finite(stage1.val_accuracy):
+        gain = 100 * (fine.val_accuracy - stage1.val_accuracy)
         parts.append(f"<p>Fine-tuning changed validation accuracy by <b>{gain:+.2f} points</b> "
-                     f"({verdict}).</p>")
+                     f"({h.escape(fine.verdict())}).</p>")
     elif not fine:
         parts.append('<p class="muted">Fine-tuning was not run (--fine-tune-epochs 0).</p>')
-    search = (m.get("head") or {}).get("search")
-    if search:
-        path = plots.save(plots.regularization_path(search, m["head"]["C"]), plot_dir / "l2_search.png")
+    if m.head and m.head.search:
+        path = plots.save(plots.regularization_path(list(m.head.search), m.head.C), plot_dir / "l2_search.png")
         parts.append(h.image(path, "validation loss and accuracy against the L2 strength"))
-    if len(run.history) > 1:  # one row (a lightweight head alone) is a point, not a curve
-        kept = fine.get("kept") if fine else None
-        path = plots.save(plots.learning_curves(run.history, kept), plot_dir / "learning_curves.png")
+    if len(run.record.history) > 1:  # one row (a lightweight head alone) is a point, not a curve
+        kept = fine.kept if fine else None
+        path = plots.save(plots.learning_curves(list(run.record.history), kept), plot_dir / "learning_curves.png")
         parts.append(h.image(path, "learning curves"))
     return "\n".join(parts)
 
 
-def _evaluation_sections(run: RunRecord, plot_dir: Path, splits: Sequence[str] = ("val", "test")) -> list[str]:
-    if (run.config.get("head") or {}).get("multi_label"):
+def _evaluation_sections(run: PageData, plot_dir: Path) -> list[str]:
+    if run.multi_label:
         from .multilabel import evaluation_sections  # it builds on this module's helpers
 
         return evaluation_sections(run, plot_dir)
-    m = run.metrics
-    evaluated = [name for name in splits if name in m]
+    m = run.splits
+    evaluated = list(m)
     if not evaluated:
         return ["<h2>Metrics</h2><p>No validation or test images: nothing to measure the model on.</p>"]
     parts = ["<h2>Metrics</h2>", _summary_table(m, evaluated)]
@@ -228,16 +223,17 @@ def _evaluation_sections(run: RunRecord, plot_dir: Path, splits: Sequence[str] =
     # The plots describe one split: test when there is one (the unbiased estimate), else val.
     main = evaluated[-1]
     title = _split_name(main)
-    if len(run.classes) > 2 and m[main].get("most_confused"):
+    if len(run.classes) > 2 and m[main].most_confused:
         parts.append(f"<h3>Most confused classes, {title}</h3>" + h.table(
             ["true class", "predicted as", "images", "of the true class"],
-            [[c["true"], c["predicted"], c["count"], _pct(c["fraction_of_true"])] for c in m[main]["most_confused"]],
+            [[c.true, c.predicted, c.count, _pct(c.fraction_of_true)] for c in m[main].most_confused],
             numeric=(2, 3)))
     parts.append(f"<h2>Plots ({title})</h2>")
-    figures = [(plots.confusion(m[main]["confusion_matrix"], run.classes, False, title), "confusion_counts"),
-               (plots.confusion(m[main]["confusion_matrix"], run.classes, True, title), "confusion_normalised"),
-               (plots.per_class_f1(m[main], title), "per_class_f1")]
-    rows = [r for r in run.predictions or [] if r.get("split") == main and r.get("predicted")]
+    matrix = [list(row) for row in m[main].confusion_matrix]
+    figures = [(plots.confusion(matrix, run.classes, False, title), "confusion_counts"),
+               (plots.confusion(matrix, run.classes, True, title), "confusion_normalised"),
+               (plots.per_class_f1(m[main].to_dict(), title), "per_class_f1")]
+    rows = [r for r in run.predictions if r.get("split") == main and r.get("predicted")]
     y_true, proba = _probabilities(rows, run.classes)
     if len(rows):
         figures.append((plots.reliability_diagram(y_true, proba, split=title), "reliability"))
@@ -245,35 +241,31 @@ def _evaluation_sections(run: RunRecord, plot_dir: Path, splits: Sequence[str] =
             figures.append((plots.roc_pr_curves(y_true, proba, run.classes, title), "roc_pr"))
     for figure, name in figures:
         parts.append(h.image(plots.save(figure, plot_dir / f"{name}.png"), name.replace("_", " ")))
-    if run.predictions is None:
-        parts.append(f'<p class="muted">{PREDICTIONS_FILE} is missing (a run saved by an older headstart): '
-                     "no reliability diagram, top losses or mistakes.</p>")
-        return parts
     parts.append(_mistakes_section(run, rows, y_true, proba, title, plot_dir))
     parts.append(_top_losses_section(run, rows, y_true, proba, title))
     return parts
 
 
-def _summary_table(m: dict, evaluated: Sequence[str]) -> str:
+def _summary_table(m: dict[str, SplitMetrics], evaluated: Sequence[str]) -> str:
     names = [("accuracy", "accuracy", _pct), ("accuracy_ci95", "accuracy, 95% interval", _interval),
              ("balanced_accuracy", "balanced accuracy", _pct),
              ("log_loss", "log loss", _num), ("expected_calibration_error", "calibration error (ECE)", _num),
              ("roc_auc", "ROC-AUC", _num), ("pr_auc", "PR-AUC", _num)]
-    names += [(key, key.replace("_", " "), _pct) for key in m[evaluated[0]]
-              if key.startswith("top_") and key.endswith("_accuracy")]
-    rows = [[label, *(fmt(m[s].get(key)) for s in evaluated)] for key, label, fmt in names
-            if any(key in m[s] for s in evaluated)]
-    rows.append(["images", *(m[s].get("count") for s in evaluated)])
+    if m[evaluated[0]].top_k is not None:
+        names.append(("top_k_accuracy", f"top {m[evaluated[0]].top_k} accuracy", _pct))
+    rows = [[label, *(fmt(getattr(m[s], key)) for s in evaluated)] for key, label, fmt in names
+            if any(getattr(m[s], key) is not None for s in evaluated)]
+    rows.append(["images", *(m[s].count for s in evaluated)])
     return h.table(["metric", *map(_split_name, evaluated)], rows, numeric=range(1, len(evaluated) + 1))
 
 
-def _per_class_table(metrics: dict) -> str:
-    rows = [[c, _num(v["precision"], 3), _num(v["recall"], 3), _num(v["f1"], 3), v["support"]]
-            for c, v in metrics["per_class"].items()]
+def _per_class_table(metrics: SplitMetrics) -> str:
+    rows = [[c, _num(v.precision, 3), _num(v.recall, 3), _num(v.f1, 3), v.support]
+            for c, v in metrics.per_class.items()]
     return h.table(["class", "precision", "recall", "F1", "images"], rows, numeric=(1, 2, 3, 4))
 
 
-def _mistakes_section(run: RunRecord, rows: list[dict], y_true: np.ndarray, proba: np.ndarray, title: str,
+def _mistakes_section(run: PageData, rows: list[dict], y_true: np.ndarray, proba: np.ndarray, title: str,
                       plot_dir: Path) -> str:
     wrong = np.flatnonzero(proba.argmax(axis=1) != y_true)
     wrong = wrong[np.argsort(-proba[wrong].max(axis=1), kind="stable")][:MISTAKES_SHOWN]
@@ -287,7 +279,7 @@ def _mistakes_section(run: RunRecord, rows: list[dict], y_true: np.ndarray, prob
     return heading + h.image(path, "most confidently wrong images")
 
 
-def _top_losses_section(run: RunRecord, rows: list[dict], y_true: np.ndarray, proba: np.ndarray,
+def _top_losses_section(run: PageData, rows: list[dict], y_true: np.ndarray, proba: np.ndarray,
                         title: str) -> str:
     p_true = proba[np.arange(len(rows)), y_true]
     losses = -np.log(np.clip(p_true, 1e-12, 1.0))
@@ -300,22 +292,18 @@ def _top_losses_section(run: RunRecord, rows: list[dict], y_true: np.ndarray, pr
             f"the lowest probability given to their true class. Wrong labels often hide here.</p>{table}")
 
 
-def _timings_section(run: RunRecord) -> str:
-    m = run.metrics
-    timings = m.get("timings") or {}
+def _timings_section(run: PageData) -> str:
+    m = run.record.metrics
     labels = {"data": "finding and checking the images", "stage1": "stage 1 (head)",
               "fine_tune": "fine-tuning", "evaluation": "evaluation", "total": "total"}
-    rows = [[labels.get(k, k), f"{v:.1f} s"] for k, v in timings.items() if _finite(v)]
-    if not rows and _finite(m.get("train_seconds")):
-        rows.append(["training", f"{m['train_seconds']:.1f} s"])
-    if m.get("features"):
-        f = m["features"]
-        rows.append(["features", f"{f.get('seconds', math.nan):.1f} s: {f.get('computed')} computed with "
-                                 f"{f.get('engine')}, {f.get('cached')} from the cache"])
-    if m.get("head"):
-        rows.append(["head fit", f"{m['head'].get('seconds', math.nan):.2f} s (L2 C={m['head'].get('C')})"])
+    rows = [[labels.get(k, k), f"{v:.1f} s"] for k, v in m.timings.items() if _finite(v)]
+    if m.features:
+        f = m.features
+        rows.append(["features", f"{f.seconds:.1f} s: {f.computed} computed with {f.engine}, {f.cached} from the cache"])
+    if m.head:
+        rows.append(["head fit", f"{m.head.seconds:.2f} s (L2 C={m.head.C:g})"])
     per_stage: dict[str, list[float]] = {}
-    for row in run.history:
+    for row in run.record.history:
         per_stage.setdefault(row.get("stage", "?"), []).append(row.get("seconds", math.nan))
     for stage, seconds in per_stage.items():
         if len(seconds) > 1:

@@ -180,7 +180,7 @@ def survey_backbones(split: DatasetSplit, candidates: Sequence[Candidate], confi
         parameters, megabytes = _size(extraction, request, cache)
         survey.entries.append(Entry(candidate, extraction.spec.architecture, extraction.spec.weights,
                                     extraction.preprocessing.image_size, parameters, megabytes, stats.accuracy,
-                                    stats.loss, stats.mean_ap, speed, computed, seconds, head.info["head"]["seconds"]))
+                                    stats.loss, stats.mean_ap, speed, computed, seconds, head.search.seconds))
         console.info(f"  {candidate.label}: val accuracy {stats.accuracy:.2%}, {speed:.1f} img/s, "
                      f"{parameters / 1e6:.1f} M parameters")
     choose(survey)

@@ -17,6 +17,7 @@ from .. import distributed
 from ..config import HeadSpec, TrainingConfig
 from ..data.dataset import DatasetSplit
 from ..features.pipeline import Extraction, extract_features
+from ..record import FeatureRecord, HeadSearch
 from .linear import LinearHead, Progress, fit_linear_head, probabilities
 from .ovr import OvrHead, fit_ovr_head, sigmoid_probabilities
 from .plan import FitContext, feature_request
@@ -36,7 +37,7 @@ def fit_lightweight(split: DatasetSplit, config: TrainingConfig, context: FitCon
                              f"({extraction.features.engine}), so the head is fitted without loading the backbone")
     head = fit_head(extraction, split, config, context)
     fitted = Fitted("lightweight", extraction.spec, extraction.preprocessing, head.result,
-                    head_info=head.info, head_proba=head.proba, thresholds=head.thresholds)
+                    features=head.features, head=head.search, head_proba=head.proba, thresholds=head.thresholds)
     if extraction.without_pytorch:
         from safetensors.numpy import load_file
 
@@ -59,7 +60,8 @@ class HeadFit:
 
     linear: LinearHead | OvrHead
     result: TrainResult
-    info: dict  # what the features and the head took
+    features: FeatureRecord  # what computing the features took
+    search: HeadSearch  # the L2 strength chosen, and what choosing it took
     proba: dict[str, np.ndarray]  # the head's probabilities for the val and test images, NaN where undecodable
     thresholds: tuple[float, ...] = ()  # multi-label: each class's decision threshold
 
@@ -125,9 +127,8 @@ def _fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfi
         val_text += f" mAP {head.val.mean_ap:.4f}"
     console.info(f"head fitted on features in {head.seconds:.1f} s ({strength}): "
                  f"train acc {head.train.accuracy:.2%}{val_text}")
-    info = {"features": {"engine": features.engine, "computed": features.computed,
-                         "cached": len(labels) - features.computed, "seconds": features.seconds},
-            "head": {"C": head.C, "seconds": head.seconds, "search": head.search}}
+    record = FeatureRecord(features.engine, features.computed, len(labels) - features.computed, features.seconds)
+    search = HeadSearch(head.C, head.seconds, tuple(head.search))
     proba = {}
     for i, name in enumerate(("val", "test"), start=1):
         proba[name] = np.full((bounds[i + 1] - bounds[i], len(split.classes)), np.nan)
@@ -137,5 +138,5 @@ def _fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfi
                                                                                         head.bias)
     features.close()
     thresholds = tuple(float(t) for t in head.thresholds) if split.multi_label else ()
-    return HeadFit(head, result, info, proba, thresholds)
+    return HeadFit(head, result, record, search, proba, thresholds)
 

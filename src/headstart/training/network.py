@@ -60,7 +60,8 @@ def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext
                                       console, backbone=backbone)
         head = fit_head(extraction, split, config, context)
         net.head.load_linear(head.linear.weight, head.linear.bias)
-        fitted.result, fitted.head_info, fitted.head_proba = head.result, head.info, head.proba
+        fitted.result, fitted.head_proba = head.result, head.proba
+        fitted.features, fitted.head = head.features, head.search
         fitted.thresholds = head.thresholds
     trainer = Trainer(net, *_loaders(split, backbone.preprocessing, config, device, console), config, device, dtype,
                       console, context.on_epoch, StageCheckpoint.at(context.checkpoint_dir),

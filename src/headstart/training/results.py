@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import BackboneSpec, Preprocessing
 from ..data.dataset import DatasetSplit
+from ..record import FeatureRecord, HeadSearch
 
 if TYPE_CHECKING:
     from ..backbone.head import ClassifierNet
@@ -81,7 +82,8 @@ class Fitted:
     result: TrainResult
     net: ClassifierNet | None = None
     state: dict[str, np.ndarray] | None = None
-    head_info: dict = field(default_factory=dict)  # what the features and the lightweight head took
+    features: FeatureRecord | None = None  # the lightweight workflow's features
+    head: HeadSearch | None = None  # the lightweight head's L2 search
     head_proba: dict[str, np.ndarray] = field(default_factory=dict)  # val/test rows, NaN where undecodable
     thresholds: tuple[float, ...] = ()  # multi-label: each class's decision threshold, tuned on validation
     timings: dict[str, float] = field(default_factory=dict)
