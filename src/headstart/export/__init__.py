@@ -11,17 +11,19 @@ ONNX is the one format so far: :mod:`.onnx` writes it (with PyTorch) and checks 
 :mod:`.onnx_runtime` runs it with ONNX Runtime, NumPy and Pillow alone, and
 :mod:`.quantize` makes its int8 copies.
 
-Adding a format is one module and one :func:`register_format` call. The module holds
-``write(clf, path, console)``, which writes a fitted :class:`~headstart.model.ImageClassifier`
-to ``path``; ``check(clf, exported, images, console)``, which returns the :class:`Parity` of
-the opened file against PyTorch on those images; and a class whose ``__init__(path)`` opens
-such a file as a :class:`~headstart.predictor.Predictor`. The call adds its row::
+Adding a format is one module and one :func:`register_format` call. The module holds the
+format's exporter, ``(clf, path, console)``, which writes a fitted
+:class:`~headstart.model.ImageClassifier` to ``path`` (a temporary name, renamed once
+checked); its parity check, ``(clf, exported, images, console)``, which returns the
+:class:`Parity` of the opened file against PyTorch on those images; and its opener,
+``(path)``, which opens such a file as a :class:`~headstart.predictor.Predictor` (a class
+whose ``__init__`` takes the path will do).
+The call adds the row, at the end of this file for a format of headstart's own (naming the
+module's functions through ``_OnCall``, so that the module loads only when used), or, for a
+format of your own, anywhere before it is used::
 
-    register_format(ExportFormat("name", ".suffix", exporter=..., opener=..., parity=...,
+    register_format(ExportFormat("name", ".suffix", exporter=write, opener=Runtime, parity=check,
                                  runtime="what a deployment installs"))
-
-here, with :class:`_OnCall` references so that the module loads only when used, or in the
-module itself for a format living outside headstart.
 """
 
 from __future__ import annotations
