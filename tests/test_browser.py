@@ -67,13 +67,14 @@ def trained(tmp_path_factory):
 def server(trained):
     import uvicorn
 
+    from headstart.model import open_model
     from headstart.serve import create_app
 
     run, data = trained
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(run), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(open_model(run)), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

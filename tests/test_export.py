@@ -1,4 +1,5 @@
-"""ONNX export with its parity check, and prediction from the exported file without PyTorch."""
+"""The table of export formats, ONNX export with its parity check, and prediction from the exported
+file without PyTorch."""
 
 import csv
 import subprocess
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 
 import headstart
-from headstart.errors import ExitStatus
-from headstart.onnx.runtime import OnnxClassifier
+import headstart.export
+from headstart.errors import ExitStatus, ModelFileError
+from headstart.export import ExportFormat, format_for_file, format_named, register_format
+from headstart.export.onnx_runtime import OnnxClassifier
 
 from conftest import REPO, make_image
 
@@ -70,9 +73,9 @@ def test_export_refuses_to_replace_a_file_and_to_write_a_model_that_differs(cli,
     status, captured = cli("export", run)
     assert status == ExitStatus.USAGE and "--overwrite" in captured.stderr
     assert (run / "model.onnx").read_text() == "precious"
-    import headstart.onnx.export
+    import headstart.export.onnx
 
-    monkeypatch.setattr(headstart.onnx.export, "PARITY_TOLERANCE", -1.0)
+    monkeypatch.setattr(headstart.export.onnx, "PARITY_TOLERANCE", -1.0)
     status, captured = cli("export", run, "--overwrite")
     assert status == ExitStatus.MODEL and "not written" in captured.stderr
     assert (run / "model.onnx").read_text() == "precious"
@@ -104,3 +107,43 @@ def test_int8_is_written_only_within_the_allowed_accuracy_drop(cli, run: Path, t
     status, captured = cli("export", run, "--int8", "--max-drop", "-1", "--overwrite")
     assert status == ExitStatus.MODEL and "not written" in captured.stderr
     assert not (run / "model.int8.onnx").exists() and (run / "model.onnx").exists()
+
+
+def test_an_unknown_format_is_refused_before_any_work(cli, tmp_path: Path):
+    status, captured = cli("export", tmp_path / "no-run", "--format", "tflite")
+    assert status == ExitStatus.USAGE
+    [line] = captured.stderr.splitlines()
+    assert "--format tflite" in line and "onnx" in line and "Traceback" not in captured.stderr
+
+
+def test_a_file_picks_its_runtime_by_suffix_and_an_unknown_one_is_refused(cli, tiny_data: Path, tmp_path: Path):
+    assert format_for_file(tmp_path / "pets.onnx") is format_named("onnx")
+    assert format_for_file(tmp_path / "pets.int8.onnx") is format_named("onnx")
+    assert format_for_file(tmp_path) is None  # a run folder: PyTorch opens it
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"\0" * 16)
+    with pytest.raises(ModelFileError, match="weights.pt"):
+        format_for_file(weights)
+    status, captured = cli("predict", weights, tiny_data)
+    assert status == ExitStatus.MODEL
+    [line] = captured.stderr.splitlines()
+    assert str(weights) in line and ".onnx" in line
+
+
+def test_a_registered_format_exports_and_predicts_by_its_name_and_suffix(cli, run: Path, tiny_data: Path,
+                                                                        monkeypatch):
+    """A format is one row: here ONNX's own code under another name and suffix."""
+    from headstart.export.onnx import check_parity, write_onnx
+
+    monkeypatch.setattr(headstart.export, "FORMATS", dict(headstart.export.FORMATS))  # unregistered after
+    toy = register_format(ExportFormat("toy", ".toy", exporter=write_onnx, opener=OnnxClassifier,
+                                       parity=check_parity, runtime="the toy runtime"))
+    assert format_named("toy") is toy and format_for_file(run / "model.toy") is toy
+    status, captured = cli("export", run, "--format", "toy")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    assert captured.stdout.strip() == str(run / "model.toy") and "the toy runtime" in captured.stderr
+    status, captured = cli("export", run, "--format", "toy", "--int8", "--overwrite")
+    assert status == ExitStatus.USAGE and "--format toy has no int8" in captured.stderr
+    status, captured = cli("predict", run / "model.toy", tiny_data)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    assert len(captured.stdout.splitlines()) == len(list(tiny_data.rglob("*.png")))

@@ -120,7 +120,7 @@ def test_the_report_shows_what_a_multi_label_model_learned(run):
 
 
 def test_onnx_export_keeps_sigmoids_and_thresholds(run, mosaics: Path, cli, tmp_path: Path):
-    from headstart.onnx.runtime import OnnxClassifier
+    from headstart.export.onnx_runtime import OnnxClassifier
 
     out, _, _ = run
     model = tmp_path / "model.onnx"
@@ -201,11 +201,12 @@ def test_serve_answers_with_the_label_set_and_every_probability(run, mosaics: Pa
     pytest.importorskip("fastapi", reason="the serve extra is not installed")
     from fastapi.testclient import TestClient
 
+    from headstart.model import open_model
     from headstart.serve import create_app
 
     out, _, _ = run
     image = sorted((mosaics.parent / "images").glob("*.jpg"))[0]
-    with TestClient(create_app(out)) as client:
+    with TestClient(create_app(open_model(out))) as client:
         assert client.get("/model").json()["multi_label"] is True
         answer = client.post("/predict", files=[("files", (image.name, image.read_bytes(), "image/jpeg"))]).json()
     prediction = answer["predictions"][0]

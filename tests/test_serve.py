@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from headstart.errors import ExitStatus
+from headstart.model import open_model
 
 if os.environ.get("CI") != "true":  # in CI a broken serve extra must fail, never skip every test here
     pytest.importorskip("fastapi", reason="the serve extra is not installed")
@@ -39,7 +40,7 @@ def client(request, run: Path, cli):
         model = run / "model.onnx"
         if not model.exists():
             assert cli("export", run)[0] == ExitStatus.SUCCESS
-    with TestClient(create_app(model, ServeConfig(max_images=3, max_upload_mb=0.5))) as c:
+    with TestClient(create_app(open_model(model), ServeConfig(max_images=3, max_upload_mb=0.5), model)) as c:
         yield c
 
 
@@ -47,6 +48,7 @@ def test_health_model_and_docs(client):
     assert client.get("/health").json() == {"status": "ok"}
     info = client.get("/model").json()
     assert info["classes"] == ["blue", "red"] and info["backbone"] == "test_efficientnet"
+    assert info["model"].endswith(("model.onnx", "run"))  # where the predictor was opened from
     assert "/predict" in client.get("/openapi.json").json()["paths"]
     page = client.get("/")
     assert page.status_code == 200 and "Drop images here" in page.text and "blue, red" in page.text
@@ -172,9 +174,11 @@ def test_serve_options_reach_the_server(cli, run: Path, monkeypatch):
     import headstart.serve
 
     seen = {}
-    monkeypatch.setattr(headstart.serve, "serve", lambda model, host, port, config: seen.update(config=config))
+    monkeypatch.setattr(headstart.serve, "serve", lambda predictor, host, port, config, source: seen.update(
+        predictor=predictor, config=config, source=source))
     status, _ = cli("serve", run, "--max-batch", "4", "--max-wait-ms", "0", "--timeout", "7")
     assert status == ExitStatus.SUCCESS
+    assert seen["predictor"].classes_ == ("blue", "red") and seen["source"] == run  # opened by the CLI
     assert (seen["config"].max_batch, seen["config"].max_wait_ms, seen["config"].timeout_s) == (4, 0, 7)
 
 
@@ -183,7 +187,7 @@ def test_predictions_match_the_offline_path(run: Path, tmp_path: Path):
 
     image = make_image(tmp_path / "x.png", (30, 30, 220))
     offline = headstart.load(run, verbose=0).set_params(workers=0).predict_proba([image])[0]
-    with TestClient(create_app(run)) as c:
+    with TestClient(create_app(open_model(run))) as c:
         got = c.post("/predict", files=[("files", ("x.png", image.read_bytes(), "image/png"))]).json()
     served = {t["class"]: t["probability"] for t in got["predictions"][0]["top_k"]}
     assert served == pytest.approx({"blue": offline[0], "red": offline[1]}, abs=1e-5)

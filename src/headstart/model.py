@@ -31,9 +31,10 @@ from .config import AUTO_BACKBONE, HeadSpec, ModelConfig, TrainingConfig, librar
 from .data.dataset import DatasetSplit, Sample, Skipped
 from .data.labels import to_split
 from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
+from .export import format_for_file
 from .features.cache import CacheLayout
 from .features.pipeline import check_backbone
-from .predictor import Prediction, ProbabilityPredictor
+from .predictor import Prediction, Predictor, ProbabilityPredictor
 from .record import (RunMetrics, RunRecord, RunRequest, read_config, read_history, read_metrics, read_request,
                      run_texts)
 from .runfolder import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE, check_finished, prepare_output_dir
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
     import torch
 
     from .backbone.head import ClassifierNet
-    from .onnx.runtime import OnnxClassifier
 
 __all__ = ["ImageClassifier", "Prediction", "load", "open_model"]
 
@@ -377,17 +377,12 @@ class ImageClassifier(ProbabilityPredictor):
         return directory
 
 
-def open_model(path: str | Path, verbose: int = 0) -> ImageClassifier | OnnxClassifier:
-    """An exported ``.onnx`` file as :class:`OnnxClassifier`; a run folder as :class:`ImageClassifier`.
-
-    Only the run folder imports PyTorch.
+def open_model(path: str | Path, verbose: int = 0) -> Predictor:
+    """A run folder as :class:`ImageClassifier`; an exported file as what its format runs it with
+    (:func:`headstart.export.format_for_file`). Only the run folder imports PyTorch.
     """
-    path = Path(path)
-    if path.suffix == ".onnx":
-        from .onnx.runtime import OnnxClassifier
-
-        return OnnxClassifier(path)
-    return load(path, verbose=verbose)
+    fmt = format_for_file(path)
+    return load(path, verbose=verbose) if fmt is None else fmt.opener(Path(path))
 
 
 def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> ImageClassifier:

@@ -1,9 +1,9 @@
 """What every trained model offers, whichever engine runs it: one protocol for the PyTorch model
-(:class:`headstart.model.ImageClassifier`) and the exported one
-(:class:`headstart.onnx.runtime.OnnxClassifier`).
+(:class:`headstart.model.ImageClassifier`) and the exported ones (each format's runtime, such as
+:class:`headstart.export.onnx_runtime.OnnxClassifier`).
 
 ``predict``, ``serve`` and ``evaluate`` use a model only through this
-protocol; :func:`headstart.model.open_model` opens either kind. No PyTorch here.
+protocol; :func:`headstart.model.open_model` opens any kind. No PyTorch here.
 
 The Python API follows scikit-learn: ``predict_proba`` and ``predict`` return
 one row per image (a folder stands for its images, searched recursively in

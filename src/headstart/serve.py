@@ -1,4 +1,5 @@
-"""``headstart serve``: an HTTP API and a web page for a trained or exported model.
+"""``headstart serve``: an HTTP API and a web page for a trained or exported model, already opened
+(any :class:`~headstart.predictor.Predictor`: the CLI opens the run folder or exported file).
 
 Concurrent requests are batched together (micro-batching): each request's
 images wait at most ``max_wait_ms`` for others, then one forward pass serves
@@ -27,7 +28,7 @@ import numpy as np
 
 from .data.images import network_input
 from .errors import UsageError
-from .model import open_model
+from .predictor import Predictor
 
 __all__ = ["ServeConfig", "create_app", "server_config", "serve", "ACCESS_LOG"]
 
@@ -90,18 +91,19 @@ class _Batcher:
                         future.set_exception(exc)
 
 
-def create_app(model: str | Path, config: ServeConfig | None = None):
-    """The FastAPI application serving ``model`` (a run folder or an exported ``.onnx`` file)."""
+def create_app(predictor: Predictor, config: ServeConfig | None = None, source: str | Path | None = None):
+    """The FastAPI application serving ``predictor``; ``source``, where it was opened from, is
+    shown by ``/model``."""
     from fastapi import FastAPI, File, HTTPException, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     config = config or ServeConfig()
-    predictor = open_model(model)
     batcher = _Batcher(predictor, config)
     classes = list(predictor.classes_)
-    info = {"model": str(model), "classes": classes, "multi_label": predictor.multi_label_, **_describe(predictor)}
+    info = {"model": None if source is None else str(source), "classes": classes,
+            "multi_label": predictor.multi_label_, **_describe(predictor)}
     app = FastAPI(title="headstart", description=f"Image classifier: {', '.join(classes)}")
 
     # Starlette's class, not FastAPI's subclass: a 404 or 405 from the router is caught too.
@@ -234,7 +236,9 @@ def server_config(app, host: str = "127.0.0.1", port: int = 8000, config: ServeC
                           limit_concurrency=config.max_connections, h11_max_incomplete_event_size=64 * 1024)
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None) -> None:
+def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
+          source: str | Path | None = None) -> None:
+    """Serve ``predictor`` until interrupted, logging each request on stderr."""
     try:
         import uvicorn
     except ModuleNotFoundError:
@@ -243,7 +247,7 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, config: 
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     ACCESS_LOG.addHandler(handler)
     ACCESS_LOG.setLevel(logging.INFO)
-    uvicorn.Server(server_config(create_app(model, config), host, port, config)).run()
+    uvicorn.Server(server_config(create_app(predictor, config, source), host, port, config)).run()
 
 
 _TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"

@@ -54,7 +54,7 @@ def test_a_deeply_nested_config_is_refused(cli, run: Path, tiny_data: Path, dept
 def rewrite_metadata(source: Path, target: Path, change) -> Path:
     import onnx
 
-    from headstart.onnx.runtime import METADATA_KEY
+    from headstart.export.onnx_runtime import METADATA_KEY
 
     model = onnx.load(str(source))
     for prop in model.metadata_props:

@@ -59,14 +59,15 @@ def test_train_takes_a_file_name_that_is_not_utf8(hostile):
 def test_the_serve_page_shows_class_names_as_text(hostile, cli):
     from fastapi.testclient import TestClient
 
+    from headstart.model import open_model
     from headstart.serve import create_app
 
-    with TestClient(create_app(hostile["run"])) as client:
+    with TestClient(create_app(open_model(hostile["run"]))) as client:
         page = client.get("/").text
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     model = hostile["run"] / "model.onnx"
     assert cli("export", hostile["run"], "--out", model)[0] == ExitStatus.SUCCESS
-    with TestClient(create_app(model)) as client:  # class names from an .onnx file's metadata
+    with TestClient(create_app(open_model(model))) as client:  # class names from an .onnx file's metadata
         page = client.get("/").text
     assert "<img src=x" not in page and "&lt;img src=x" in page
 

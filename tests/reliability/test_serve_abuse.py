@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from headstart.model import open_model
 from headstart.serve import ServeConfig, create_app, server_config
 
 TIMEOUT = 1.0
@@ -29,7 +30,7 @@ def server(run: Path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(server_config(create_app(run, config), "127.0.0.1", port, config))
+    server = uvicorn.Server(server_config(create_app(open_model(run), config), "127.0.0.1", port, config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -110,22 +111,15 @@ def test_slow_headers_and_idle_connections_are_closed_and_bounded(server):
     assert health(server) == 200
 
 
-def test_a_model_slower_than_the_timeout_gets_503(run: Path, monkeypatch):
+def test_a_model_slower_than_the_timeout_gets_503(run: Path):
     from fastapi.testclient import TestClient
 
-    import headstart.serve
     from conftest import make_image
 
-    real_open = headstart.serve.open_model
-
-    def slow_model(path):
-        model = real_open(path)
-        run_model = model.run
-        model.run = lambda batch: (time.sleep(2), run_model(batch))[1]
-        return model
-
-    monkeypatch.setattr(headstart.serve, "open_model", slow_model)
+    model = open_model(run)
+    run_model = model.run
+    model.run = lambda batch: (time.sleep(2), run_model(batch))[1]
     image = make_image(run.parent / "x.png", (200, 40, 40)).read_bytes()
-    with TestClient(create_app(run, ServeConfig(timeout_s=0.3))) as client:
+    with TestClient(create_app(model, ServeConfig(timeout_s=0.3))) as client:
         response = client.post("/predict", files=[("files", ("x.png", image, "image/png"))])
     assert response.status_code == 503 and "did not answer within 0.3 s" in response.json()["error"]

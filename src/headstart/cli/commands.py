@@ -127,17 +127,19 @@ def cache_command(args: argparse.Namespace, console: Console) -> ExitStatus:
 
 
 def export_command(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from ..export import format_named
     from ..model import load
-    from ..onnx.export import export_classifier
-    from ..onnx.quantize import quantize_int8
     from ..record import split_images
-    from ..runfolder import ONNX_FILE
+    from ..runfolder import MODEL_FILE
 
-    out = args.output or args.model / ONNX_FILE
-    int8_out = out.with_suffix(".int8.onnx")
-    check_output(out, args.overwrite, (".onnx",))
+    fmt = format_named(args.format)
+    if args.int8 and fmt.quantizer is None:
+        raise UsageError(f"--int8: --format {fmt.name} has no int8 quantization; export without --int8")
+    out = args.output or (args.model / MODEL_FILE).with_suffix(fmt.suffix)
+    int8_out = out.with_suffix(".int8" + fmt.suffix)
+    check_output(out, args.overwrite, (fmt.suffix,))
     if args.int8:
-        check_output(int8_out, args.overwrite, (".onnx",))
+        check_output(int8_out, args.overwrite, (fmt.suffix,))
     clf = load(args.model, verbose=console.verbosity)
     if args.int8 and clf.multi_label_:
         raise UsageError("--int8 is not available for multi-label models yet: its check measures accuracy "
@@ -146,26 +148,28 @@ def export_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     if not val:
         raise UsageError(f"no validation images of {args.model} found to check the export on "
                          "(was the data folder moved?)")
-    export_classifier(clf, out, [p for p, _ in val[: args.check_images]], console)
+    fmt.export(clf, out, [p for p, _ in val[: args.check_images]], console)
     console.result(str(out))
     if args.int8:
         train = split_images(args.model, "train", clf.classes_)
         # A fixed seed: the same run calibrates the same way, and so quantizes to the same file.
         calibration = [p for p, _ in random.Random(0).sample(train, min(len(train), args.calibration_images))]
-        quantize_int8(out, int8_out, calibration, [p for p, _ in val], [label for _, label in val],
+        fmt.quantizer(out, int8_out, calibration, [p for p, _ in val], [label for _, label in val],
                       args.max_drop, console)
         console.result(str(int8_out))
-    console.info(f"predict with: headstart predict {out} IMAGES...   (needs only onnxruntime, numpy, pillow)")
+    console.info(f"predict with: headstart predict {out} IMAGES...   (needs only {fmt.runtime})")
     return ExitStatus.SUCCESS
 
 
 def serve_command(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from ..model import open_model
     from ..serve import ServeConfig, serve
 
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
                          max_images=args.max_images, timeout_s=args.timeout)
+    predictor = open_model(args.model)
     console.info(f"serving {args.model} on http://{args.host}:{args.port}/  (API docs: /docs; Ctrl-C stops)")
-    serve(args.model, args.host, args.port, config)
+    serve(predictor, args.host, args.port, config, source=args.model)
     return ExitStatus.SUCCESS
 
 

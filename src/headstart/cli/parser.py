@@ -349,7 +349,7 @@ def _add_export(commands) -> None:
     x = _command(commands, "export", "export a trained model as one self-describing ONNX file",
                  "  headstart export runs/pets\n  headstart export runs/pets --output pets.onnx --int8")
     x.add_argument("model", type=Path, metavar="RUN", help="a run folder written by 'headstart train'")
-    x.add_argument("--format", choices=("onnx",), default="onnx", help="the only format: ONNX")
+    x.add_argument("--format", default="onnx", metavar="NAME", help="the file format (default: onnx, the only one yet)")
     x.add_argument("--output", type=Path, metavar="FILE", help="the file to write (default: RUN/model.onnx)")
     # The name before --output was the common spelling of predict and evaluate: still accepted, unlisted.
     x.add_argument("--out", type=Path, dest="output", help=argparse.SUPPRESS)

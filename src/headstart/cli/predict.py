@@ -1,8 +1,8 @@
 """``headstart predict``: a trained model on new images.
 
 ``predict`` takes either kind of model, a run folder (PyTorch) or a file written by
-``headstart export`` (ONNX Runtime only, so a deployment installs neither PyTorch nor
-scikit-learn). Its predictions stream, one image at a time, from the model to a table on
+``headstart export`` (run by its format's runtime alone, ONNX Runtime for ``.onnx``, so a
+deployment installs neither PyTorch nor scikit-learn). Its predictions stream, one image at a time, from the model to a table on
 stdout or a CSV or JSON file: 100,000 images never sit in memory at once.
 
 Under torchrun each rank predicts a contiguous share of the images, in whole batches (so each
@@ -114,12 +114,12 @@ def _inputs(arguments: list[str], downloads: Path) -> list[_Input]:
 
 
 def open_predictor(args: argparse.Namespace, console: Console):
-    """The model of ``args.model`` (a run folder, or an exported file that runs with ONNX Runtime
-    alone), a run folder's set to run on the chosen hardware."""
+    """The model of ``args.model`` (a run folder, or an exported file that its format's runtime
+    runs alone), a run folder's set to run on the chosen hardware."""
     from ..model import ImageClassifier, open_model
 
     clf = open_model(args.model, verbose=console.verbosity)
-    if isinstance(clf, ImageClassifier):  # ONNX Runtime picks its own hardware: no such settings
+    if isinstance(clf, ImageClassifier):  # an exported model's runtime picks its own hardware
         clf.set_params(device=args.device, precision=args.precision, workers=args.workers)
     return clf
 

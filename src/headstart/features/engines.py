@@ -34,8 +34,8 @@ from ..backbone.head import Head, Normalize
 from ..config import Preprocessing
 from ..device import autocast, engine_candidates, prepare, to_device
 from ..errors import UsageError
-from ..onnx.export import export_onnx
-from ..onnx.runtime import FeatureSession
+from ..export.onnx import export_onnx  # the graph alone, as deployment writes it
+from .onnx_engine import FeatureSession
 
 __all__ = ["TOLERANCE", "FeatureEngine", "create_engine", "feature_error", "PooledFeatures"]
 

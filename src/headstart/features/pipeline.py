@@ -271,7 +271,7 @@ def _compute(runner: Callable[[np.ndarray], np.ndarray], batches: _Batches, coun
 
 def _exported_engine(cache: CacheLayout, key: ExtractorKey):
     """The checked exported engine of ``key``, ready to run in ONNX Runtime; None without one."""
-    from ..onnx.runtime import FeatureSession
+    from .onnx_engine import FeatureSession
 
     path = cache.checked_engine_file(key)
     if path is None:

@@ -1,8 +1,10 @@
-"""Exporting networks to ONNX: shared by the lightweight workflow's engine and deployment.
+"""The ONNX format's exporter and parity check (its runtime is :mod:`.onnx_runtime`).
 
-``export_classifier`` writes a whole trained model as one self-describing file
-(class names and preprocessing in its metadata), checked against PyTorch
-before it is renamed into place.
+``write_onnx`` writes a whole trained model as one self-describing file (class names and
+preprocessing in its metadata); ``check_parity`` measures it against PyTorch, which
+:meth:`headstart.export.ExportFormat.export` requires before renaming it into place.
+``export_onnx``, the graph alone, is shared with the lightweight workflow's ``onnx`` feature
+engine (:mod:`headstart.features.engines`).
 
 The TorchScript-based exporter is used first: on these CPUs it turns timm's
 EfficientNets into graphs that ONNX Runtime runs about 3.7x faster than eager
@@ -17,7 +19,6 @@ import dataclasses
 import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +26,12 @@ import torch
 from torch import nn
 
 from .._console import Console
-from .._io import atomic_files, atomic_path
-from ..errors import DataError, ModelFileError
-from .runtime import METADATA_KEY, OnnxClassifier
+from .._io import atomic_path
+from ..errors import DataError
+from . import Parity
+from .onnx_runtime import METADATA_KEY, OnnxClassifier
 
-__all__ = ["export_onnx", "export_classifier", "Parity", "ONNX_OPSET", "PARITY_TOLERANCE"]
+__all__ = ["export_onnx", "write_onnx", "check_parity", "ONNX_OPSET", "PARITY_TOLERANCE"]
 
 ONNX_OPSET = 17
 
@@ -74,61 +76,39 @@ class _Probabilities(nn.Module):
         logits = self.net(images)
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
 
-
-@dataclass
-class Parity:
-    images: int
-    max_difference: float
-    top1_agreement: float
-
-    @property
-    def ok(self) -> bool:
-        return self.max_difference <= PARITY_TOLERANCE
+    @classmethod
+    def of(cls, clf) -> _Probabilities:
+        """``clf``'s network (a fitted ImageClassifier's, copied), fp32 on the CPU."""
+        return cls(copy.deepcopy(clf.net_).float().cpu().eval(), clf.config_.head.multi_label)
 
 
-def export_classifier(clf, path: str | Path, check_images: Sequence[Path], console: Console) -> Parity:
-    """Write ``clf`` (a fitted ImageClassifier) as one ONNX file, metadata included, and check it.
-
-    The file is renamed into place only when ONNX Runtime's probabilities on
-    ``check_images`` match PyTorch fp32's within :data:`PARITY_TOLERANCE`.
-    """
+def write_onnx(clf, path: str | Path, console: Console) -> None:
+    """Write ``clf`` (a fitted ImageClassifier) as one ONNX file, its metadata included."""
     import onnx
 
-    path = Path(path)
     config = clf.config_
-    multi_label = config.head.multi_label
-    module = _Probabilities(copy.deepcopy(clf.net_).float().cpu().eval(), multi_label)
     meta = {"classes": list(config.classes), "preprocessing": dataclasses.asdict(config.preprocessing),
             "backbone": config.backbone.name, "architecture": config.backbone.architecture,
             "input": "uint8 RGB, N x 3 x H x W, resized and centre-cropped as 'preprocessing' says",
             "output": "class probabilities, N x classes", "versions": config.versions}
-    if multi_label:
+    if config.head.multi_label:
         meta.update(multi_label=True, thresholds=list(config.head.decision_thresholds()),
                     output="each class's probability (a sigmoid each), N x classes; a class is predicted "
                            "when its probability reaches its threshold")
-    with atomic_files(path.parent) as new:
-        tmp = new(path.name)
-        console.info(f"exporting {config.backbone.name} and its head to ONNX")
-        export_onnx(module, tmp, config.preprocessing.input_size, output_name="probabilities")
-        graph = onnx.load(str(tmp))
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(meta)
-        graph.producer_name = "headstart"
-        onnx.save(graph, str(tmp))
-        exported = OnnxClassifier(tmp)
-        parity = _check_parity(module, exported, check_images, console)
-        console.info(f"parity on {parity.images} image(s): largest probability difference "
-                     f"{parity.max_difference:.2e} (tolerance {PARITY_TOLERANCE:g}), "
-                     f"top-1 agreement {parity.top1_agreement:.2%}")
-        if not parity.ok:
-            raise ModelFileError(f"the exported model differs from PyTorch by {parity.max_difference:.2e} "
-                                 f"(tolerance {PARITY_TOLERANCE:g}): {path} not written")
-    return parity
+    console.info(f"exporting {config.backbone.name} and its head to ONNX")
+    export_onnx(_Probabilities.of(clf), path, config.preprocessing.input_size, output_name="probabilities")
+    graph = onnx.load(str(path))
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    graph.producer_name = "headstart"
+    onnx.save(graph, str(path))
 
 
-def _check_parity(module: nn.Module, exported, images: Sequence[Path], console: Console,
-                  batch_size: int = 32) -> Parity:
-    """Both models on the same decoded pixels (the runtime's own decoding)."""
+def check_parity(clf, exported: OnnxClassifier, images: Sequence[Path], console: Console,
+                 batch_size: int = 32) -> Parity:
+    """``exported`` against ``clf``'s PyTorch fp32 on the same decoded pixels (the runtime's own
+    decoding), within :data:`PARITY_TOLERANCE`."""
+    module = _Probabilities.of(clf)
     worst, agree, count = 0.0, 0, 0
     starts = range(0, len(images), batch_size)
     for start in console.progress(starts, total=len(starts), desc="check against PyTorch (batches)"):
@@ -149,4 +129,4 @@ def _check_parity(module: nn.Module, exported, images: Sequence[Path], console: 
         count += len(batch)
     if count == 0:
         raise DataError("no readable image to check the exported model on")
-    return Parity(count, worst, agree / count)
+    return Parity(count, worst, agree / count, PARITY_TOLERANCE)

@@ -19,7 +19,7 @@ from .._console import Console
 from .._io import atomic_files
 from ..errors import ModelFileError
 from ..predictor import stack_probabilities
-from .runtime import METADATA_KEY, OnnxClassifier
+from .onnx_runtime import METADATA_KEY, OnnxClassifier
 
 __all__ = ["Int8Report", "quantize_int8"]
 
