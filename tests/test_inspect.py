@@ -14,13 +14,13 @@ from PIL import Image
 from headstart._console import Console
 from headstart.cli import main
 from headstart.errors import ExitStatus
+from headstart.features.embeddings import normalized_embeddings
+from headstart.features.neighbours import find_near_duplicates
 from headstart.inspection import (
     CSV_COLUMNS,
     class_imbalance,
     find_exact_duplicates,
     find_label_errors,
-    find_near_duplicates,
-    normalized_embeddings,
 )
 
 from conftest import TINY_BACKBONE, make_folder, shared_dataset

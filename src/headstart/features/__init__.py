@@ -3,5 +3,6 @@
 :mod:`.pipeline` is the one way in (cache, exported engine or PyTorch);
 :mod:`.cache` owns the cache folder's layout; :mod:`.record` keeps what lets a
 cached run skip PyTorch; :mod:`.rows` streams features from disk; :mod:`.engines`
-runs the backbone through PyTorch. Importing the package imports none of them.
+runs the backbone through PyTorch; :mod:`.embeddings` and :mod:`.neighbours`
+compare images by their features. Importing the package imports none of them.
 """

@@ -21,6 +21,8 @@ from ..data.dataset import DatasetSplit, split_of
 from ..data.labels import load_split
 from ..errors import UsageError
 from ..features.cache import CacheLayout
+from ..features.embeddings import normalized_embeddings
+from ..features.neighbours import find_near_duplicates
 from ..features.pipeline import FeatureRequest, extract_features
 from ..runfolder import relative_path
 from .checks import (
@@ -30,8 +32,6 @@ from .checks import (
     file_digests,
     find_exact_duplicates,
     find_label_errors,
-    find_near_duplicates,
-    normalized_embeddings,
     out_of_fold_probabilities,
 )
 
