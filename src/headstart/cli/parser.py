@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..config import AUGMENTATIONS, CLASS_WEIGHTS, ENGINES, PRECISIONS, WORKFLOWS, TrainingConfig
+from ..data.dataset import LABEL_SEP
 from ..errors import UsageError
 
 if TYPE_CHECKING:
@@ -228,8 +229,8 @@ def _add_labels(parser) -> None:
     parser.add_argument("--labels", type=Path, metavar="CSV", help="labels from a CSV file: columns path "
                         "(relative to DATA, else to the CSV's folder, or absolute), label, optional split "
                         "(train/val/test); a run's split.csv is one")
-    parser.add_argument("--label-sep", default=";", metavar="SEP",
-                        help="separates several labels in one cell of --labels (default: ;)")
+    parser.add_argument("--label-sep", default=LABEL_SEP, metavar="SEP",
+                        help="separates several labels in one cell of --labels (default: %(default)s)")
 
 
 def _add_backbone(group, default: TrainingConfig | InspectSettings, auto: str = "") -> None:

@@ -77,7 +77,7 @@ class DatasetSplit:
     presplit: bool = False  # True when the split came from train/ val/ test/ folders
     multi_label: bool = False  # True: samples carry ``labels``, a model gets one sigmoid output per class
     label_file: Path | None = None  # where the labels came from, when from a label file
-    label_sep: str = ";"  # how its cells separate several labels
+    label_sep: str = LABEL_SEP  # how its cells separate several labels
 
     def splits(self) -> dict[str, list[Sample]]:
         return {"train": self.train, "val": self.val, "test": self.test}

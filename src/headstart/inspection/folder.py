@@ -186,7 +186,7 @@ def summary_lines(result: Inspection) -> list[str]:
 class _Place:
     path: str  # relative to the data folder
     split: str
-    label: str  # a multi-label image's classes, ";"-separated
+    label: str  # a multi-label image's classes, LABEL_SEP-separated
     rank: int = 0  # the split's: train, val, test
     multi_label: bool = False  # one image under several labels is then no conflict
 
