@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from headstart.cli.parser import build_parser
+from headstart.cli import build_parser
 from headstart.errors import ExitStatus
 from headstart.runfolder import LOCK_FILE, lock_run
 
