@@ -96,6 +96,17 @@ def test_class_imbalance_by_ratio_and_by_scarcity():
     assert class_imbalance({"train": {"a": 20, "b": 11}}) == []
 
 
+def test_imbalance_counts_only_the_images_that_decoded(tmp_path: Path):
+    from headstart.data.dataset import DatasetSplit, Sample
+
+    multi = DatasetSplit(tmp_path, ("a", "b"), [Sample(tmp_path / "1", -1, (0, 1)), Sample(tmp_path / "2", -1, (1,))],
+                         [Sample(tmp_path / "3", -1, (0,))], [], multi_label=True)
+    assert multi.counts() == {"train": {"a": 1, "b": 2}, "val": {"a": 1, "b": 0}, "test": {"a": 0, "b": 0}}
+    # One flag per image, train then val then test: the second and third failed to decode.
+    assert multi.counts([True, False, False]) == {"train": {"a": 1, "b": 1}, "val": {"a": 0, "b": 0},
+                                                  "test": {"a": 0, "b": 0}}
+
+
 # -- the command, on tiny generated images ------------------------------------------------------
 
 @pytest.fixture

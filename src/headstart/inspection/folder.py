@@ -277,12 +277,7 @@ def _check_labels(result: Inspection, features: np.ndarray, decoded: np.ndarray,
 
 def _decodable_counts(split: DatasetSplit, decoded: np.ndarray) -> dict[str, dict[str, int]]:
     """Images per class in each split that has any, leaving out those that failed to decode."""
-    counts = {name: dict.fromkeys(split.classes, 0) for name, samples in split.splits().items() if samples}
-    samples = [(s, name) for name, group in split.splits().items() for s in group]
-    for (sample, name), ok in zip(samples, decoded):
-        for label in split.label_indices(sample):
-            counts[name][split.classes[label]] += bool(ok)
-    return counts
+    return {name: per_class for name, per_class in split.counts(decoded).items() if split.splits()[name]}
 
 
 def _imbalance_findings(result: Inspection, where: list[_Place], by_folder: bool) -> list[Finding]:
