@@ -194,3 +194,23 @@ def test_option_defaults_are_the_configuration_defaults():
     assert len(shared) >= 20
     assert {name: args[name] for name in shared} == {name: getattr(config, name) for name in shared}
     assert headstart.ImageClassifier().training_config() == config
+
+
+def test_the_registry_is_what_the_parser_and_the_launcher_read(cli, monkeypatch):
+    """Each command is named once (cli.registry): the parser offers exactly those, the launch options
+    only on the data-parallel ones, and under torchrun the others are refused."""
+    import argparse
+
+    from headstart.cli import build_parser
+    from headstart.cli.registry import COMMANDS
+
+    group = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(group.choices) == list(COMMANDS)
+    launchable = {name for name, parser in group.choices.items()
+                  if any("--nproc" in a.option_strings for a in parser._actions)}
+    assert launchable == {name for name, c in COMMANDS.items() if c.data_parallel} == {"train", "predict", "evaluate"}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  # as torchrun sets them
+        monkeypatch.setenv(name, "0")
+    status, captured = cli("cache", "info")
+    assert status == ExitStatus.USAGE
+    assert "cache runs in one process: run it without torchrun" in captured.stderr

@@ -2,7 +2,6 @@
 examples, one output flag name, a closed pipe, and runs locked while they are written."""
 
 import argparse
-import fcntl
 import os
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from headstart.cli.parser import build_parser
+from headstart.cli import build_parser
 from headstart.errors import ExitStatus
 from headstart.runfolder import LOCK_FILE, lock_run
 
@@ -90,25 +89,6 @@ def test_a_second_writer_is_refused_naming_the_first(cli, tiny_data: Path, tiny_
     assert not (out / LOCK_FILE).exists()  # released with its holder
     assert not (out / "config.json").exists()
 
-
-def test_the_lock_is_the_kernels_and_dies_with_its_holder(tmp_path: Path):
-    out = tmp_path / "run"
-    child = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]);"
-        "from headstart.runfolder import lock_run\n"
-        "with lock_run(sys.argv[2]):\n    print('locked', flush=True); time.sleep(60)"), str(SRC), str(out)],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "locked"
-        fd = os.open(out / LOCK_FILE, os.O_RDONLY)
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.close(fd)
-    finally:
-        child.kill()
-        child.wait()
-    with lock_run(out):  # a killed holder leaves no stale lock behind
-        pass
 
 
 def test_commands_on_an_unfinished_run_say_so(cli, tiny_data: Path, tiny_args, tmp_path: Path):

@@ -14,13 +14,13 @@ from PIL import Image
 from headstart._console import Console
 from headstart.cli import main
 from headstart.errors import ExitStatus
+from headstart.features.embeddings import normalized_embeddings
+from headstart.features.neighbours import find_near_duplicates
 from headstart.inspection import (
     CSV_COLUMNS,
     class_imbalance,
     find_exact_duplicates,
     find_label_errors,
-    find_near_duplicates,
-    normalized_embeddings,
 )
 
 from conftest import TINY_BACKBONE, make_folder, shared_dataset
@@ -94,6 +94,17 @@ def test_class_imbalance_by_ratio_and_by_scarcity():
     assert "a has 90 images, b 30 (3.0x)" in why["train", "b"]
     assert "fewer than 10" in why["val", "b"] and "c 0" in why["val", "c"]
     assert class_imbalance({"train": {"a": 20, "b": 11}}) == []
+
+
+def test_imbalance_counts_only_the_images_that_decoded(tmp_path: Path):
+    from headstart.data.dataset import DatasetSplit, Sample
+
+    multi = DatasetSplit(tmp_path, ("a", "b"), [Sample(tmp_path / "1", -1, (0, 1)), Sample(tmp_path / "2", -1, (1,))],
+                         [Sample(tmp_path / "3", -1, (0,))], [], multi_label=True)
+    assert multi.counts() == {"train": {"a": 1, "b": 2}, "val": {"a": 1, "b": 0}, "test": {"a": 0, "b": 0}}
+    # One flag per image, train then val then test: the second and third failed to decode.
+    assert multi.counts([True, False, False]) == {"train": {"a": 1, "b": 1}, "val": {"a": 0, "b": 0},
+                                                  "test": {"a": 0, "b": 0}}
 
 
 # -- the command, on tiny generated images ------------------------------------------------------

@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headstart.config import HeadSpec, ModelConfig
 from headstart.data import from_targets, read_label_file
 from headstart.data.dataset import DatasetSplit
 from headstart.errors import DataError, UsageError
@@ -138,17 +137,6 @@ def test_missing_images_in_memory_are_skipped_not_fatal(tmp_path: Path):
     split = from_targets([*images, tmp_path / "gone.png"], ["a", "b", "a", "b", "a"], val_fraction=0.0)
     assert len(split.train) == 4 and [s.path.name for s in split.skipped] == ["gone.png"]
 
-
-def test_old_config_files_still_load_as_single_label():
-    saved = {"classes": ["a", "b"], "head": {"num_classes": 2, "dropout": 0.2, "pooling": "avg"},
-             "backbone": {"name": "x", "architecture": "x", "weights": "none", "num_features": 8},
-             "preprocessing": {"input_size": [3, 32, 32], "interpolation": "bilinear", "mean": [0, 0, 0],
-                               "std": [1, 1, 1], "crop_pct": 1.0}}
-    config = ModelConfig.from_dict(saved)
-    assert config.head.multi_label is False and config.head.thresholds == ()
-    with pytest.raises(UsageError, match="thresholds"):
-        HeadSpec(2, thresholds=(0.3, 0.4))  # thresholds belong to multi-label heads
-    assert HeadSpec(1, multi_label=True).decision_thresholds() == (0.5,)
 
 
 def test_a_folder_becomes_one_label_sets_for_a_multi_label_model(tmp_path: Path):

@@ -10,8 +10,6 @@ from headstart.backbone.freeze import freeze, unfreeze
 from headstart.backbone.head import ClassifierNet, Head
 from headstart.backbone.pretrained import create_backbone
 from headstart.config import BackboneRequest, HeadSpec, TrainingConfig
-from headstart.device import resolve_device, resolve_precision
-from headstart.errors import UsageError
 from headstart.training.results import EpochStats
 from headstart.training.recipe import WARMUP_FRACTION, optimisation
 from headstart.training.stages import fine_tune_improved, likely_cause
@@ -112,21 +110,3 @@ def test_fine_tuning_warms_up_then_decays_per_step_and_rates_blocks_by_depth():
     assert sum(len(g["params"]) for g in groups) == sum(1 for p in net.parameters() if p.requires_grad)
     head = optimisation(net, TrainingConfig(lr=1e-2), "frozen", (2, 10), torch.float32)
     assert head.lr == pytest.approx(1e-2) and len(head.optimizer.param_groups) == 1
-
-
-def test_device_and_precision_resolution():
-    cpu = resolve_device("cpu")
-    assert resolve_precision("fp32", cpu) == torch.float32
-    assert resolve_precision("auto", cpu) in (torch.float32, torch.bfloat16)
-    with pytest.raises(UsageError, match="fp16"):
-        resolve_precision("fp16", cpu)
-    if not torch.cuda.is_available():
-        with pytest.raises(UsageError, match="no CUDA GPU"):
-            resolve_device("cuda")
-
-
-@pytest.mark.parametrize("field,value", [("epochs", 0), ("lr", -1.0), ("augment", "heavy"),
-                                         ("val_fraction", 1.5), ("unfreeze_last", 0)])
-def test_training_config_names_the_bad_setting(field, value):
-    with pytest.raises(UsageError, match=f"'{field}'"):
-        TrainingConfig(**{field: value})

@@ -315,12 +315,6 @@ class ImageClassifier(ProbabilityPredictor):
         return probabilities(*self._inference(), torch.from_numpy(np.ascontiguousarray(batch)),
                              multi_label=self.multi_label_)
 
-    def evaluate_samples(self, samples: Sequence[Sample], tta: bool = False) -> dict:
-        """Metrics (:func:`headstart.evaluate.sample_metrics`) on labelled samples."""
-        from .evaluate import sample_metrics
-
-        return sample_metrics(self, samples, self._sharded_proba(samples, tta))
-
     def _sharded_proba(self, samples: Sequence[Sample], tta: bool = False) -> np.ndarray:
         """``predict_proba``, each rank of a data-parallel run predicting its share in whole batches."""
         return distributed.map_shards(lambda paths: self.predict_proba(paths, tta=tta), [s.path for s in samples],

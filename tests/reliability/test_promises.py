@@ -90,9 +90,9 @@ def test_report_is_rebuilt_after_the_images_moved(cli, tiny_args, tmp_path: Path
 
 def test_an_unexpected_failure_is_exit_1_with_a_pointer_to_traceback(tmp_path: Path):
     # A bug, simulated: a command that raises something headstart does not expect.
-    code = ("import sys, headstart.cli as c\n"
+    code = ("import dataclasses, sys, headstart.cli as c\n"
             "def bug(args, console): raise RuntimeError('boom')\n"
-            "c._COMMANDS['cache'] = bug\n"
+            "c.COMMANDS['cache'] = dataclasses.replace(c.COMMANDS['cache'], handler=bug)\n"
             "sys.argv = ['headstart', 'cache', 'info']\n"
             "c.run()\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -5,10 +5,11 @@ traceback: it prints ``headstart: error: ...`` on one line and returns the
 error's status. ``--traceback`` shows the stack for bug reports. Only
 :func:`run`, the console script, exits.
 
-The grammar is :mod:`.parser`'s; each command's handler lives with its kin
-(:mod:`.train`, :mod:`.predict`, :mod:`.commands`) and imports what is heavy
-itself, so ``headstart predict MODEL.onnx`` never loads PyTorch. Under torchrun, or
-with ``--nproc``, train, predict and evaluate run data-parallel (:mod:`.launch`).
+The commands are named once, in :mod:`.registry`: each one's handler, its options
+(:mod:`.parser`'s grammar) and whether it runs data-parallel, under torchrun or with
+``--nproc`` (:mod:`.launch`). Each handler lives with its kin (:mod:`.train`,
+:mod:`.predict`, :mod:`.evaluate`, :mod:`.commands`) and imports what is heavy itself,
+so ``headstart predict MODEL.onnx`` never loads PyTorch.
 """
 
 from __future__ import annotations
@@ -20,19 +21,10 @@ from collections.abc import Sequence
 
 from .._console import Console
 from ..errors import ExitStatus, HeadstartError
-from .commands import (backbones_command, cache_command, compare_command, export_command, inspect_command,
-                       report_command, serve_command)
 from .launch import distributed_session, relaunch, wants_relaunch
-from .parser import build_parser
-from .evaluate import evaluate_command
-from .predict import predict_command
-from .train import train_command
+from .registry import COMMANDS, build_parser
 
 __all__ = ["main", "run", "build_parser"]
-
-_COMMANDS = {"train": train_command, "predict": predict_command, "evaluate": evaluate_command,
-             "cache": cache_command, "report": report_command, "export": export_command, "serve": serve_command,
-             "inspect": inspect_command, "backbones": backbones_command, "compare": compare_command}
 
 # The modules an install may lack, and the extra of pyproject.toml that brings each.
 _EXTRA_OF = {**dict.fromkeys(("torch", "torchvision", "timm", "sklearn", "scipy", "threadpoolctl", "safetensors",
@@ -56,7 +48,7 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> E
         if wants_relaunch(args):
             return relaunch(argv, args, console)
         with distributed_session(args, console):
-            return _COMMANDS[args.command](args, console)
+            return COMMANDS[args.command].handler(args, console)
     except HeadstartError as exc:
         if show_traceback:
             raise

@@ -18,11 +18,10 @@ from collections.abc import Iterator, Sequence
 
 from .._console import Console
 from ..errors import ExitStatus, UsageError
+from .registry import COMMANDS
 
-__all__ = ["DISTRIBUTED_COMMANDS", "distributed_session", "wants_relaunch", "relaunch", "rank_failure"]
+__all__ = ["distributed_session", "wants_relaunch", "relaunch", "rank_failure"]
 
-# The commands that run data-parallel; the others run in one process.
-DISTRIBUTED_COMMANDS = ("train", "predict", "evaluate")
 _LAUNCH_OPTIONS = ("--nproc", "--devices")
 
 
@@ -34,7 +33,7 @@ def distributed_session(args: argparse.Namespace, console: Console) -> Iterator[
     if not distributed.launched():
         yield
         return
-    if args.command not in DISTRIBUTED_COMMANDS:
+    if not COMMANDS[args.command].data_parallel:
         raise UsageError(f"{args.command} runs in one process: run it without torchrun")
     if os.environ["WORLD_SIZE"] != "1":
         console.where = f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}: "

@@ -1,4 +1,5 @@
-"""The ``headstart`` command line's grammar: every command, its options and their defaults.
+"""The ``headstart`` command line's grammar: each command's options and their defaults
+(:mod:`.registry` names the commands and builds the parser from these pieces).
 
 An option's default is read from the configuration it fills (:class:`TrainingConfig` for
 ``train``, :class:`InspectSettings` for ``inspect``), so the command line and the Python API
@@ -14,12 +15,14 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..config import AUGMENTATIONS, CLASS_WEIGHTS, ENGINES, PRECISIONS, WORKFLOWS, TrainingConfig
+from ..data.dataset import LABEL_SEP
 from ..errors import UsageError
 
 if TYPE_CHECKING:
     from ..inspection import InspectSettings
 
-__all__ = ["build_parser", "check_output"]
+__all__ = ["main_parser", "add_train", "add_predict", "add_evaluate", "add_inspect", "add_backbones", "add_report",
+           "add_export", "add_serve", "add_compare", "add_cache", "add_launch", "check_output"]
 
 _DEFAULT = TrainingConfig()
 
@@ -61,7 +64,9 @@ def _command(commands, name: str, help: str, examples: str) -> argparse.Argument
                                formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def main_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The ``headstart`` parser with its own options, and the group its commands' parsers join
+    (:func:`headstart.cli.registry.build_parser` adds them)."""
     parser = _Parser(prog="headstart", description="Transfer learning for image folders: a pretrained "
                      "backbone, frozen, with a new head trained on your images.")
     parser.add_argument("--version", action="version", version=f"headstart {__version__}")
@@ -69,10 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--traceback", action="store_true", help="show the Python traceback of an error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    for add in (_add_train, _add_predict, _add_evaluate, _add_inspect, _add_backbones, _add_report, _add_export,
-                _add_serve, _add_compare, _add_cache):
-        add(commands)
-    return parser
+    return parser, commands
 
 
 def check_output(path: Path | None, overwrite: bool, suffixes: tuple[str, ...], flag: str = "--output") -> None:
@@ -87,8 +89,8 @@ def check_output(path: Path | None, overwrite: bool, suffixes: tuple[str, ...], 
         raise UsageError(f"{flag} {path}: folder {path.parent} does not exist")
 
 
-def _add_train(commands) -> None:
-    t = _command(commands, "train", "train a classifier on a folder of images, one subfolder per class",
+def add_train(commands, name: str) -> argparse.ArgumentParser:
+    t = _command(commands, name, "train a classifier on a folder of images, one subfolder per class",
                  "  headstart train photos/ --out runs/pets\n"
                  "  headstart train photos/ --out runs/pets --fine-tune-epochs 2 --track mlflow\n"
                  "  headstart train --resume runs/pets")
@@ -162,16 +164,16 @@ def _add_train(commands) -> None:
     g.add_argument("--seed", type=int, default=_DEFAULT.seed,
                    help="seeds the split, the head's initialisation and the batch order (default: 0)")
     _add_hardware(g, _DEFAULT)
-    _add_launch(t)
+    return t
 
 
-def _add_inspect(commands) -> None:
+def add_inspect(commands, name: str) -> argparse.ArgumentParser:
     # Here, not at the top: only building the parser needs inspect's defaults. The package
     # imports nothing heavy, so reading them costs no PyTorch.
     from ..inspection import InspectSettings
 
     default = InspectSettings()
-    i = _command(commands, "inspect", "find unreadable, duplicated, leaked and likely mislabelled images",
+    i = _command(commands, name, "find unreadable, duplicated, leaked and likely mislabelled images",
                  "  headstart inspect photos/\n  headstart inspect photos/ --out check --near-duplicate 0.95\n"
                  "  headstart inspect --labels labels.csv")
     i.add_argument("data", type=Path, metavar="DATA", nargs="?", help="image folder: one subfolder per class, or "
@@ -188,10 +190,11 @@ def _add_inspect(commands) -> None:
     i.add_argument("--folds", type=int, default=default.folds,
                    help="cross-validation folds for the out-of-fold probabilities behind label errors")
     _add_hardware(i, default, precision=False)  # the engine sets the precision of feature extraction
+    return i
 
 
-def _add_backbones(commands) -> None:
-    b = _command(commands, "backbones", "compare backbones on a data set: the lightweight head's validation "
+def add_backbones(commands, name: str) -> argparse.ArgumentParser:
+    b = _command(commands, name, "compare backbones on a data set: the lightweight head's validation "
                  "accuracy on each one's cached features, its speed and size",
                  "  headstart backbones photos/\n"
                  "  headstart backbones photos/ --backbone efficientnet_lite0 --backbone resnet50=r50.safetensors\n"
@@ -216,6 +219,7 @@ def _add_backbones(commands) -> None:
     g.add_argument("--class-weight", choices=[w for w in CLASS_WEIGHTS if w], default=_DEFAULT.class_weight,
                    help="weight classes inversely to their frequency, for imbalanced data")
     _add_hardware(g, _DEFAULT, precision=False)
+    return b
 
 
 def _add_model(parser) -> None:
@@ -229,8 +233,8 @@ def _add_labels(parser) -> None:
     parser.add_argument("--labels", type=Path, metavar="CSV", help="labels from a CSV file: columns path "
                         "(relative to DATA, else to the CSV's folder, or absolute), label, optional split "
                         "(train/val/test); a run's split.csv is one")
-    parser.add_argument("--label-sep", default=";", metavar="SEP",
-                        help="separates several labels in one cell of --labels (default: ;)")
+    parser.add_argument("--label-sep", default=LABEL_SEP, metavar="SEP",
+                        help="separates several labels in one cell of --labels (default: %(default)s)")
 
 
 def _add_backbone(group, default: TrainingConfig | InspectSettings, auto: str = "") -> None:
@@ -270,8 +274,8 @@ def _add_hardware(group, default: TrainingConfig | InspectSettings = _DEFAULT, p
                        "(default: one per core, at most 4)")
 
 
-def _add_launch(parser) -> None:
-    """The options that start torchrun on this machine: train, predict and evaluate run data-parallel."""
+def add_launch(parser) -> None:
+    """The options that start torchrun on this machine, for the commands that run data-parallel."""
     g = parser.add_argument_group("several processes (torchrun on this machine; see the README for several "
                                   "machines)")
     g.add_argument("--nproc", type=int, metavar="N", help="run on N processes (on CPUs, they share the cores)")
@@ -290,8 +294,8 @@ def _unfreeze(value: str) -> int | None:
     return number
 
 
-def _add_predict(commands) -> None:
-    p = _command(commands, "predict", "classify images with a trained model",
+def add_predict(commands, name: str) -> argparse.ArgumentParser:
+    p = _command(commands, name, "classify images with a trained model",
                  "  headstart predict runs/pets photo.jpg more_photos/\n"
                  "  headstart predict runs/pets/model.onnx https://example.org/cat.jpg\n"
                  "  headstart predict runs/pets photos/ --top-k 3 --output preds.csv")
@@ -307,11 +311,11 @@ def _add_predict(commands) -> None:
     p.add_argument("--threshold", type=float, metavar="P", help="multi-label models: predict every class "
                    "with probability >= P (default: each class's threshold, tuned on validation)")
     _add_hardware(p)
-    _add_launch(p)
+    return p
 
 
-def _add_evaluate(commands) -> None:
-    e = _command(commands, "evaluate", "measure a trained model on a labelled image folder or label file",
+def add_evaluate(commands, name: str) -> argparse.ArgumentParser:
+    e = _command(commands, name, "measure a trained model on a labelled image folder or label file",
                  "  headstart evaluate runs/pets photos/\n"
                  "  headstart evaluate runs/pets/model.onnx new_photos/ --output metrics.json --report eval.html\n"
                  "  headstart evaluate runs/pets --labels labels.csv")
@@ -329,24 +333,26 @@ def _add_evaluate(commands) -> None:
     e.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     e.add_argument("--tta", action="store_true", help="average with the mirror image's prediction")
     _add_hardware(e)
-    _add_launch(e)
+    return e
 
 
-def _add_report(commands) -> None:
-    r = _command(commands, "report", "rebuild a run's report.html (metrics, plots, mistakes) from its files",
+def add_report(commands, name: str) -> argparse.ArgumentParser:
+    r = _command(commands, name, "rebuild a run's report.html (metrics, plots, mistakes) from its files",
                  "  headstart report runs/pets")
     r.add_argument("run", type=Path, metavar="RUN", help="a run folder written by 'headstart train'")
+    return r
 
 
-def _add_cache(commands) -> None:
-    c = _command(commands, "cache", "show or clear the lightweight workflow's feature cache",
+def add_cache(commands, name: str) -> argparse.ArgumentParser:
+    c = _command(commands, name, "show or clear the lightweight workflow's feature cache",
                  "  headstart cache info\n  headstart cache clear")
     c.add_argument("action", choices=("info", "clear"), help="info: what is cached; clear: remove it all")
     c.add_argument("--cache-dir", type=Path, help="the cache folder (default: the user cache folder)")
+    return c
 
 
-def _add_export(commands) -> None:
-    x = _command(commands, "export", "export a trained model as one self-describing ONNX file",
+def add_export(commands, name: str) -> argparse.ArgumentParser:
+    x = _command(commands, name, "export a trained model as one self-describing ONNX file",
                  "  headstart export runs/pets\n  headstart export runs/pets --output pets.onnx --int8")
     x.add_argument("model", type=Path, metavar="RUN", help="a run folder written by 'headstart train'")
     x.add_argument("--format", default="onnx", metavar="NAME", help="the file format (default: onnx, the only one yet)")
@@ -362,10 +368,11 @@ def _add_export(commands) -> None:
                    help="refuse the int8 model if it loses more validation accuracy (default: 0.5)")
     x.add_argument("--calibration-images", type=int, default=100, metavar="N",
                    help="training images that calibrate the int8 ranges (default: 100)")
+    return x
 
 
-def _add_serve(commands) -> None:
-    v = _command(commands, "serve", "serve a model over HTTP: an API and a web page",
+def add_serve(commands, name: str) -> argparse.ArgumentParser:
+    v = _command(commands, name, "serve a model over HTTP: an API and a web page",
                  "  headstart serve runs/pets\n  headstart serve runs/pets/model.onnx --port 8080")
     _add_model(v)
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
@@ -376,12 +383,14 @@ def _add_serve(commands) -> None:
     v.add_argument("--max-upload-mb", type=float, default=20.0, help="largest file accepted (default: 20 MB)")
     v.add_argument("--max-images", type=int, default=16, help="images per request")
     v.add_argument("--timeout", type=float, default=30.0, help="seconds a request may take to arrive, and to wait for the model")
+    return v
 
 
-def _add_compare(commands) -> None:
-    c = _command(commands, "compare", "put the settings and metrics of runs side by side",
+def add_compare(commands, name: str) -> argparse.ArgumentParser:
+    c = _command(commands, name, "put the settings and metrics of runs side by side",
                  "  headstart compare runs/a runs/b runs/c\n  headstart compare runs/* --output cmp.csv")
     c.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders written by 'headstart train'")
     c.add_argument("--output", type=Path, metavar="FILE.csv",
                    help="also write the table as CSV, and beside it an HTML page (FILE.html)")
     c.add_argument("--overwrite", action="store_true", help="allow replacing an existing --output")
+    return c

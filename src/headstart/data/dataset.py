@@ -23,6 +23,7 @@ images without it. Decoding into batches is :mod:`headstart.data.loader`'s.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -77,7 +78,7 @@ class DatasetSplit:
     presplit: bool = False  # True when the split came from train/ val/ test/ folders
     multi_label: bool = False  # True: samples carry ``labels``, a model gets one sigmoid output per class
     label_file: Path | None = None  # where the labels came from, when from a label file
-    label_sep: str = ";"  # how its cells separate several labels
+    label_sep: str = LABEL_SEP  # how its cells separate several labels
 
     def splits(self) -> dict[str, list[Sample]]:
         return {"train": self.train, "val": self.val, "test": self.test}
@@ -99,14 +100,17 @@ class DatasetSplit:
                     "class): validation metrics, early stopping and the fine-tuning guard rest on the others")
         return None
 
-    def counts(self) -> dict[str, dict[str, int]]:
-        """Images per class in each split (an image counts once for each of its labels)."""
+    def counts(self, kept: Sequence[bool] | None = None) -> dict[str, dict[str, int]]:
+        """Images per class in each split (an image counts once for each of its labels); with
+        ``kept``, one flag per image in :meth:`samples` order, only the images flagged."""
+        flags = iter(kept) if kept is not None else itertools.repeat(True)
         out = {}
         for name, samples in self.splits().items():
             per_class = dict.fromkeys(self.classes, 0)
             for s in samples:
+                keep = next(flags)
                 for label in self.label_indices(s):
-                    per_class[self.classes[label]] += 1
+                    per_class[self.classes[label]] += bool(keep)
             out[name] = per_class
         return out
 

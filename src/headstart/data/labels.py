@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, ModelFileError, UsageError
-from .dataset import SPLIT_FOLDERS, DatasetSplit, Sample, Skipped, discover, stratified_split
+from .dataset import LABEL_SEP, SPLIT_FOLDERS, DatasetSplit, Sample, Skipped, discover, stratified_split
 from .images import probe_all
 
 __all__ = ["LABEL_COLUMNS", "read_label_file", "from_targets", "label_file_root", "to_split", "load_split",
@@ -66,7 +66,7 @@ def label_file_root(csv_path: Path) -> Path:
     return csv_path.parent
 
 
-def read_label_file(path: str | Path, root: str | Path | None = None, label_sep: str = ";",
+def read_label_file(path: str | Path, root: str | Path | None = None, label_sep: str = LABEL_SEP,
                     multi_label: bool | None = None, val_fraction: float = 0.2, test_fraction: float = 0.0,
                     seed: int = 0, classes: Sequence[str] | None = None) -> DatasetSplit:
     """The images and labels of a label file, split into train / val / test.
@@ -105,7 +105,7 @@ def read_label_file(path: str | Path, root: str | Path | None = None, label_sep:
 
 
 def from_targets(paths: Sequence[str | Path], y, classes: Sequence[str] | None = None,
-                 multi_label: bool | None = None, label_sep: str = ";", val_fraction: float = 0.2,
+                 multi_label: bool | None = None, label_sep: str = LABEL_SEP, val_fraction: float = 0.2,
                  test_fraction: float = 0.0, seed: int = 0) -> DatasetSplit:
     """Labels held in memory, in scikit-learn's conventions, as a split.
 
@@ -152,7 +152,7 @@ def to_split(data, y=None, classes: Sequence[str] | None = None, multi_label: bo
     return split
 
 
-def load_split(data: str | Path | None, labels: str | Path | None = None, label_sep: str = ";",
+def load_split(data: str | Path | None, labels: str | Path | None = None, label_sep: str = LABEL_SEP,
                val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0) -> DatasetSplit:
     """The images of the folder ``data``, or of the label file ``labels`` (relative paths from
     ``data`` when given), split as :func:`discover` and :func:`read_label_file` split them.
@@ -170,7 +170,7 @@ def load_split(data: str | Path | None, labels: str | Path | None = None, label_
 
 
 def evaluation_split(data: str | Path | None, classes: Sequence[str], multi_label: bool,
-                     labels: str | Path | None = None, label_sep: str = ";") -> DatasetSplit:
+                     labels: str | Path | None = None, label_sep: str = LABEL_SEP) -> DatasetSplit:
     """The labelled images to measure a model of ``classes`` on: a folder's (split folders as they
     are, else every image as "train"), or a label file's, with the model's class indices."""
     if labels is not None:

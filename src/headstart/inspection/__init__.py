@@ -1,7 +1,7 @@
 """``headstart inspect``: what is wrong with an image folder, before training on it.
 
 Five checks, each a small pure function over hashes, embeddings or counts
-(:mod:`.checks`):
+(:mod:`.checks`, and :mod:`headstart.features.neighbours` for near-duplicates):
 
 * unreadable files (the header check of :func:`headstart.data.discover`, plus
   images that fail only when decoded);
@@ -31,8 +31,6 @@ from .checks import (
     file_digests,
     find_exact_duplicates,
     find_label_errors,
-    find_near_duplicates,
-    normalized_embeddings,
     out_of_fold_probabilities,
 )
 from .folder import (
@@ -57,8 +55,6 @@ __all__ = [
     "load_split",
     "file_digests",
     "find_exact_duplicates",
-    "normalized_embeddings",
-    "find_near_duplicates",
     "out_of_fold_probabilities",
     "find_label_errors",
     "class_imbalance",

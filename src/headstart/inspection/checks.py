@@ -1,4 +1,5 @@
-"""The checks of ``headstart inspect``, each a small pure function over hashes, embeddings or counts.
+"""The checks of ``headstart inspect``, each a small pure function over hashes, probabilities or counts
+(near-duplicates are found by :mod:`headstart.features.neighbours`).
 
 Kept apart from the folder walk and the page so that each check can be tested
 (and reused) on plain arrays, without images, a backbone or a cache.
@@ -21,8 +22,6 @@ __all__ = [
     "FEW_IMAGES",
     "file_digests",
     "find_exact_duplicates",
-    "normalized_embeddings",
-    "find_near_duplicates",
     "out_of_fold_probabilities",
     "find_label_errors",
     "class_imbalance",
@@ -51,40 +50,6 @@ def find_exact_duplicates(digests: Sequence[str]) -> list[list[int]]:
     for i, d in enumerate(digests):
         groups.setdefault(d, []).append(i)
     return [g for g in groups.values() if len(g) > 1]
-
-
-def normalized_embeddings(features: np.ndarray) -> np.ndarray:
-    """Features centred on their mean and scaled to unit length (float32); NaN rows become zeros.
-
-    Pooled activations are all positive, so raw cosine similarities crowd near 1;
-    centring spreads them out, and unrelated photos land near 0.
-    """
-    x = np.asarray(features, dtype=np.float32)
-    ok = ~np.isnan(x).any(axis=1)
-    out = np.zeros_like(x)
-    if ok.any():
-        centred = x[ok] - x[ok].mean(axis=0)
-        norms = np.linalg.norm(centred, axis=1, keepdims=True)
-        out[ok] = centred / np.maximum(norms, 1e-12)
-    return out
-
-
-def find_near_duplicates(embeddings: np.ndarray, threshold: float, block: int = 1024
-                         ) -> list[tuple[int, int, float]]:
-    """Pairs ``(i, j, similarity)``, ``i < j``, whose rows' dot product is at least ``threshold``.
-
-    ``embeddings`` are unit rows (:func:`normalized_embeddings`). The similarity
-    matrix is computed ``block`` rows at a time against the rows from there on,
-    so memory stays at ``block x N`` floats (40 MB for 10,000 images). Sorted by
-    similarity, highest first.
-    """
-    e = np.asarray(embeddings, dtype=np.float32)
-    pairs = []
-    for start in range(0, len(e), block):
-        sims = e[start:start + block] @ e[start:].T
-        rows, cols = np.nonzero(np.triu(sims >= threshold, k=1))
-        pairs += [(start + int(r), start + int(c), float(sims[r, c])) for r, c in zip(rows, cols)]
-    return sorted(pairs, key=lambda p: (-p[2], p[0], p[1]))
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, num_classes: int, folds: int = 5,

@@ -21,6 +21,8 @@ from ..data.dataset import DatasetSplit, split_of
 from ..data.labels import load_split
 from ..errors import UsageError
 from ..features.cache import CacheLayout
+from ..features.embeddings import normalized_embeddings
+from ..features.neighbours import find_near_duplicates
 from ..features.pipeline import FeatureRequest, extract_features
 from ..runfolder import relative_path
 from .checks import (
@@ -30,8 +32,6 @@ from .checks import (
     file_digests,
     find_exact_duplicates,
     find_label_errors,
-    find_near_duplicates,
-    normalized_embeddings,
     out_of_fold_probabilities,
 )
 
@@ -186,7 +186,7 @@ def summary_lines(result: Inspection) -> list[str]:
 class _Place:
     path: str  # relative to the data folder
     split: str
-    label: str  # a multi-label image's classes, ";"-separated
+    label: str  # a multi-label image's classes, LABEL_SEP-separated
     rank: int = 0  # the split's: train, val, test
     multi_label: bool = False  # one image under several labels is then no conflict
 
@@ -277,12 +277,7 @@ def _check_labels(result: Inspection, features: np.ndarray, decoded: np.ndarray,
 
 def _decodable_counts(split: DatasetSplit, decoded: np.ndarray) -> dict[str, dict[str, int]]:
     """Images per class in each split that has any, leaving out those that failed to decode."""
-    counts = {name: dict.fromkeys(split.classes, 0) for name, samples in split.splits().items() if samples}
-    samples = [(s, name) for name, group in split.splits().items() for s in group]
-    for (sample, name), ok in zip(samples, decoded):
-        for label in split.label_indices(sample):
-            counts[name][split.classes[label]] += bool(ok)
-    return counts
+    return {name: per_class for name, per_class in split.counts(decoded).items() if split.splits()[name]}
 
 
 def _imbalance_findings(result: Inspection, where: list[_Place], by_folder: bool) -> list[Finding]:

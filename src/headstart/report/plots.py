@@ -4,7 +4,7 @@ per-class F1, ROC and precision-recall curves (two classes), the most confidentl
 wrong images and a reliability diagram.
 
 Each function takes plain data (history rows, metrics, probabilities) and
-returns a :class:`~matplotlib.figure.Figure`; :func:`save` writes it as a PNG.
+returns a :class:`~matplotlib.figure.Figure`; :func:`save` (from :mod:`headstart._plots`) writes it as a PNG.
 Figures are built without pyplot, so nothing depends on a display or on
 global state, and plotting is safe from any thread.
 """
@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from .._io import atomic_path
+from .._plots import percent_axis, save
 from ..data.images import DECODE_ERRORS, load_thumbnail
 from ..metrics import CALIBRATION_BINS, calibration_bins, expected_calibration_error
 
@@ -29,13 +28,6 @@ __all__ = ["learning_curves", "regularization_path", "confusion", "per_class_f1"
 
 _STAGE_NAMES = {"head": "head on cached features", "frozen": "stage 1 (frozen backbone)", "fine-tune": "fine-tuning"}
 _COLORS = {"train": "#1f77b4", "val": "#d62728"}
-
-
-def save(figure: Figure, path: Path, dpi: int = 110) -> Path:
-    """Write ``figure`` as a PNG, atomically."""
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=dpi)
-    return path
 
 
 def learning_curves(history: Sequence[dict], fine_tune_kept: bool | None = None) -> Figure:
@@ -72,13 +64,6 @@ def learning_curves(history: Sequence[dict], fine_tune_kept: bool | None = None)
     for ax in axes:
         ax.legend(loc="best", fontsize=8)
     return figure
-
-
-def percent_axis(axis) -> None:
-    """Ticks as percentages, with as many decimals as their spacing needs: never two equal labels
-    (an accuracy axis from 99.0% to 100% gets 99.2%, 99.4%...)."""
-    axis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
-    axis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
 
 
 # What a head's search may record for each C tried, and how to say it.

@@ -1,7 +1,7 @@
 """A comparison of backbones, shown: an aligned terminal table, ``backbones.csv``, and
 ``backbones.html`` with the accuracy vs speed trade-off plot (``backbones.png``).
 
-The plot follows the report's conventions (:mod:`headstart.report.plots`):
+The plot follows the report's conventions (:mod:`headstart._plots`):
 built without pyplot, percentages on the accuracy axis, written atomically.
 """
 
@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from .. import _html as h
 from .._io import write_text
-from ..report.plots import percent_axis, save
+from .._plots import percent_axis, save
 from ..runfolder import BACKBONES_FILE, backbones_csv
 from .survey import SAMPLE_IMAGES, Survey
 

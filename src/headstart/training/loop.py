@@ -228,7 +228,7 @@ def train_stage(trainer: Trainer, stage: str, epochs: int, result: TrainResult) 
     trainer.replica = distributed.data_parallel(net)
     first = 1
     if checkpoint.resumes(stage):
-        first = _resume(trainer, stage, optimising, stopping, result)
+        first = _resume(trainer, optimising, stopping, result)
         trainer.console.info(f"resuming {stage} at epoch {first}/{epochs}")
     epoch = first - 1
     for epoch in range(first, epochs + 1):
@@ -266,8 +266,7 @@ def resume_after(trainer: Trainer, stage: str) -> None:
     trainer.console.info(f"resuming after {stage} (finished at epoch {checkpoint.state['epoch']})")
 
 
-def _resume(trainer: Trainer, stage: str, optimising: Optimisation, stopping: EarlyStopping,
-            result: TrainResult) -> int:
+def _resume(trainer: Trainer, optimising: Optimisation, stopping: EarlyStopping, result: TrainResult) -> int:
     """Restore an interrupted stage from the checkpoint; returns the epoch to continue with."""
     checkpoint = trainer.checkpoint
     saved, tensors = checkpoint.state, checkpoint.tensors
