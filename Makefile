@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := .demo
 
-.PHONY: demo test install clean browser
+.PHONY: demo test docs install clean browser
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+# The documentation site (docs/, mkdocs.yml), rebuilt as you edit, at http://127.0.0.1:8000.
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs serve
 
 # The browser test drives Debian's Chromium; install it when missing and we may
 # (root), otherwise that test skips and says why (and fails under CI=true).

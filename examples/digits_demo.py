@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -48,8 +50,19 @@ def demo(workdir: Path) -> int:
     print("\npredicting a few of them:", file=sys.stderr)
     status = main(["predict", str(run), *map(str, examples), "--top-k", "2"])
     print(f"\nsee what it learned: open {run / 'report.html'} in a browser")
-    print(f"next: headstart predict {run} YOUR_IMAGES...   |   headstart evaluate {run} {data}")
+    headstart = command_name()
+    print(f"next: {headstart} predict {run} YOUR_IMAGES...   |   {headstart} evaluate {run} {data}")
     return int(status)
+
+
+def command_name() -> str:
+    """How to type the headstart command in this shell: `make demo` runs in .venv without
+    activating it, so a bare `headstart` would not be found there."""
+    script = Path(sys.executable).parent / "headstart"
+    on_path = shutil.which("headstart")
+    if not script.exists() or (on_path and Path(on_path).samefile(script)):
+        return "headstart"
+    return os.path.relpath(script) if script.is_relative_to(Path.cwd()) else str(script)
 
 
 if __name__ == "__main__":
