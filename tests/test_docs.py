@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import REPO
 
-from headstart.cli.parser import build_parser
+from headstart.cli import build_parser
 
 README = REPO / "README.md"
 CLI_PAGE = REPO / "docs" / "cli.md"

@@ -23,7 +23,6 @@ from headstart.runfolder import (
     new_run_dir,
     prepare_output_dir,
     read_csv_file,
-    read_run_request,
     relative_path,
 )
 
@@ -141,11 +140,3 @@ def test_read_csv_file_reads_rows_and_refuses_a_damaged_or_missing_file(tmp_path
     with pytest.raises(ModelFileError, match=f"^not a run folder: {tmp_path / 'predictions.csv'} is missing$"):
         read_csv_file(tmp_path, "predictions.csv")
     assert read_csv_file(tmp_path, "predictions.csv", required=False) is None
-
-
-def test_a_missing_or_damaged_run_json_is_a_usage_error(tmp_path: Path):
-    with pytest.raises(UsageError, match="run.json not found: not a run folder written by 'headstart train'"):
-        read_run_request(tmp_path)
-    (tmp_path / RUN_FILE).write_text(json.dumps({"params": {}}))
-    with pytest.raises(UsageError, match=f"^{tmp_path / RUN_FILE} is damaged"):
-        read_run_request(tmp_path)

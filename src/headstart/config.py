@@ -18,6 +18,7 @@ from .errors import UsageError
 
 __all__ = [
     "FORMAT_VERSION",
+    "LABEL_SEP",
     "ENGINES",
     "AUTO_BACKBONE",
     "BackboneRequest",
@@ -42,6 +43,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # The backbone name that asks for the best of several, compared on cached features first.
 AUTO_BACKBONE = "auto"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Between the classes of a multi-label image, in label files, split.csv and predictions.csv.
+LABEL_SEP = ";"
 
 
 def _require(condition: bool, name: str, expected: str, got: Any) -> None:

@@ -25,7 +25,7 @@ from .data.dataset import LABEL_SEP, DatasetSplit, Sample, Skipped, sample_targe
 from .data.labels import evaluation_split
 from .errors import DataError
 from .predictor import Predictor
-from .record import FineTuneRecord, RunMetrics, SplitMetrics, StageRecord, split_images
+from .record import FineTuneRecord, RunMetrics, SplitMetrics, StageRecord, label_root, split_images
 from .runfolder import RUN_FILE, SPLIT_FILE, prediction_row, relative_path
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ def evaluate_folder(predictor: Predictor, data: str | Path | None, seen: dict[Pa
     validation images; progress on ``console``."""
     console = console or Console(0)
     classes = predictor.classes_
+    data = label_root(data, labels[0])
     samples, scope, skipped = evaluation_samples(data, classes, predictor.multi_label_, labels)
     seen = seen or {}
     trained_on = [seen.get(s.path.resolve()) == "train" for s in samples]
@@ -122,8 +123,7 @@ def evaluate_folder(predictor: Predictor, data: str | Path | None, seen: dict[Pa
 
     # Each rank of a data-parallel run predicts its share in whole batches; all get every row.
     proba = distributed.map_shards(probabilities, [s.path for s in samples], align=batch_size)
-    root = Path(data) if data is not None else Path(labels[0]).parent
-    return Evaluation(root, scope, samples, proba, sample_metrics(predictor, samples, proba), skipped, left_out,
+    return Evaluation(data, scope, samples, proba, sample_metrics(predictor, samples, proba), skipped, left_out,
                       validated_on)
 
 

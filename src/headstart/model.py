@@ -27,10 +27,10 @@ from . import distributed
 from ._console import Console
 from ._io import TEXT_ERRORS, atomic_files, file_problem
 from .callbacks import Callback, CallbackList
-from .config import AUTO_BACKBONE, HeadSpec, ModelConfig, TrainingConfig, library_versions
-from .data.dataset import DatasetSplit, Sample, Skipped
+from .config import AUTO_BACKBONE, LABEL_SEP, HeadSpec, ModelConfig, TrainingConfig, library_versions
+from .data.dataset import Sample, Skipped
 from .data.labels import to_split
-from .errors import BackboneError, DataError, ModelFileError, NotFittedError, UsageError
+from .errors import BackboneError, ModelFileError, NotFittedError, UsageError
 from .export import format_for_file
 from .features.cache import CacheLayout
 from .features.pipeline import check_backbone
@@ -181,9 +181,9 @@ class ImageClassifier(ProbabilityPredictor):
         if config.backbone != AUTO_BACKBONE:  # candidates are checked before they are compared
             check_backbone(feature_request(config), cache)  # a misspelt name fails before any work
         clock = time.perf_counter()
-        split = _agreed_split(to_split(data, y, classes, config.multi_label, val_fraction=config.val_fraction,
-                                       test_fraction=config.test_fraction, seed=config.seed))
-        _report_data(split, console, config.val_fraction)
+        split = fitting.agreed_split(to_split(data, y, classes, config.multi_label, val_fraction=config.val_fraction,
+                                              test_fraction=config.test_fraction, seed=config.seed))
+        fitting.report_split(split, console, config.val_fraction)
         request = self.run_request(split.root, split.label_file, split.label_sep)
         self._callbacks.on_fit_start(request)
         timings = {"data": time.perf_counter() - clock}
@@ -321,7 +321,7 @@ class ImageClassifier(ProbabilityPredictor):
                                       align=self.batch_size)
 
     def evaluate(self, data: str | Path | None, tta: bool = False, labels: str | Path | None = None,
-                 label_sep: str = ";") -> dict:
+                 label_sep: str = LABEL_SEP) -> dict:
         """Metrics on a labelled folder, or a label file's images (``labels``; relative paths from
         ``data`` if given): its test (else val, else train) split with split folders, else every
         image; images this model was fitted on in this session are left out, and unusable label
@@ -334,7 +334,7 @@ class ImageClassifier(ProbabilityPredictor):
         return evaluate_folder(self, data, seen, tta=tta, labels=(labels, label_sep)).to_dict()
 
     # -- persistence ------------------------------------------------------------------------
-    def run_request(self, data: str | Path, labels: str | Path | None = None, label_sep: str = ";") -> RunRequest:
+    def run_request(self, data: str | Path, labels: str | Path | None = None, label_sep: str = LABEL_SEP) -> RunRequest:
         """What ``run.json`` keeps: the data folder (and label file) and every setting, enough to rerun or resume."""
         return RunRequest(Path(data).resolve(), {k: v for k, v in self.get_params().items() if k != "verbose"},
                           Path(labels).resolve() if labels is not None else None, label_sep)
@@ -405,24 +405,3 @@ def load(directory: str | Path, device: str = "auto", verbose: int = 1) -> Image
         request = read_request(directory) if (directory / RUN_FILE).is_file() else None
         clf.record_ = RunRecord(config, read_metrics(directory), request, read_history(directory), directory)
     return clf
-
-
-def _agreed_split(split: DatasetSplit) -> DatasetSplit:
-    """Rank 0's split on every rank of a data-parallel run, checked against what each rank sees."""
-    chosen = distributed.broadcast(split)
-    if len(chosen.samples()) != len(split.samples()):
-        raise DataError(f"{split.root} holds {len(split.samples())} usable images here but "
-                        f"{len(chosen.samples())} on rank 0: every machine needs the same data at the same path")
-    return chosen
-
-
-def _report_data(split: DatasetSplit, console: Console, val_fraction: float) -> None:
-    how = ("given splits" if split.presplit else "a seeded random split") if split.multi_label \
-        else "split folders" if split.presplit else "a stratified split"
-    kind = ", multi-label" if split.multi_label else ""
-    console.info(f"{len(split.classes)} classes{kind} ({', '.join(split.classes[:8])}"
-                 f"{', ...' if len(split.classes) > 8 else ''}) from {split.root}, using {how}: {split.sizes()}")
-    for skipped in split.skipped:
-        console.warn(f"skipping {skipped.path}: {skipped.reason}")
-    if warning := split.sparse_validation(val_fraction):
-        console.warn(warning)

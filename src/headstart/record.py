@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ._io import file_problem, json_text, read_json
-from .config import FORMAT_VERSION, ModelConfig, from_json
+from .config import FORMAT_VERSION, LABEL_SEP, ModelConfig, from_json
 from .errors import ModelFileError, UsageError
 from .runfolder import (BACKBONES_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, RUN_FILE,
                         SKIPPED_FILE, SPLIT_FILE, backbones_csv, check_finished, history_csv, prediction_row,
@@ -30,7 +30,7 @@ from .runfolder import (BACKBONES_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE,
 
 __all__ = ["FORMAT_VERSION", "StageRecord", "FineTuneRecord", "FeatureRecord", "HeadSearch", "PerClass",
            "Confusion", "SplitMetrics", "RunMetrics", "RunRequest", "RunRecord", "read_config", "read_metrics",
-           "read_request", "read_record", "read_history", "record_text", "split_images", "run_texts"]
+           "read_request", "read_record", "read_history", "record_text", "split_images", "run_texts", "label_root"]
 
 _TOP_K = re.compile(r"top_(\d+)_accuracy")
 
@@ -216,7 +216,7 @@ class RunRequest:
     data: Path  # the data folder, absolute (with a label file: where its relative paths start)
     params: dict[str, Any]  # ImageClassifier's parameters, as JSON values
     labels: Path | None = None  # the label file, absolute, when the labels came from one
-    label_sep: str = ";"
+    label_sep: str = LABEL_SEP
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -325,6 +325,21 @@ def run_texts(model: Any) -> dict[str, str]:
     if model.backbones_:
         texts[BACKBONES_FILE] = backbones_csv(model.backbones_)
     return texts
+
+
+def label_root(data: str | Path | None, labels: str | Path | None) -> Path | None:
+    """Where a label file's relative paths start: ``data`` when given; else, for a run's ``split.csv``
+    (a ``run.json`` beside it), the data folder that run was trained on; else the label file's folder."""
+    if data is not None or labels is None:
+        return Path(data) if data is not None else None
+    folder = Path(labels).parent
+    if not (folder / RUN_FILE).is_file():
+        return folder
+    try:
+        trained_on = read_request(folder).data
+    except ModelFileError:  # a label file beside someone else's run.json: its own folder, as any other
+        return folder
+    return trained_on if trained_on.is_dir() else trained_on.parent
 
 
 def _read(path: Path, kind: type) -> Any:

@@ -42,13 +42,15 @@ from typing import Any
 import numpy as np
 
 from ._io import TEXT_ERRORS, csv_text, csv_value
+from .config import LABEL_SEP
 from .errors import ModelFileError, UsageError
 
 __all__ = [
     "MODEL_FILE", "CONFIG_FILE", "METRICS_FILE", "HISTORY_FILE", "SPLIT_FILE", "PREDICTIONS_FILE",
-    "SKIPPED_FILE", "RUN_FILE", "CHECKPOINT_FILE", "REPORT_FILE", "PLOTS_DIR", "ONNX_FILE",
-    "HISTORY_COLUMNS", "BACKBONES_FILE", "BACKBONES_COLUMNS", "history_csv", "backbones_csv", "split_csv",
-    "prediction_row", "predictions_csv", "skipped_csv", "read_csv_file", "prepare_output_dir", "new_run_dir", "relative_path", "LOCK_FILE", "TENSORBOARD_DIR", "lock_run",
+    "SKIPPED_FILE", "RUN_FILE", "CHECKPOINT_FILE", "REPORT_FILE", "PLOTS_DIR",
+    "HISTORY_COLUMNS", "BACKBONES_FILE", "BACKBONES_COLUMNS", "TENSORBOARD_DIR", "LOCK_FILE", "history_csv",
+    "backbones_csv", "split_csv", "prediction_row", "predictions_csv", "skipped_csv", "read_csv_file",
+    "prepare_output_dir", "new_run_dir", "relative_path", "lock_run",
     "lock_owner", "check_finished",
 ]
 
@@ -63,7 +65,6 @@ RUN_FILE = "run.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
-ONNX_FILE = "model.onnx"  # where ``headstart export`` writes by default
 LOCK_FILE = "run.lock"
 BACKBONES_FILE = "backbones.csv"  # the comparison of `headstart backbones`, and of train's --backbone auto
 TENSORBOARD_DIR = "tensorboard"  # event files of --track tensorboard
@@ -103,7 +104,7 @@ def prediction_row(path: str, split: str, true: str, proba: np.ndarray, classes:
     elif thresholds is None:
         predicted = classes[int(proba.argmax())]
     else:
-        predicted = ";".join(c for c, p, t in zip(classes, proba, thresholds) if p >= t)
+        predicted = LABEL_SEP.join(c for c, p, t in zip(classes, proba, thresholds) if p >= t)
     return {"path": path, "split": split, "class": true, "predicted": predicted,
             **{f"p_{c}": (float(p) if decoded else "") for c, p in zip(classes, proba)}}
 

@@ -1,4 +1,4 @@
-"""Freezing, as the seed means it: a frozen backbone's parameters get no gradient, and its
+"""Freezing, as transfer learning means it: a frozen backbone's parameters get no gradient, and its
 BatchNorm layers stay in inference mode, also while it is fine-tuned.
 
 The inference mode is :class:`headstart.backbone.head.ClassifierNet`'s: its

@@ -1,6 +1,6 @@
 """The new head, and the full network: frozen-able backbone + head.
 
-The head is the seed's: global average pooling, dropout, one dense layer. It
+The head is the classic transfer-learning head: global average pooling, dropout, one dense layer. It
 accepts a backbone feature map (standard workflow) or already pooled features
 (lightweight workflow), so both workflows train the very same layers.
 """
@@ -75,7 +75,7 @@ class ClassifierNet(nn.Module):
     ``train()`` switches only the head to training mode: the backbone's
     BatchNorm layers keep using their ImageNet running statistics (and its
     dropout / stochastic depth stay off), whether the backbone is frozen or
-    being fine-tuned. This is the seed's key detail: updating BatchNorm
+    being fine-tuned. This is the method's key detail: updating BatchNorm
     statistics on a small new dataset wrecks what the backbone learned.
     """
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import logging
 from pathlib import Path
 from typing import NamedTuple
 
@@ -43,10 +42,7 @@ __all__ = [
     "load_weights",
 ]
 
-log = logging.getLogger(__name__)
-
-
-# Names from the seed (Keras applications) that timm spells differently.
+# Keras applications' model names that timm spells differently.
 ALIASES = {"xception": "legacy_xception"}
 
 

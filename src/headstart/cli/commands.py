@@ -28,13 +28,14 @@ def inspect_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..features.cache import CacheLayout
     from ..features.pipeline import check_backbone
     from ..inspection import InspectSettings, inspect_folder, load_split, summary_lines, write_inspection
+    from ..record import label_root
     from ..runfolder import new_run_dir, prepare_output_dir
 
     settings = InspectSettings(backbone=args.backbone, weights=args.weights, image_size=args.image_size,
                                engine=args.engine, near_duplicate=args.near_duplicate, folds=args.folds,
                                device=args.device, workers=args.workers)
     check_backbone(settings.feature_request, CacheLayout(args.cache_dir))
-    split = load_split(args.data, args.labels, args.label_sep)
+    split = load_split(label_root(args.data, args.labels), args.labels, args.label_sep)
     for skipped in split.skipped if split.label_file is not None else ():
         console.warn(f"skipping {skipped.path}: {skipped.reason}")
     out = _outside_data(args.out or new_run_dir("inspect-"), split, args.data, "inspected")
@@ -57,6 +58,7 @@ def backbones_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..config import AUTO_BACKBONE, TrainingConfig
     from ..data.labels import load_split
     from ..features.cache import CacheLayout
+    from ..record import label_root
     from ..runfolder import new_run_dir, prepare_output_dir
     from ..selection import parse_candidates, require_validation, survey_backbones
     from ..selection.page import survey_table, write_survey
@@ -69,7 +71,8 @@ def backbones_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     cache = CacheLayout(args.cache_dir)
     candidates = parse_candidates(config.candidates, "--backbone", config.image_size, cache)
     # The split train draws, to the image.
-    split = load_split(args.data, args.labels, args.label_sep, config.val_fraction, config.test_fraction, config.seed)
+    split = load_split(label_root(args.data, args.labels), args.labels, args.label_sep, config.val_fraction,
+                       config.test_fraction, config.seed)
     for skipped in split.skipped:
         console.warn(f"skipping {skipped.path}: {skipped.reason}")
     require_validation(split)

@@ -23,6 +23,7 @@ import numpy as np
 
 from .._console import Console
 from .._io import TEXT_ERRORS, atomic_path, csv_cell, json_line
+from ..config import LABEL_SEP
 from ..errors import DataError, ExitStatus, UsageError
 from .parser import check_output
 
@@ -176,7 +177,7 @@ def _write_label_sets_csv(rows: Iterator[dict], path: Path, classes: tuple[str, 
             count += 1
             failed += row["error"] is not None
             proba = row.get("probabilities") or {}
-            writer.writerow([csv_cell(v) for v in (row["path"], ";".join(row.get("labels") or ()),
+            writer.writerow([csv_cell(v) for v in (row["path"], LABEL_SEP.join(row.get("labels") or ()),
                                                    *(f"{proba[c]:.6f}" if c in proba else "" for c in classes),
                                                    row["error"] or "")])
     return count, failed

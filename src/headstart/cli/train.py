@@ -66,8 +66,8 @@ def train_command(args: argparse.Namespace, console: Console) -> ExitStatus:
 
 def _plan(args: argparse.Namespace) -> tuple[Path, RunRequest]:
     """The run folder and what to run in it: a new run's, or the one ``--resume`` names."""
-    from ..data.labels import label_file_root
     from ..model import ImageClassifier
+    from ..record import label_root
     from ..runfolder import new_run_dir
 
     if args.resume is not None:
@@ -76,7 +76,7 @@ def _plan(args: argparse.Namespace) -> tuple[Path, RunRequest]:
         raise UsageError("train: give the image folder DATA (or --labels CSV), or --resume RUN")
     clf = ImageClassifier(**_training_kwargs(args))
     clf.training_config()  # a bad option fails before any work
-    root = args.data if args.data is not None or args.labels is None else label_file_root(args.labels)
+    root = label_root(args.data, args.labels)
     return args.out or new_run_dir(), clf.run_request(root, args.labels, args.label_sep)
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import LABEL_SEP
 from ..errors import DataError
 from .images import image_files, is_hidden, probe_all
 
@@ -45,8 +46,6 @@ _EXPECTED = ("expected one folder per class holding its images, or split folders
              "each holding one folder per class")
 
 
-# Labels of a multi-label sample in the run's CSV files (split.csv, predictions.csv).
-LABEL_SEP = ";"
 
 
 @dataclass(frozen=True)

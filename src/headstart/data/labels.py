@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, ModelFileError, UsageError
+from ..errors import DataError, UsageError
 from .dataset import LABEL_SEP, SPLIT_FOLDERS, DatasetSplit, Sample, Skipped, discover, stratified_split
 from .images import probe_all
 
-__all__ = ["LABEL_COLUMNS", "read_label_file", "from_targets", "label_file_root", "to_split", "load_split",
+__all__ = ["LABEL_COLUMNS", "read_label_file", "from_targets", "to_split", "load_split",
            "evaluation_split"]
 
 LABEL_COLUMNS = ("label", "labels", "class")  # the first one present is read
@@ -51,27 +51,13 @@ class _Row:
     where: str  # e.g. "labels.csv line 4"
 
 
-def label_file_root(csv_path: Path) -> Path:
-    """The folder a label file's relative paths start from: the CSV's own, or for a run's
-    ``split.csv`` (a ``run.json`` beside it) the data folder that run was trained on."""
-    run_file = csv_path.parent / "run.json"
-    if run_file.is_file():
-        from ..record import read_request  # the run folder's format is the record's
-
-        try:
-            data = read_request(csv_path.parent).data
-        except ModelFileError:
-            return csv_path.parent
-        return data if data.is_dir() else data.parent
-    return csv_path.parent
-
-
 def read_label_file(path: str | Path, root: str | Path | None = None, label_sep: str = LABEL_SEP,
                     multi_label: bool | None = None, val_fraction: float = 0.2, test_fraction: float = 0.0,
                     seed: int = 0, classes: Sequence[str] | None = None) -> DatasetSplit:
     """The images and labels of a label file, split into train / val / test.
 
-    ``root``: where relative paths start (default: :func:`label_file_root`).
+    ``root``: where relative paths start (default: the label file's own folder; for a run's
+    ``split.csv``, :func:`headstart.record.label_root` finds the folder that run was trained on).
     ``multi_label``: None decides from the file (several labels in any cell);
     True allows images with no label. ``classes``: a model's classes, for
     evaluation; a label outside them is an error.
@@ -81,7 +67,7 @@ def read_label_file(path: str | Path, root: str | Path | None = None, label_sep:
         raise DataError(f"label file not found: {path}")
     if not label_sep:
         raise UsageError("--label-sep must not be empty")
-    root = Path(root) if root is not None else label_file_root(path)
+    root = Path(root) if root is not None else path.parent
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)

@@ -90,7 +90,7 @@ def write_onnx(clf, path: str | Path, console: Console) -> None:
     meta = {"classes": list(config.classes), "preprocessing": dataclasses.asdict(config.preprocessing),
             "backbone": config.backbone.name, "architecture": config.backbone.architecture,
             "input": "uint8 RGB, N x 3 x H x W, resized and centre-cropped as 'preprocessing' says",
-            "output": "class probabilities, N x classes", "versions": config.versions}
+            "output": "class probabilities, N x classes", "multi_label": False, "versions": config.versions}
     if config.head.multi_label:
         meta.update(multi_label=True, thresholds=list(config.head.decision_thresholds()),
                     output="each class's probability (a sigmoid each), N x classes; a class is predicted "

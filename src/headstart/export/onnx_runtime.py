@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .._io import file_problem
-from ..config import Preprocessing
+from ..config import Preprocessing, from_json
 from ..data.images import network_input, predict_in_batches
 from ..errors import ModelFileError, UsageError
 from ..predictor import Prediction, ProbabilityPredictor
@@ -50,14 +50,9 @@ class OnnxClassifier(ProbabilityPredictor):
         try:
             meta = json.loads(raw)
             self.classes_ = tuple(str(c) for c in meta["classes"])
-            self.preprocessing = Preprocessing(**{**meta["preprocessing"],
-                                                  "input_size": tuple(meta["preprocessing"]["input_size"]),
-                                                  "mean": tuple(meta["preprocessing"]["mean"]),
-                                                  "std": tuple(meta["preprocessing"]["std"])})
-            # Written by exports of multi-label models; older files are single-label.
-            self.multi_label_ = bool(meta.get("multi_label", False))
-            self.thresholds_ = (np.array(meta.get("thresholds") or [0.5] * len(self.classes_), dtype=np.float64)
-                                if self.multi_label_ else None)
+            self.preprocessing = from_json(Preprocessing, meta["preprocessing"], "preprocessing")
+            self.multi_label_ = meta["multi_label"] is True
+            self.thresholds_ = np.array(meta["thresholds"], dtype=np.float64) if self.multi_label_ else None
             if self.multi_label_ and len(self.thresholds_) != len(self.classes_):
                 raise ValueError(f"{len(self.thresholds_)} thresholds for {len(self.classes_)} classes")
         except (ValueError, KeyError, TypeError, UsageError) as exc:

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from .. import _html as h
 from ..runfolder import SPLIT_FILE, read_csv_file
 from . import plots
+from ..config import LABEL_SEP
 from ..record import SplitMetrics
 from .record import PageData, _image_path, _num
 
@@ -170,7 +171,7 @@ def _label_matrix(rows: list[dict], classes: Sequence[str]) -> tuple[np.ndarray,
     index = {c: i for i, c in enumerate(classes)}
     y = np.zeros((len(rows), len(classes)))
     for i, row in enumerate(rows):
-        for name in filter(None, (row.get("class") or "").split(";")):
+        for name in filter(None, (row.get("class") or "").split(LABEL_SEP)):
             if name in index:
                 y[i, index[name]] = 1
     proba = np.array([[float(r.get(f"p_{c}") or "nan") for c in classes] for r in rows]).reshape(len(rows), -1)

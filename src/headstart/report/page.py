@@ -124,7 +124,8 @@ def _settings_section(run: PageData) -> str:
     size = "x".join(map(str, pre.input_size[1:]))
     rows = [["backbone", f"{backbone.name} (timm {backbone.architecture})"],
             ["weights", backbone.weights], ["features", backbone.num_features],
-            ["input", f"{size} px, {pre.interpolation}, crop {pre.crop_pct}, mean {list(pre.mean)}, std {list(pre.std)}"],
+            ["input", f"{size} px, {pre.interpolation}, crop {pre.crop_pct}, "
+                      f"mean {list(pre.mean)}, std {list(pre.std)}"],
             ["workflow", m.workflow]]
     if m.features:  # the engine that really computed the features, not "auto"
         rows.append(["feature engine", m.features.engine])
@@ -299,7 +300,8 @@ def _timings_section(run: PageData) -> str:
     rows = [[labels.get(k, k), f"{v:.1f} s"] for k, v in m.timings.items() if _finite(v)]
     if m.features:
         f = m.features
-        rows.append(["features", f"{f.seconds:.1f} s: {f.computed} computed with {f.engine}, {f.cached} from the cache"])
+        rows.append(["features", f"{f.seconds:.1f} s: {f.computed} computed with {f.engine}, "
+                                 f"{f.cached} from the cache"])
     if m.head:
         rows.append(["head fit", f"{m.head.seconds:.2f} s (L2 C={m.head.C:g})"])
     per_stage: dict[str, list[float]] = {}

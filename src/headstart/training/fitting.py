@@ -10,15 +10,17 @@
 
 from __future__ import annotations
 
+from .. import distributed
+from .._console import Console
 from ..config import TrainingConfig
 from ..data.dataset import DatasetSplit
 from ..device import cpu_only, resolve_device
-from ..errors import UsageError
+from ..errors import DataError, UsageError
 from .lightweight import fit_lightweight
 from .plan import FitContext, choose_workflow
 from .results import Fitted
 
-__all__ = ["fit"]
+__all__ = ["fit", "agreed_split", "report_split"]
 
 
 def fit(split: DatasetSplit, config: TrainingConfig, context: FitContext) -> Fitted:
@@ -35,3 +37,25 @@ def fit(split: DatasetSplit, config: TrainingConfig, context: FitContext) -> Fit
     from .network import fit_network
 
     return fit_network(split, config, context, workflow, fine_tune_epochs)
+
+
+def agreed_split(split: DatasetSplit) -> DatasetSplit:
+    """Rank 0's split on every rank of a data-parallel run, checked against what each rank sees."""
+    chosen = distributed.broadcast(split)
+    if len(chosen.samples()) != len(split.samples()):
+        raise DataError(f"{split.root} holds {len(split.samples())} usable images here but "
+                        f"{len(chosen.samples())} on rank 0: every machine needs the same data at the same path")
+    return chosen
+
+
+def report_split(split: DatasetSplit, console: Console, val_fraction: float) -> None:
+    """What a fit trains on, in one line, and what it left out or may lack, as warnings."""
+    how = ("given splits" if split.presplit else "a seeded random split") if split.multi_label \
+        else "split folders" if split.presplit else "a stratified split"
+    kind = ", multi-label" if split.multi_label else ""
+    console.info(f"{len(split.classes)} classes{kind} ({', '.join(split.classes[:8])}"
+                 f"{', ...' if len(split.classes) > 8 else ''}) from {split.root}, using {how}: {split.sizes()}")
+    for skipped in split.skipped:
+        console.warn(f"skipping {skipped.path}: {skipped.reason}")
+    if warning := split.sparse_validation(val_fraction):
+        console.warn(warning)
