@@ -8,7 +8,7 @@ import pytest
 from headstart.data import from_targets, read_label_file
 from headstart.data.dataset import DatasetSplit
 from headstart.errors import DataError, UsageError
-from headstart.runfolder import split_csv
+from headstart.record import RunRequest, label_root, record_text, split_text
 
 from conftest import make_image
 
@@ -90,9 +90,12 @@ def test_the_runs_split_csv_is_a_label_file(tmp_path: Path):
     split = read_label_file(_write(tmp_path / "labels.csv", text), val_fraction=0.25, test_fraction=0.25)
     run = tmp_path / "run"
     run.mkdir()
-    _write(run / "split.csv", split_csv(split, split.classes))
-    # split.csv's paths start from the data folder: DATA says so (run.json would too).
-    again = read_label_file(run / "split.csv", root=split.root)
+    _write(run / "split.csv", split_text(split))
+    _write(run / "run.json", record_text(RunRequest(tmp_path, {}, tmp_path / "labels.csv")))
+    # split.csv's paths start from the data folder the run's run.json names.
+    assert label_root(None, run / "split.csv") == tmp_path
+    assert label_root(tmp_path / "x", run / "split.csv") == tmp_path / "x"  # DATA, when given, decides
+    again = read_label_file(run / "split.csv", root=label_root(None, run / "split.csv"))
     assert again.multi_label and again.presplit and again.classes == split.classes
     for name in ("train", "val", "test"):
         assert [(s.path, s.labels) for s in again.splits()[name]] == \

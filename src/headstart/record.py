@@ -30,7 +30,7 @@ from .runfolder import (BACKBONES_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE,
 
 __all__ = ["FORMAT_VERSION", "StageRecord", "FineTuneRecord", "FeatureRecord", "HeadSearch", "PerClass",
            "Confusion", "SplitMetrics", "RunMetrics", "RunRequest", "RunRecord", "read_config", "read_metrics",
-           "read_request", "read_record", "read_history", "record_text", "split_images", "run_texts", "label_root"]
+           "read_request", "read_record", "read_history", "record_text", "split_images", "split_text", "run_texts", "label_root"]
 
 _TOP_K = re.compile(r"top_(\d+)_accuracy")
 
@@ -297,6 +297,12 @@ def split_images(run: Path, split: str, classes: Sequence[str]) -> list[tuple[Pa
     return [(root / r["path"], index.get(r["class"], -1)) for r in rows if (root / r["path"]).is_file()]
 
 
+def split_text(split: Any) -> str:
+    """``split.csv`` for a :class:`~headstart.data.DatasetSplit`: which image went where, a label file too."""
+    return split_csv((relative_path(s.path, split.root), split.label_names(s), name)
+                     for name, samples in split.splits().items() for s in samples)
+
+
 def run_texts(model: Any) -> dict[str, str]:
     """The text files of a run folder for ``model`` (a fitted :class:`headstart.model.ImageClassifier`,
     read through its fitted attributes): its config, and, when it was fitted in this session, its
@@ -314,8 +320,7 @@ def run_texts(model: Any) -> dict[str, str]:
     if split is None:  # a loaded model: its split and predictions stay in the folder it came from
         return texts
     splits = split.splits()
-    texts[SPLIT_FILE] = split_csv((relative_path(s.path, split.root), split.label_names(s), name)
-                                  for name, samples in splits.items() for s in samples)
+    texts[SPLIT_FILE] = split_text(split)
     if model.predictions_:
         thresholds = model.thresholds_
         texts[PREDICTIONS_FILE] = predictions_csv(model.classes_, (

@@ -88,7 +88,8 @@ def test_no_csv_cell_starts_a_spreadsheet_formula(hostile, cli):
         assert not [c for c in written if c[:1] in ("=", "+", "-", "@")], path
         assert any(c.startswith("'=HYPERLINK(1)") for c in written), path
     # The files read back to the real names: the report and evaluation find every image.
-    from headstart.runfolder import read_csv_file, split_images
+    from headstart.record import split_images
+    from headstart.runfolder import read_csv_file
 
     paths = {r["path"] for r in read_csv_file(run, "split.csv")}
     assert f"{FORMULA}/@SUM(A1).png" in paths and f"{SCRIPT}/+cmd.png" in paths

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from .._console import Console
 from ..errors import ExitStatus
-from . import parser as grammar
+from .parser import (add_backbones, add_cache, add_compare, add_evaluate, add_export, add_inspect, add_launch,
+                     add_predict, add_report, add_serve, add_train, main_parser)
 from .commands import (backbones_command, cache_command, compare_command, export_command, inspect_command,
                        report_command, serve_command)
 from .evaluate import evaluate_command
@@ -34,25 +35,25 @@ class Command:
 
 # In the order ``headstart --help`` lists them.
 COMMANDS: dict[str, Command] = {
-    "train": Command(train_command, grammar.add_train, data_parallel=True),
-    "predict": Command(predict_command, grammar.add_predict, data_parallel=True),
-    "evaluate": Command(evaluate_command, grammar.add_evaluate, data_parallel=True),
-    "inspect": Command(inspect_command, grammar.add_inspect),
-    "backbones": Command(backbones_command, grammar.add_backbones),
-    "report": Command(report_command, grammar.add_report),
-    "export": Command(export_command, grammar.add_export),
-    "serve": Command(serve_command, grammar.add_serve),
-    "compare": Command(compare_command, grammar.add_compare),
-    "cache": Command(cache_command, grammar.add_cache),
+    "train": Command(train_command, add_train, data_parallel=True),
+    "predict": Command(predict_command, add_predict, data_parallel=True),
+    "evaluate": Command(evaluate_command, add_evaluate, data_parallel=True),
+    "inspect": Command(inspect_command, add_inspect),
+    "backbones": Command(backbones_command, add_backbones),
+    "report": Command(report_command, add_report),
+    "export": Command(export_command, add_export),
+    "serve": Command(serve_command, add_serve),
+    "compare": Command(compare_command, add_compare),
+    "cache": Command(cache_command, add_cache),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: every command of :data:`COMMANDS`, the data-parallel ones with
     ``--nproc`` and ``--devices``."""
-    parser, commands = grammar.main_parser()
+    parser, commands = main_parser()
     for name, command in COMMANDS.items():
         options = command.options(commands, name)
         if command.data_parallel:
-            grammar.add_launch(options)
+            add_launch(options)
     return parser
