@@ -90,3 +90,12 @@ def test_resume_of_a_folder_without_run_json_names_the_option(cli, tmp_path: Pat
     status, captured = cli("train", "--resume", tmp_path)
     assert status == ExitStatus.USAGE
     assert f"--resume: {tmp_path / RUN_FILE} not found: not a run folder written by 'headstart train'" in captured.stderr
+
+
+def test_a_record_file_without_format_version_is_damaged(tiny_run: Path, tmp_path: Path):
+    run = copy_of(tiny_run, tmp_path)
+    data = json.loads((run / CONFIG_FILE).read_text())
+    del data["format_version"]
+    (run / CONFIG_FILE).write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match=rf"{CONFIG_FILE} is damaged: it has no format_version"):
+        read_config(run)

@@ -352,7 +352,9 @@ def _read(path: Path, kind: type) -> Any:
     if problem is not None:
         raise ModelFileError(f"not a headstart model folder: {path} {problem}")
     data = read_json(path)
-    version = data.get("format_version", FORMAT_VERSION) if isinstance(data, dict) else FORMAT_VERSION
+    if not isinstance(data, dict) or "format_version" not in data:
+        raise ModelFileError(f"{path} is damaged: it has no format_version, which every file headstart writes has")
+    version = data["format_version"]
     if version != FORMAT_VERSION:
         raise ModelFileError(f"{path} has format_version {version!r}, which this headstart does not read "
                              f"(it reads {FORMAT_VERSION}): it was written by another headstart version")
