@@ -214,3 +214,29 @@ def test_the_registry_is_what_the_parser_and_the_launcher_read(cli, monkeypatch)
     status, captured = cli("cache", "info")
     assert status == ExitStatus.USAGE
     assert "cache runs in one process: run it without torchrun" in captured.stderr
+
+
+def test_compare_escapes_a_run_name_that_would_start_a_spreadsheet_formula(cli, tiny_run: Path, tmp_path: Path,
+                                                                          monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    hostile = "=cmd|' -C calc'!A0"
+    shutil.copytree(tiny_run, tmp_path / hostile)
+    status, captured = cli("compare", tiny_run, hostile, "--output", "cmp.csv")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    header = next(csv.reader(open(tmp_path / "cmp.csv")))
+    assert header[-1] == "'" + hostile  # shown as text by a spreadsheet, not run as a formula
+
+
+def test_a_saved_lightweight_model_predicts_what_its_run_recorded(tiny_data: Path, tiny_weights: Path, tmp_path: Path):
+    """The run's predictions.csv (features from the exported engine, fp32) and the loaded model's
+    predict_proba agree: reduced precision is never the default when predicting."""
+    clf = headstart.ImageClassifier(backbone="test_efficientnet", weights=str(tiny_weights), image_size=32,
+                                    workflow="lightweight", workers=0, verbose=0, cache_dir=tmp_path / "cache")
+    run = clf.fit(tiny_data).save(tmp_path / "run")
+    rows = list(csv.DictReader(open(run / "predictions.csv")))
+    loaded = headstart.load(run, verbose=0)
+    proba = loaded.predict_proba([tiny_data / r["path"] for r in rows])
+    recorded = np.array([[float(r[f"p_{c}"]) for c in loaded.classes_] for r in rows])
+    np.testing.assert_allclose(proba, recorded, atol=2e-6)  # bf16 was 1e-5 off on this model, fp32 4e-7

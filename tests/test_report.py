@@ -16,6 +16,8 @@ from headstart.errors import ExitStatus
 from headstart.metrics import calibration_bins, expected_calibration_error
 from headstart.report import plots
 
+from conftest import make_image
+
 PLOTS = {"learning_curves.png", "confusion_counts.png", "confusion_normalised.png", "per_class_f1.png",
          "reliability.png", "roc_pr.png"}
 
@@ -219,3 +221,21 @@ def test_most_confused_pairs_and_the_wilson_interval():
     low, high = wilson_interval(95, 100)  # the textbook value: 88.82% - 97.85%
     assert low == pytest.approx(0.8882, abs=1e-4) and high == pytest.approx(0.9785, abs=1e-4)
     assert wilson_interval(10, 10)[1] == pytest.approx(1.0) and wilson_interval(10, 10)[0] > 0.69
+
+
+def test_a_multi_label_class_with_no_validation_photo_does_not_break_the_report(cli, tiny_args, tmp_path: Path):
+    rows = ["path,label,split"]
+    for i in range(12):
+        for split in ("train", "val"):
+            name = f"{split}{i}.png"
+            make_image(tmp_path / "img" / name, (200, 30, 30) if i % 2 else (30, 30, 200), seed=i)
+            rows.append(f"img/{name},{'red' if i % 2 else 'blue'},{split}")
+    make_image(tmp_path / "img" / "rare.png", (30, 200, 30), seed=99)
+    rows.append("img/rare.png,red;green,train")  # green: one training photo, none to validate on
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    status, captured = cli("train", "--labels", tmp_path / "labels.csv", "--out", out, *tiny_args, "-q")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    assert "green" in (out / "report.html").read_text()
+    status, captured = cli("report", out)
+    assert status == ExitStatus.SUCCESS, captured.stderr

@@ -138,10 +138,10 @@ def _is_number(text: str) -> bool:
 
 
 def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """CSV text, every cell made safe for spreadsheets by :func:`csv_cell`."""
+    """CSV text, every cell made safe for spreadsheets by :func:`csv_cell`, the header's too."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
+    writer.writerow([csv_cell(h) for h in header])
     writer.writerows([csv_cell(v) for v in row] for row in rows)
     return buffer.getvalue()
 

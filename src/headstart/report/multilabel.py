@@ -11,6 +11,7 @@ class given the highest).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from .. import _html as h
 from ..runfolder import SPLIT_FILE, read_csv_file
 from . import plots
 from ..config import LABEL_SEP
-from ..record import SplitMetrics
+from ..record import PerClass, SplitMetrics
 from .record import PageData, _image_path, _num
 
 __all__ = ["evaluation_sections", "pr_curves", "co_occurrence"]
@@ -72,8 +73,12 @@ def _summary_table(m: dict[str, SplitMetrics], evaluated: Sequence[str]) -> str:
 
 def _worst_first(per_class: dict) -> list[str]:
     """Classes by AP, then F1, lowest first; a class without images (no AP) last."""
-    return sorted(per_class, key=lambda c: (np.nan_to_num(per_class[c].average_precision, nan=2.0),
-                                            per_class[c].f1))
+    return sorted(per_class, key=lambda c: (np.nan_to_num(_ap(per_class[c]), nan=2.0), per_class[c].f1))
+
+
+def _ap(scores: PerClass) -> float:
+    """A class's average precision; NaN for a class with no image to rank (``metrics.json`` writes null)."""
+    return math.nan if scores.average_precision is None else scores.average_precision
 
 
 def _per_class_table(metrics: SplitMetrics) -> str:
@@ -91,7 +96,7 @@ def _per_class_bars(metrics: SplitMetrics, split: str, most: int = 40) -> Figure
     y = np.arange(len(names))
     figure = Figure(figsize=(7, max(2.5, 0.36 * len(names) + 1.2)), layout="constrained")
     ax = figure.subplots()
-    ax.barh(y - 0.2, [np.nan_to_num(per_class[c].average_precision) for c in names], 0.4, label="AP")
+    ax.barh(y - 0.2, [np.nan_to_num(_ap(per_class[c])) for c in names], 0.4, label="AP")
     ax.barh(y + 0.2, [per_class[c].f1 for c in names], 0.4, label="F1 at the threshold")
     ax.set_yticks(y, [f"{c[:20]} (n={per_class[c].support})" for c in names])
     ax.invert_yaxis()  # the worst class on top, where the eye starts
