@@ -73,3 +73,20 @@ def test_a_jupyter_kernel_is_recognised(monkeypatch):
     shell = ZMQInteractiveShell()
     monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
     assert in_notebook()
+
+
+def test_escape_sequences_in_names_reach_the_terminal_escaped():
+    err, out = io.StringIO(), io.StringIO()
+    console = Console(err=err, out=out)
+    console.warn("skipping photos/\x1b[2Jcat\x1b]0;owned\x07.jpg: unreadable")
+    console.result("a\tb\x9bc\rd")
+    assert err.getvalue() == "headstart: warning: skipping photos/\\x1b[2Jcat\\x1b]0;owned\\x07.jpg: unreadable\n"
+    assert out.getvalue() == "a\tb\\x9bc\\x0dd\n"  # tabs separate result columns and stay
+
+
+def test_many_warnings_of_one_kind_are_counted_after_the_first_screenful():
+    err = io.StringIO()
+    Console(0, err=err).warn_each([f"skipping {i}.jpg: bad row" for i in range(1000)], "skipped.csv")
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 21 and lines[0] == "headstart: warning: skipping 0.jpg: bad row"
+    assert lines[-1] == "headstart: warning: ... and 980 more like these: skipped.csv lists them all"

@@ -149,3 +149,32 @@ def test_a_folder_becomes_one_label_sets_for_a_multi_label_model(tmp_path: Path)
     split = to_split(make_folder(tmp_path / "d", per_class=5), multi_label=True, val_fraction=0.0)
     assert isinstance(split, DatasetSplit) and split.multi_label
     assert sorted(s.labels for s in split.train) == [(0,)] * 5 + [(1,)] * 5
+
+
+def test_one_photo_spelt_two_ways_is_one_photo(tmp_path: Path):
+    images = _images(tmp_path, 8)
+    rows = [f"img/{p.name},{'a' if i % 2 else 'b'},{'val' if i < 2 else 'train'}" for i, p in enumerate(images)]
+    rows.append(f"img/../img/{images[0].name},{'b' if 0 % 2 else 'a'},train")  # images[0] again, other label
+    split = read_label_file(_write(tmp_path / "labels.csv", "path,label,split\n" + "\n".join(rows)))
+    every = [s.path for s in split.samples()]
+    assert len(every) == len(set(every)) and images[0] not in every  # conflicting labels: left out, once
+    assert any(s.path == images[0] for s in split.skipped)
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_label_file_that_is_not_a_file_says_what_it_is(tmp_path: Path, kind):
+    import os
+
+    path = tmp_path / "labels.csv"
+    path.mkdir() if kind == "folder" else os.mkfifo(path)
+    with pytest.raises(DataError, match=f"^label file {path} is a {'folder' if kind == 'folder' else 'FIFO'}"):
+        read_label_file(path)
+
+
+def test_a_label_file_of_held_out_rows_only_is_scored_by_a_model(tmp_path: Path):
+    images = _images(tmp_path, 6)
+    text = "path,label,split\n" + "\n".join(f"img/{p.name},{'a' if i % 2 else 'b'},test" for i, p in enumerate(images))
+    split = read_label_file(_write(tmp_path / "labels.csv", text), classes=("a", "b"))
+    assert len(split.test) == 6 and not split.train
+    with pytest.raises(DataError, match="no usable training row"):  # training still needs some
+        read_label_file(tmp_path / "labels.csv")

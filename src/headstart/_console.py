@@ -10,13 +10,19 @@ never carries a piece of the bar.
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TextIO, TypeVar
 
 __all__ = ["Console", "in_notebook"]
 
 T = TypeVar("T")
+
+# Control characters but newline and tab: a file or class name holding an escape sequence could
+# clear the screen or retitle the terminal, a carriage return overwrite the line; shown as \xNN.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+WARNINGS_SHOWN = 20  # of one kind, before the rest are counted in one line
 
 
 def in_notebook() -> bool:
@@ -51,6 +57,15 @@ class Console:
         if self.verbosity >= 0:
             self._print(f"headstart: warning: {message}", self.err)
 
+    def warn_each(self, messages: Sequence[str], listed_in: str = "") -> None:
+        """One warning per message, the first :data:`WARNINGS_SHOWN`; the rest counted in one line
+        (a million bad rows in a label file are not a million lines), naming where all are listed."""
+        for message in messages[:WARNINGS_SHOWN]:
+            self.warn(message)
+        if len(messages) > WARNINGS_SHOWN:
+            where = f": {listed_in} lists them all" if listed_in else ""
+            self.warn(f"... and {len(messages) - WARNINGS_SHOWN} more like these{where}")
+
     def error(self, message: str) -> None:
         self._print(f"headstart: error: {self.where}{message}", self.err)
 
@@ -59,6 +74,7 @@ class Console:
             self._print(text, self.out)
 
     def _print(self, text: str, stream: TextIO) -> None:
+        text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
         try:
             self._write(text, stream)
         except UnicodeEncodeError:

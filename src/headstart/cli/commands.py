@@ -36,8 +36,8 @@ def inspect_command(args: argparse.Namespace, console: Console) -> ExitStatus:
                                device=args.device, workers=args.workers)
     check_backbone(settings.feature_request, CacheLayout(args.cache_dir))
     split = load_split(label_root(args.data, args.labels), args.labels, args.label_sep)
-    for skipped in split.skipped if split.label_file is not None else ():
-        console.warn(f"skipping {skipped.path}: {skipped.reason}")
+    if split.label_file is not None:
+        console.warn_each([str(s) for s in split.skipped])
     out = _outside_data(args.out or new_run_dir("inspect-"), split, args.data, "inspected")
     out = prepare_output_dir(out, args.overwrite)
     with CacheLayout(args.cache_dir).in_use():
@@ -73,8 +73,7 @@ def backbones_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     # The split train draws, to the image.
     split = load_split(label_root(args.data, args.labels), args.labels, args.label_sep, config.val_fraction,
                        config.test_fraction, config.seed)
-    for skipped in split.skipped:
-        console.warn(f"skipping {skipped.path}: {skipped.reason}")
+    console.warn_each([str(s) for s in split.skipped])
     require_validation(split)
     out = prepare_output_dir(_outside_data(args.out or new_run_dir("backbones-"), split, args.data, "read"),
                              args.overwrite)

@@ -40,8 +40,7 @@ def evaluate_command(args: argparse.Namespace, console: Console) -> ExitStatus:
                                  labels=(args.labels, args.label_sep))  # each rank predicts its share
     if not distributed.is_main():
         return ExitStatus.SUCCESS
-    for skipped in evaluation.skipped:
-        console.warn(f"skipping {skipped.path}: {skipped.reason}")
+    console.warn_each([str(s) for s in evaluation.skipped], str(args.output or ""))
     if evaluation.left_out:
         console.warn(f"left out {evaluation.left_out} image(s) the model was trained on ({run / 'split.csv'}): "
                      "their score would flatter it; --include-training-images scores them too")

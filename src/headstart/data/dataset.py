@@ -60,8 +60,13 @@ class Sample:
 
 @dataclass(frozen=True)
 class Skipped:
+    """A file left out, and why."""
+
     path: Path
     reason: str
+
+    def __str__(self) -> str:
+        return f"skipping {self.path}: {self.reason}"
 
 
 @dataclass

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import file_problem
 from ..errors import DataError, UsageError
 from .dataset import LABEL_SEP, SPLIT_FOLDERS, DatasetSplit, Sample, Skipped, discover, stratified_split
 from .images import probe_all
@@ -63,8 +64,11 @@ def read_label_file(path: str | Path, root: str | Path | None = None, label_sep:
     evaluation; a label outside them is an error.
     """
     path = Path(path)
-    if not path.is_file():
+    problem = file_problem(path)  # a FIFO or /dev/zero would hang the reader
+    if problem == "is missing":
         raise DataError(f"label file not found: {path}")
+    if problem is not None:
+        raise DataError(f"label file {path} {problem}")
     if not label_sep:
         raise UsageError("--label-sep must not be empty")
     root = Path(root) if root is not None else path.parent
@@ -174,8 +178,9 @@ def evaluation_split(data: str | Path | None, classes: Sequence[str], multi_labe
 
 
 def _resolve(root: Path, text: str) -> Path:
+    # Normalised, so that one photo spelt two ways (x.jpg, ants/../x.jpg) is one photo to the checks.
     path = Path(text)
-    return path if path.is_absolute() or not text else root / path
+    return Path(os.path.normpath(path if path.is_absolute() else root / path)) if text else path
 
 
 def _split_labels(cell, sep: str) -> tuple[str, ...]:
@@ -237,7 +242,7 @@ def _build(rows: list[_Row], root: Path, multi_label: bool | None, val_fraction:
 
     if presplit:
         parts = {name: [sample(r) for r in good if _SPLITS[r.split] == name] for name in ("train", "val", "test")}
-        if not parts["train"]:
+        if not parts["train"] and classes is None:  # a model's classes: its held-out rows are scored
             raise DataError(f"{where} has no usable training row (split 'train')")
         return DatasetSplit(root, known, parts["train"], parts["val"], parts["test"], skipped, presplit=True,
                             multi_label=multi_label)

@@ -16,6 +16,7 @@ from ..config import TrainingConfig
 from ..data.dataset import DatasetSplit
 from ..device import cpu_only, resolve_device
 from ..errors import DataError, UsageError
+from ..runfolder import SKIPPED_FILE
 from .lightweight import fit_lightweight
 from .plan import FitContext, choose_workflow
 from .results import Fitted
@@ -55,7 +56,6 @@ def report_split(split: DatasetSplit, console: Console, val_fraction: float) -> 
     kind = ", multi-label" if split.multi_label else ""
     console.info(f"{len(split.classes)} classes{kind} ({', '.join(split.classes[:8])}"
                  f"{', ...' if len(split.classes) > 8 else ''}) from {split.root}, using {how}: {split.sizes()}")
-    for skipped in split.skipped:
-        console.warn(f"skipping {skipped.path}: {skipped.reason}")
+    console.warn_each([str(s) for s in split.skipped], SKIPPED_FILE)
     if warning := split.sparse_validation(val_fraction):
         console.warn(warning)
