@@ -240,3 +240,21 @@ def test_a_saved_lightweight_model_predicts_what_its_run_recorded(tiny_data: Pat
     proba = loaded.predict_proba([tiny_data / r["path"] for r in rows])
     recorded = np.array([[float(r[f"p_{c}"]) for c in loaded.classes_] for r in rows])
     np.testing.assert_allclose(proba, recorded, atol=2e-6)  # bf16 was 1e-5 off on this model, fp32 4e-7
+
+
+@pytest.mark.parametrize("command", ["train", "backbones"])
+def test_weights_holding_nan_are_refused_in_one_line(cli, tiny_data: Path, tiny_weights: Path, tmp_path: Path,
+                                                     command):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tiny_weights))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    broken = tmp_path / "nan.safetensors"
+    save_file(state, str(broken))
+    backbone = ["--backbone", "test_efficientnet", "--weights", broken] if command == "train" else \
+        ["--backbone", f"test_efficientnet={broken}"]
+    status, captured = cli(command, tiny_data, *backbone, "--image-size", "32", "--out", tmp_path / "out")
+    assert status == ExitStatus.MODEL, captured.stderr
+    assert captured.stderr.endswith(f"headstart: error: weights file {broken} holds NaN or infinite values "
+                                    f"(tensor {name}): it is damaged\n") and "Traceback" not in captured.stderr

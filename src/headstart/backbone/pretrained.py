@@ -26,7 +26,7 @@ from torch import nn
 
 from .._console import Console
 from ..config import INTERPOLATIONS, BackboneRequest, BackboneSpec, Preprocessing
-from ..errors import BackboneError
+from ..errors import BackboneError, ModelFileError
 from .weights import EMBEDDED, embedded_source, file_source
 
 __all__ = [
@@ -185,6 +185,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BackboneError(f"weights file {path} does not hold a state_dict of tensors")
+    # NaN weights give NaN features, which a head search would rank "best" (its loss compares as nothing).
+    broken = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if broken is not None:
+        raise ModelFileError(f"weights file {path} holds NaN or infinite values (tensor {broken}): it is damaged")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
