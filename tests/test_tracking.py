@@ -90,8 +90,29 @@ def test_an_unreachable_tracking_server_is_one_line_and_writes_nothing(cli, tiny
     out = tmp_path / "run"
     status, captured = cli("train", tiny_data, "--out", out, *tiny_args, "--track", "mlflow")
     assert status == ExitStatus.USAGE
-    assert captured.stderr.startswith(f"headstart: error: --track mlflow: cannot start a run at {closed}")
-    assert captured.stderr.count("\n") == 1 and list(out.iterdir()) == []  # rerun as it was, no --overwrite
+    said, error = captured.stderr.splitlines()  # what it waits for, then why it gave up
+    assert said == f"connecting to MLflow at {closed} (at most 1 attempt of 10 s)"
+    assert error.startswith(f"headstart: error: --track mlflow: cannot start a run at {closed}")
+    assert list(out.iterdir()) == []  # rerun as it was, no --overwrite
+
+
+def test_a_failing_artifact_store_after_training_is_a_warning_and_the_run_stands(cli, mlflow_server, tiny_data: Path,
+                                                                                tiny_args, tmp_path: Path,
+                                                                                monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+
+    def refuse(*args, **kwargs):
+        raise OSError("artifact store is read-only")
+
+    monkeypatch.setattr(MlflowClient, "log_artifact", refuse)
+    out = tmp_path / "run"
+    status, captured = cli("train", tiny_data, "--out", out, *tiny_args, "--track", "mlflow")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    assert "headstart: warning: --track mlflow: the run folder's files could not be logged" in captured.stderr
+    assert "artifact store is read-only" in captured.stderr and "done:" in captured.stderr
+    assert (out / "model.safetensors").is_file()
 
 
 def test_tensorboard_event_files_hold_every_epoch_the_settings_and_the_final_metrics(cli, tiny_data: Path,

@@ -12,7 +12,9 @@ with the artifacts in ``./mlruns``); the experiment is
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from ..record import RunRecord, RunRequest
 
 __all__ = ["MlflowTracker"]
+
+_PATIENCE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 class MlflowTracker(Callback):
@@ -47,7 +51,15 @@ class MlflowTracker(Callback):
             raise UsageError("--track mlflow needs MLflow: pip install 'headstart[track]'") from None
         # Unset, MLflow picks its own local default: ./mlruns (MLflow 2), or ./mlflow.db with the
         # artifacts in ./mlruns (MLflow 3, which refuses a plain ./mlruns folder as a store).
+        # MLflow retries an unreachable server for minutes by default, silently: a few quick tries,
+        # said out loud, unless the user set MLflow's own variables.
+        for name, value in _PATIENCE.items():
+            os.environ.setdefault(name, value)
         tracker = cls(mlflow, directory, console)
+        tries = 1 + int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+        tracker.console.info(f"connecting to MLflow at {mlflow.get_tracking_uri()} (at most {tries} "
+                             f"{'attempt' if tries == 1 else 'attempts'} of "
+                             f"{os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT']} s)")
         tracker._call(mlflow.set_experiment, os.environ.get("MLFLOW_EXPERIMENT_NAME") or "headstart")
         return tracker
 
@@ -67,9 +79,10 @@ class MlflowTracker(Callback):
             self.mlflow.log_metrics(values, step=epoch)
 
     def on_fit_end(self, record: RunRecord) -> None:
-        self.mlflow.log_metrics(final_metrics(record.metrics))
-        self.mlflow.set_tag("workflow", record.metrics.workflow)
-        self.mlflow.end_run(status="FINISHED")
+        with self._only_warning("the final metrics"):
+            self.mlflow.log_metrics(final_metrics(record.metrics))
+            self.mlflow.set_tag("workflow", record.metrics.workflow)
+            self.mlflow.end_run(status="FINISHED")
 
     def on_interrupt(self) -> None:
         self.mlflow.end_run(status="KILLED")  # --resume logs the rest as a new run
@@ -83,10 +96,21 @@ class MlflowTracker(Callback):
         if self.run_id is None:
             return
         client = self.mlflow.tracking.MlflowClient()
-        for name in (REPORT_FILE, CONFIG_FILE, METRICS_FILE, HISTORY_FILE, SPLIT_FILE):
-            if (Path(directory) / name).is_file():
-                client.log_artifact(self.run_id, str(Path(directory) / name))
-        client.log_artifact(self.run_id, str(Path(directory) / MODEL_FILE), artifact_path="model")
+        with self._only_warning("the run folder's files"):
+            for name in (REPORT_FILE, CONFIG_FILE, METRICS_FILE, HISTORY_FILE, SPLIT_FILE):
+                if (Path(directory) / name).is_file():
+                    client.log_artifact(self.run_id, str(Path(directory) / name))
+            client.log_artifact(self.run_id, str(Path(directory) / MODEL_FILE), artifact_path="model")
+
+    @contextlib.contextmanager
+    def _only_warning(self, what: str) -> Iterator[None]:
+        """Once training has ended, a tracking failure costs the user the log, never the trained model."""
+        try:
+            yield
+        except Exception as exc:  # MLflow's own and its HTTP and storage clients' errors
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.console.warn(f"--track mlflow: {what} could not be logged to run {self.run_id} "
+                              f"at {self.mlflow.get_tracking_uri()}: {reason}")
 
     def _call(self, function, *args, **kwargs):
         """``function`` of MLflow; its failure (MLflow raises its own and its HTTP client's errors) names the store."""
