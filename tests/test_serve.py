@@ -191,3 +191,18 @@ def test_predictions_match_the_offline_path(run: Path, tmp_path: Path):
         got = c.post("/predict", files=[("files", ("x.png", image.read_bytes(), "image/png"))]).json()
     served = {t["class"]: t["probability"] for t in got["predictions"][0]["top_k"]}
     assert served == pytest.approx({"blue": offline[0], "red": offline[1]}, abs=1e-5)
+
+
+def test_a_port_out_of_range_or_in_use_is_one_line_before_serving(cli, tiny_run: Path):
+    import socket
+
+    status, captured = cli("serve", tiny_run, "--port", "80000")
+    assert status == ExitStatus.USAGE and "expected a port from 0 to 65535, got 80000" in captured.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status, captured = cli("serve", tiny_run, "--port", port)
+    assert status == ExitStatus.USAGE and "serving" not in captured.stderr
+    assert captured.stderr == (f"headstart: error: --host 127.0.0.1 --port {port}: cannot listen there: "
+                               "Address already in use\n")

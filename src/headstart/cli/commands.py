@@ -170,9 +170,23 @@ def serve_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
                          max_images=args.max_images, timeout_s=args.timeout)
     predictor = open_model(args.model)
+    _check_listen(args.host, args.port)  # a port in use is said now, not after the server's own retries
     console.info(f"serving {args.model} on http://{args.host}:{args.port}/  (API docs: /docs; Ctrl-C stops)")
     serve(predictor, args.host, args.port, config, source=args.model)
     return ExitStatus.SUCCESS
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Refuse a host and port this process cannot listen on (in use, not ours, no such address)."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+            probe.bind(address)
+    except OSError as exc:
+        raise UsageError(f"--host {host} --port {port}: cannot listen there: {exc.strerror or exc}") from None
 
 
 def compare_command(args: argparse.Namespace, console: Console) -> ExitStatus:

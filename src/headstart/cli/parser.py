@@ -282,6 +282,16 @@ def add_launch(parser) -> None:
     g.add_argument("--devices", metavar="LIST", help="one process per GPU of LIST, e.g. 0,1,2,3")
 
 
+def _port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {number}")
+    return number
+
+
 def _unfreeze(value: str) -> int | None:
     if value == "all":
         return None
@@ -376,7 +386,7 @@ def add_serve(commands, name: str) -> argparse.ArgumentParser:
                  "  headstart serve runs/pets\n  headstart serve runs/pets/model.onnx --port 8080")
     _add_model(v)
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    v.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    v.add_argument("--port", type=_port, default=8000, help="port to listen on (default: 8000)")
     v.add_argument("--max-batch", type=int, default=32, help="images per forward pass, across requests")
     v.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long an image waits for others to batch with (0: no micro-batching)")
