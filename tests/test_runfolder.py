@@ -115,6 +115,27 @@ def test_the_lock_is_the_kernels_and_dies_with_its_holder(tmp_path: Path):
         pass
 
 
+def test_a_forked_worker_does_not_keep_a_killed_runs_lock(tmp_path: Path):
+    """kill -9 of a run whose decoding workers outlive it: --resume at once finds the folder free."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import multiprocessing, sys, time; sys.path.insert(0, sys.argv[1]);"
+        "from headstart.runfolder import lock_run\n"
+        "with lock_run(sys.argv[2]):\n"
+        "    worker = multiprocessing.get_context('fork').Process(target=time.sleep, args=(60,))\n"
+        "    worker.start(); print(worker.pid, flush=True); time.sleep(60)"), str(SRC), str(out)],
+        stdout=subprocess.PIPE, text=True)
+    worker = int(holder.stdout.readline())
+    try:
+        holder.kill()
+        holder.wait()
+        assert lock_owner(out) is None
+        with lock_run(out):
+            pass
+    finally:
+        os.kill(worker, 9)
+
+
 def test_check_finished_says_whether_a_run_is_training_or_interrupted(tmp_path: Path):
     run = tmp_path / "run"
     run.mkdir()

@@ -164,6 +164,20 @@ def relative_path(path: Path, root: Path) -> str:
         return str(path)
 
 
+# The lock descriptors this process holds. A forked child (a decoding worker) would share each
+# one's lock, and keep the run folder locked after its parent was killed: children close them.
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_locks_in_child() -> None:
+    for fd in _HELD_LOCKS:
+        os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 @contextlib.contextmanager
 def lock_run(directory: str | Path) -> Iterator[Path]:
     """Hold the run folder ``directory`` (created if needed) for writing, or refuse naming its writer.
@@ -195,12 +209,14 @@ def lock_run(directory: str | Path) -> Iterator[Path]:
         if same:
             break
         os.close(fd)
+    _HELD_LOCKS.add(fd)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield directory
     finally:
         path.unlink(missing_ok=True)
+        _HELD_LOCKS.discard(fd)
         os.close(fd)  # closing releases the lock
 
 

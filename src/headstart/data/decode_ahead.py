@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -98,8 +99,14 @@ class DecodeAhead:
 def _decode_ahead(fd: int, paths: Sequence[Path], pre: Preprocessing, status, taken, ahead: int, first: int,
                   step: int, parent: int) -> None:
     """A child of :class:`DecodeAhead`: decode every ``step``-th image, from ``first``, into its slot."""
+    # Ctrl-C reaches the whole process group, and SIGTERM would run the parent's handler (which turns
+    # it into KeyboardInterrupt): the parent stops this child, which ends without a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     size = math.prod(pre.input_size)
     for i in range(first, len(paths), step):
+        if os.getppid() != parent:  # the parent was killed: nobody will read what follows
+            return
         while i - taken.value >= ahead:  # the ring is full: wait for the parent to read
             if os.getppid() != parent:
                 return
