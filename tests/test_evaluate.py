@@ -8,6 +8,7 @@ import http.server
 import json
 import socket
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -158,3 +159,83 @@ def test_api_predicts_a_folder_warns_on_unreadable_and_scores(trained, tmp_path:
     assert [row["stage"] for row in clf.history_] == ["frozen", "frozen"]
     assert set(clf.history_[0]) == {"epoch", "stage", "train_loss", "train_accuracy", "val_loss",
                                     "val_accuracy", "lr", "seconds"}
+
+
+@contextlib.contextmanager
+def trickling_server(send):
+    """A local TCP server that answers each connection with ``send(connection)``."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=lambda: _quietly(send, connection), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
+def _quietly(send, connection):
+    try:
+        send(connection)
+    except OSError:
+        pass  # the client hung up, as it should
+    finally:
+        connection.close()
+
+
+def _slow_headers(connection):
+    connection.recv(4096)
+    for byte in b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n\r\n":
+        connection.sendall(bytes([byte]))
+        time.sleep(0.2)
+
+
+def _slow_body(connection):
+    connection.recv(4096)
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+    for _ in range(1000):
+        connection.sendall(b"x")
+        time.sleep(0.1)
+
+
+def _to_ftp(connection):
+    connection.recv(4096)
+    connection.sendall(b"HTTP/1.1 302 Found\r\nLocation: ftp://example.com/cat.jpg\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize("send", [_slow_headers, _slow_body])
+def test_a_trickling_server_cannot_hold_a_download_past_its_deadline(tmp_path: Path, send):
+    from headstart.data.download import download
+    from headstart.errors import DataError
+
+    with trickling_server(send) as url:
+        started = time.monotonic()
+        with pytest.raises(DataError, match=r"^http://127.0.0.1:\d+/cat.jpg: not downloaded within 1 s$"):
+            download(f"{url}/cat.jpg", tmp_path, timeout_s=1)
+    assert time.monotonic() - started < 3
+
+
+def test_a_download_follows_no_redirect_off_the_web_and_hides_credentials(tmp_path: Path):
+    from headstart.data.download import download
+    from headstart.errors import DataError
+
+    with trickling_server(_to_ftp) as url:
+        with pytest.raises(DataError, match=r"^http://127.0.0.1:\d+/cat.jpg: the server answered HTTP 302 "
+                                            r"redirected to ftp://, which is not followed$"):
+            download(f"{url}/cat.jpg", tmp_path, timeout_s=5)
+        hostile = url.replace("http://", "http://alice:s3cret@") + "/cat.jpg"
+        with pytest.raises(DataError) as error:
+            download(hostile, tmp_path, timeout_s=5)
+    assert "s3cret" not in str(error.value) and "alice" not in str(error.value)
+    assert str(error.value).startswith("cannot download http://***@127.0.0.1:")
