@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TextIO, TypeVar
 
@@ -23,6 +24,7 @@ T = TypeVar("T")
 # clear the screen or retitle the terminal, a carriage return overwrite the line; shown as \xNN.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 WARNINGS_SHOWN = 20  # of one kind, before the rest are counted in one line
+PROGRESS_EVERY_S = 30.0  # between progress lines where no bar can show
 
 
 def in_notebook() -> bool:
@@ -44,6 +46,7 @@ class Console:
         self.err = err if err is not None else sys.stderr
         self.out = out if out is not None else sys.stdout
         self._bars = 0  # progress bars showing now
+        self.progress_every_s = PROGRESS_EVERY_S
 
     @property
     def interactive(self) -> bool:
@@ -73,6 +76,19 @@ class Console:
         if self.verbosity >= 0:
             self._print(text, self.out)
 
+    def _progress_lines(self, items: Iterable[T], total: int | None, desc: str) -> Iterator[T]:
+        """``items``, with a line every :attr:`progress_every_s` seconds saying how far they are:
+        minutes of extraction or of a fine-tuning epoch are not silent in a log."""
+        started = last = time.monotonic()
+        for done, item in enumerate(items, start=1):
+            yield item
+            now = time.monotonic()
+            if now - last >= self.progress_every_s and (total is None or done < total):
+                last = now
+                left = f", about {(now - started) / done * (total - done):.0f} s left" if total else ""
+                of = f"/{total} ({done / total:.0%})" if total else ""
+                self.info(f"{desc}: {done}{of} after {now - started:.0f} s{left}")
+
     def _print(self, text: str, stream: TextIO) -> None:
         text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
         try:
@@ -99,8 +115,11 @@ class Console:
         starting, a model's first call), and counting it would inflate the ETA many times.
         """
         notebook = in_notebook()
-        if self.verbosity < 1 or not (self.interactive or notebook):
+        if self.verbosity < 1:
             yield from items
+            return
+        if not (self.interactive or notebook):  # a log file or CI: a plain line now and then
+            yield from self._progress_lines(items, total, desc)
             return
         if notebook:  # the widget where ipywidgets is installed, else tqdm's text bar
             from tqdm.auto import tqdm
