@@ -135,3 +135,35 @@ def test_collect_images_recurses_and_reports_missing_paths(tmp_path: Path):
     assert len(found) == 7 and found[-1] == single
     with pytest.raises(DataError, match="no such file or folder"):
         collect_images([tmp_path / "nope"])
+
+
+def test_copies_of_one_photo_are_drawn_into_one_split(tmp_path: Path):
+    import shutil
+
+    make_folder(tmp_path / "data", per_class=12)
+    original = tmp_path / "data" / "red" / "red_000.png"
+    for k in range(3):  # the same bytes under other names: a leak if they straddle splits
+        shutil.copy(original, tmp_path / "data" / "red" / f"copy_{k}.png")
+    copies = {original, *(tmp_path / "data" / "red" / f"copy_{k}.png" for k in range(3))}
+    sides = set()
+    for seed in range(12):
+        split = discover(tmp_path / "data", val_fraction=0.3, test_fraction=0.2, seed=seed)
+        where = {name for name, samples in split.splits().items() for s in samples if s.path in copies}
+        assert len(where) == 1, (seed, where)
+        sides |= where
+        assert len(split.samples()) == 27 and len(split.train) > 0
+    assert sides > {"train"}  # the group does get drawn to held-out splits, whole
+
+
+def test_a_split_without_copies_is_drawn_as_before(tmp_path: Path):
+    make_folder(tmp_path / "data", per_class=12)
+    split = discover(tmp_path / "data", val_fraction=0.25, seed=3)
+    # The seeded draw that runs before copies were grouped: the same photos on each side.
+    import random
+
+    rng, expected = random.Random(3), []
+    for name in ("blue", "red"):
+        paths = sorted((tmp_path / "data" / name).iterdir())
+        rng.shuffle(paths)
+        expected += paths[:3]
+    assert [s.path for s in split.val] == expected

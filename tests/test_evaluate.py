@@ -18,7 +18,7 @@ import pytest
 import headstart
 from headstart.errors import ExitStatus
 
-from conftest import make_image
+from conftest import make_folder, make_image
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +74,11 @@ def test_evaluate_scores_an_onnx_model_like_its_run_and_writes_a_report(cli, tra
 
 
 def test_evaluate_on_split_folders_says_which_split(cli, trained, tmp_path: Path):
-    from conftest import make_folder
-
     run, _ = trained
-    data = make_folder(tmp_path / "fresh", per_class=6, split_folders=True)
+    data = tmp_path / "fresh"  # new photos: make_folder's own would be byte-identical to the training ones
+    for name, color in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        for i in range(6):
+            make_image(data / ("train" if i % 3 else "val") / name / f"{name}_{i}.png", color, seed=100 + i)
     status, captured = cli("evaluate", run, data)
     assert status == ExitStatus.SUCCESS, captured.stderr
     assert f"the val split of {data}" in captured.stderr and "left out" not in captured.stderr
@@ -239,3 +240,25 @@ def test_a_download_follows_no_redirect_off_the_web_and_hides_credentials(tmp_pa
             download(hostile, tmp_path, timeout_s=5)
     assert "s3cret" not in str(error.value) and "alice" not in str(error.value)
     assert str(error.value).startswith("cannot download http://***@127.0.0.1:")
+
+
+def test_test_photos_copied_from_training_are_named_by_train_and_left_out_by_evaluate(cli, tiny_args,
+                                                                                     tmp_path: Path):
+    import shutil
+
+    data = make_folder(tmp_path / "data", per_class=12, split_folders=True)
+    for name in ("red", "blue"):
+        (data / "test" / name).mkdir(parents=True)
+        for i in range(1, 4):  # train/ holds images 1, 2, 4, 5...; the test folder copies two of them
+            source = data / "train" / name / f"{name}_{i:03d}.png"
+            if source.is_file():
+                shutil.copy(source, data / "test" / name / f"copy_{i}.png")
+        make_image(data / "test" / name / "new.png", (120, 120, 120), seed=50)
+    out = tmp_path / "run"
+    status, captured = cli("train", data, "--out", out, *tiny_args)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    assert "headstart: warning: 4 test photo(s) are byte-identical copies of training photos" in captured.stderr
+    status, captured = cli("evaluate", out, data)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    assert "left out 4 image(s) the model was trained on, or copies of them" in captured.stderr
+    assert "scoring 2 image(s)" in captured.stderr

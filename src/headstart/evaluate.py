@@ -22,6 +22,7 @@ import numpy as np
 from . import distributed
 from ._console import Console
 from .data.dataset import LABEL_SEP, DatasetSplit, Sample, Skipped, sample_targets
+from .data.identical import copies_of
 from .data.labels import evaluation_split
 from .errors import DataError
 from .predictor import Predictor
@@ -103,7 +104,9 @@ def evaluate_folder(predictor: Predictor, data: str | Path | None, seen: dict[Pa
     data = label_root(data, labels[0])
     samples, scope, skipped = evaluation_samples(data, classes, predictor.multi_label_, labels)
     seen = seen or {}
-    trained_on = [seen.get(s.path.resolve()) == "train" for s in samples]
+    # A byte-identical copy of a training photo under another name is as seen as the photo itself.
+    copied = copies_of([s.path.resolve() for s in samples], [p for p, name in seen.items() if name == "train"])
+    trained_on = [seen.get(s.path.resolve()) == "train" or s.path.resolve() in copied for s in samples]
     left_out = sum(trained_on)
     samples = [s for s, trained in zip(samples, trained_on) if not trained]
     if not samples:

@@ -42,7 +42,8 @@ def evaluate_command(args: argparse.Namespace, console: Console) -> ExitStatus:
         return ExitStatus.SUCCESS
     console.warn_each([str(s) for s in evaluation.skipped], str(args.output or ""))
     if evaluation.left_out:
-        console.warn(f"left out {evaluation.left_out} image(s) the model was trained on ({run / 'split.csv'}): "
+        console.warn(f"left out {evaluation.left_out} image(s) the model was trained on, or copies of them "
+                     f"({run / 'split.csv'}): "
                      "their score would flatter it; --include-training-images scores them too")
     if evaluation.validated_on:
         console.warn(f"{evaluation.validated_on} of the scored images are the run's validation split, which "

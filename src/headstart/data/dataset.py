@@ -28,15 +28,19 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from ..config import LABEL_SEP
 from ..errors import DataError
+from .identical import copies
 from .images import image_files, is_hidden, probe_all
 
+T = TypeVar("T")
+
 __all__ = ["SPLIT_FOLDERS", "LABEL_SEP", "label_matrix", "sample_targets", "Sample", "Skipped", "DatasetSplit", "discover", "split_of",
-           "find_split_folders", "stratified_split"]
+           "find_split_folders", "stratified_split", "draw_split", "copy_groups"]
 
 # The names downloaded datasets give their split folders (compared in lower case).
 SPLIT_FOLDERS = {"train": ("train", "training", "training_set", "train_set"),
@@ -272,21 +276,42 @@ def _to_samples(images: dict[str, list[Path]], classes: Sequence[str]) -> list[S
 
 def stratified_split(images: dict[str, list[Path]], classes: Sequence[str], val_fraction: float,
                      test_fraction: float, seed: int) -> tuple[list[Sample], list[Sample], list[Sample]]:
-    """Split each class in the same proportions, reproducibly for a seed.
+    """Split each class in the same proportions, reproducibly for a seed, byte-identical copies
+    of a photo always on one side (:mod:`headstart.data.identical`).
 
     Done per class rather than with scikit-learn's ``train_test_split``, which
     refuses classes with a single image: here such a class stays in training,
     where it is still learned from.
     """
     rng = random.Random(seed)
+    twins = copies(p for paths in images.values() for p in paths)
     train, val, test = [], [], []
     for label, name in enumerate(classes):
-        paths = sorted(images[name])
-        rng.shuffle(paths)
-        n = len(paths)
-        n_test = min(round(n * test_fraction), max(n - 1, 0))
-        n_val = min(round(n * val_fraction), max(n - 1 - n_test, 0))
-        test += [Sample(p, label) for p in paths[:n_test]]
-        val += [Sample(p, label) for p in paths[n_test:n_test + n_val]]
-        train += [Sample(p, label) for p in paths[n_test + n_val:]]
+        drawn = draw_split(copy_groups(sorted(images[name]), twins), val_fraction, test_fraction, rng)
+        for split, paths in zip((train, val, test), drawn):
+            split += [Sample(p, label) for p in paths]
     return train, val, test
+
+
+def draw_split(groups: list[list[T]], val_fraction: float, test_fraction: float, rng: random.Random
+               ) -> tuple[list[T], list[T], list[T]]:
+    """Train, val and test drawn from shuffled ``groups`` (copies of one photo, kept together) in
+    the proportions asked for, counted in items; at least one group stays for training."""
+    rng.shuffle(groups)
+    n = sum(map(len, groups))
+    n_test = min(round(n * test_fraction), max(n - 1, 0))
+    n_val = min(round(n * val_fraction), max(n - 1 - n_test, 0))
+    test, val, train = [], [], []
+    for group in groups[:-1]:  # the last goes to training whatever its size
+        split = test if len(test) < n_test else val if len(val) < n_val else train
+        split += group
+    train += groups[-1] if groups else []
+    return train, val, test
+
+
+def copy_groups(items: Sequence[T], twins: dict, key=lambda item: item) -> list[list[T]]:
+    """``items`` in groups of byte-identical copies (``twins``: path -> first copy), in order."""
+    groups: dict[object, list[T]] = {}
+    for item in items:
+        groups.setdefault(twins.get(key(item), key(item)), []).append(item)
+    return list(groups.values())

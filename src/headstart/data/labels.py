@@ -32,7 +32,9 @@ import numpy as np
 
 from .._io import file_problem
 from ..errors import DataError, UsageError
-from .dataset import LABEL_SEP, SPLIT_FOLDERS, DatasetSplit, Sample, Skipped, discover, stratified_split
+from .dataset import (LABEL_SEP, SPLIT_FOLDERS, DatasetSplit, Sample, Skipped, copy_groups, discover, draw_split,
+                      stratified_split)
+from .identical import copies
 from .images import probe_all
 
 __all__ = ["LABEL_COLUMNS", "read_label_file", "from_targets", "to_split", "load_split",
@@ -298,10 +300,8 @@ def _row_problem(row: _Row, multi_label: bool, presplit: bool) -> str | None:
 
 def _random_split(samples: list[Sample], val_fraction: float, test_fraction: float, seed: int
                   ) -> tuple[list[Sample], list[Sample], list[Sample]]:
-    """A seeded random split (multi-label sets have no one class to stratify by)."""
+    """A seeded random split (multi-label sets have no one class to stratify by), copies of one
+    photo on one side."""
     order = sorted(samples, key=lambda s: str(s.path))
-    random.Random(seed).shuffle(order)
-    n = len(order)
-    n_test = min(round(n * test_fraction), max(n - 1, 0))
-    n_val = min(round(n * val_fraction), max(n - 1 - n_test, 0))
-    return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
+    twins = copies(s.path for s in order)
+    return draw_split(copy_groups(order, twins, key=lambda s: s.path), val_fraction, test_fraction, random.Random(seed))

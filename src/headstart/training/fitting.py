@@ -14,6 +14,7 @@ from .. import distributed
 from .._console import Console
 from ..config import TrainingConfig
 from ..data.dataset import DatasetSplit
+from ..data.identical import copies_of
 from ..device import cpu_only, resolve_device
 from ..errors import DataError, UsageError
 from ..runfolder import SKIPPED_FILE
@@ -59,3 +60,20 @@ def report_split(split: DatasetSplit, console: Console, val_fraction: float) -> 
     console.warn_each([str(s) for s in split.skipped], SKIPPED_FILE)
     if warning := split.sparse_validation(val_fraction):
         console.warn(warning)
+    if split.presplit and (warning := _copied_from_training(split)):
+        console.warn(warning)
+
+
+def _copied_from_training(split: DatasetSplit) -> str | None:
+    """A warning when given val or test photos are byte-identical copies of training photos
+    (drawn splits never are): their scores would flatter the model."""
+    train = [s.path for s in split.train]
+    copied = {name: copies_of([s.path for s in samples], train) for name, samples in (("val", split.val),
+                                                                                      ("test", split.test))}
+    if not any(copied.values()):
+        return None
+    counts = " and ".join(f"{len(paths)} {'validation' if name == 'val' else 'test'}"
+                          for name, paths in copied.items() if paths)
+    example = min(p for paths in copied.values() for p in paths)
+    return (f"{counts} photo(s) are byte-identical copies of training photos (e.g. {example}): their scores "
+            "flatter the model; remove the copies, or let headstart draw the split (it keeps copies together)")
