@@ -2,6 +2,7 @@
 
 import csv
 import io
+import re
 import shutil
 import subprocess
 import sys
@@ -120,13 +121,14 @@ def test_inspect_flags_leaks_conflicts_and_unreadable_files(cli, tmp_path: Path,
     shutil.copy(data / "train" / "red" / "red_001.png", data / "val" / "red" / "copy.png")  # a leak
     shutil.copy(data / "train" / "blue" / "blue_001.png", data / "train" / "red" / "blue_copy.png")  # two labels
     (data / "train" / "blue" / "broken.jpg").write_text("not a jpeg")
+    shutil.copy(data / "train" / "red" / "red_002.png", data / "train" / "red" / "zzz_copy.png")  # harmless
     out = tmp_path / "report"
     status, captured = cli("inspect", data, "--out", out, *inspect_args)
     assert status == ExitStatus.SUCCESS, captured.stderr
     rows = rows_of(out)
     assert list(rows[0]) == list(CSV_COLUMNS)
     exact = {r["path"]: r for r in rows if r["kind"] == "exact_duplicate"}
-    assert set(exact) == {"val/red/copy.png", "train/red/blue_copy.png"}
+    assert set(exact) == {"val/red/copy.png", "train/red/blue_copy.png", "train/red/zzz_copy.png"}
     leak, conflict = exact["val/red/copy.png"], exact["train/red/blue_copy.png"]
     assert leak["severity"] == "high" and leak["other_path"] == "train/red/red_001.png"
     assert (leak["split"], leak["other_split"]) == ("val", "train") and "leak" in leak["detail"]
@@ -136,10 +138,14 @@ def test_inspect_flags_leaks_conflicts_and_unreadable_files(cli, tmp_path: Path,
     assert [(r["path"], r["split"], r["label"]) for r in unreadable] == [("train/blue/broken.jpg", "train", "blue")]
     assert "not an image" in unreadable[0]["detail"]
     assert "warning: exact duplicate val/red/copy.png" in captured.stderr
-    assert "exact duplicates: 2 (2 across splits or with conflicting labels)" in captured.stdout
+    assert "exact duplicates: 3 (2 across splits or with conflicting labels)" in captured.stdout
     assert str(out / "inspect.csv") in captured.stdout and str(out / "inspect.html") in captured.stdout
     html = (out / "inspect.html").read_text()
     assert 'class="alert"' in html and "Clean bill" not in html
+    # Files and the photos they copy, counted apart (a headline adding them up overstated the leaks).
+    assert re.search(r"<strong>\d+ file\(s\) duplicating \d+ other\(s\) across splits or with conflicting labels", html)
+    # The leaks head the table, whatever their names: a long list must not bury them.
+    assert html.index("<code>val/red/copy.png</code>") < html.index("<code>train/red/zzz_copy.png</code>")
     assert "http://" not in html and "https://" not in html  # self-contained: opens offline
     assert html.count("data:image/jpeg;base64,") >= 4  # the duplicate pairs, side by side
 

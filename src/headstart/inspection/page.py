@@ -44,8 +44,9 @@ def _html_page(result: Inspection) -> str:
     loud = [f for f in result.findings if f.leak]
     quiet = [f for f in result.findings if not f.leak]
     if loud:
-        parts.append(f'<div class="alert"><strong>{len(loud)} duplicate(s) across splits or with conflicting '
-                     "labels.</strong> A photo in both training and validation/test inflates the measured "
+        groups = len({f.other_path for f in loud})
+        parts.append(f'<div class="alert"><strong>{len(loud)} file(s) duplicating {groups} other(s) across splits '
+                     "or with conflicting labels</strong> (listed first below). A photo in both training and validation/test inflates the measured "
                      "accuracy; one under two labels teaches a contradiction. Remove or relabel the copies "
                      "listed below before training.</div>")
     if quiet:
@@ -90,7 +91,8 @@ _EXPLAIN = {
 
 
 def _section(result: Inspection, kind: str) -> str:
-    found = result.of_kind(kind)
+    # The leaks (across splits, or under two labels) first: a long table must not bury them.
+    found = sorted(result.of_kind(kind), key=lambda f: not f.leak)
     head = f"<h2>{_html.escape(TITLES[kind])} ({len(found)})</h2><p class=\"muted\">{_html.escape(_EXPLAIN[kind])}</p>"
     if not found:
         return head + f"<p>{_html.escape(result.unchecked.get(kind, 'None found.'))}</p>"
