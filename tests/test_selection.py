@@ -41,9 +41,14 @@ def rows_of(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def best_of(rows: list[dict]) -> dict:
-    """What the choice must be: the highest validation accuracy, then the lowest validation loss."""
-    return max(rows, key=lambda r: (float(r["val_accuracy"]), -float(r["val_loss"])))
+def best_of(rows: list[dict], val_images: int) -> dict:
+    """What the choice must be: the fastest of the backbones whose validation accuracy is within the
+    noise of the highest on ``val_images`` (1.96 standard errors of a difference, Agresti-Caffo)."""
+    top = max(rows, key=lambda r: (float(r["val_accuracy"]), -float(r["val_loss"])))
+    p = (float(top["val_accuracy"]) * val_images + 1) / (val_images + 2)
+    noise = 1.96 * (2 * p * (1 - p) / val_images) ** 0.5
+    return max((r for r in rows if float(top["val_accuracy"]) - float(r["val_accuracy"]) <= noise),
+               key=lambda r: (float(r["images_per_second"]), float(r["val_accuracy"])))
 
 
 def compare(cli, data: Path, out: Path, cache: Path, candidates: list[str], *extra: str):
@@ -62,7 +67,7 @@ def test_backbones_writes_a_table_a_csv_and_a_page_with_the_best_marked(cli, dat
     assert [r["backbone"] for r in rows] == [SECOND_BACKBONE, TINY_BACKBONE]  # in the order given
     assert len({r["val_loss"] for r in rows}) == 2  # two different heads: the choice means something
     chosen = [r for r in rows if r["chosen"] == "True"]
-    assert chosen == [best_of(rows)]
+    assert chosen == [best_of(rows, 6)]
     for row in rows:
         assert row["input_size"] == "32" and int(row["features_computed"]) == 36  # 30 train + 6 val
         assert float(row["images_per_second"]) > 0 and int(row["parameters"]) > 10_000
@@ -99,7 +104,7 @@ def test_train_backbone_auto_trains_the_best_and_records_the_comparison(cli, dat
                            "--cache-dir", tmp_path / "cache", "--out", out)
     assert status == ExitStatus.SUCCESS, captured.stderr
     rows = rows_of(out / BACKBONES_FILE)
-    best = best_of(rows)
+    best = best_of(rows, 6)
     assert [r for r in rows if r["chosen"] == "True"] == [best]
     config = json.loads((out / "config.json").read_text())
     assert config["backbone"]["name"] == best["backbone"]
@@ -114,7 +119,7 @@ def test_train_backbone_auto_trains_the_best_and_records_the_comparison(cli, dat
 def test_the_python_api_takes_backbone_auto(data: Path, tmp_path: Path, candidates: list[str]):
     clf = ImageClassifier(backbone="auto", candidates=candidates, image_size=32, workers=0,
                           cache_dir=tmp_path / "cache", verbose=0).fit(data)
-    best = best_of([{k: str(v) for k, v in row.items()} for row in clf.backbones_])
+    best = best_of([{k: str(v) for k, v in row.items()} for row in clf.backbones_], 6)
     assert clf.config_.backbone.name == best["backbone"] and clf.config_.training.backbone == best["backbone"]
     assert clf.get_params()["backbone"] == "auto"  # the estimator's parameters stay as given
     assert (clf.save(tmp_path / "run") / BACKBONES_FILE).is_file()
@@ -203,9 +208,19 @@ def test_embedded_lite0_and_lite1_compared_on_real_photos(cli, tmp_path: Path):
     for row in (lite0, lite1):
         assert float(row["val_accuracy"]) > 0.85  # ants vs bees, 153 validation photos
         assert int(row["features_computed"]) == 398 and float(row["images_per_second"]) > 0
-    assert [r for r in (lite0, lite1) if r["chosen"] == "True"] == [best_of([lite0, lite1])]
+    assert [r for r in (lite0, lite1) if r["chosen"] == "True"] == [best_of([lite0, lite1], 153)]
     status, captured = cli("backbones", data, *flags, "--out", tmp_path / "again")
     assert status == ExitStatus.SUCCESS, captured.stderr
     again = rows_of(tmp_path / "again" / BACKBONES_FILE)
     assert [int(r["features_computed"]) for r in again] == [0, 0]
     assert [r["val_accuracy"] for r in again] == [lite0["val_accuracy"], lite1["val_accuracy"]]
+
+
+def test_scores_within_the_noise_of_few_validation_images_go_to_the_fastest_backbone():
+    fast, slow = _entry(Candidate("fast"), 0.90, 0.30, 200.0), _entry(Candidate("slow"), 0.92, 0.25, 20.0)
+    survey = Survey([fast, slow], Path("."), 2, "", 64, val_images=64)  # 2 points on 64 images: 1 photo
+    assert choose(survey) is fast
+    assert "fast: the fastest (200.0 img/s) of the backbones within the noise" in survey.reason
+    assert "92.00%" in survey.reason and "64 images cannot tell apart" in survey.reason
+    survey.val_images = 20_000  # the same 2 points on many images are a real difference
+    assert choose(survey) is slow and "the best validation accuracy (92.00%" in survey.reason

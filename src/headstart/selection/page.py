@@ -28,7 +28,7 @@ def _cells(survey: Survey) -> list[list[str]]:
     rows = []
     for e in survey.entries:
         accuracy = f"{e.val_accuracy:.2%}" + (f" (mAP {e.val_map:.3f})" if e.val_map is not None else "")
-        extracted = f"{e.computed} in {e.extraction_seconds:.2g} s" if e.computed else "all cached"
+        extracted = f"{e.computed} in {e.extraction_seconds:.1f} s" if e.computed else "all cached"
         rows.append([e.candidate.label, f"{e.input_size} px", f"{e.parameters / 1e6:.1f} M",
                      f"{e.weights_mb:.1f} MB", accuracy, f"{e.val_loss:.4f}", f"{e.images_per_second:.1f}",
                      f"{e.seconds_per_1000:.1f}" + ("" if e.within_budget else " (over)"), extracted])

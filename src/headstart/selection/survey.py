@@ -144,6 +144,7 @@ class Survey:
     sample: int  # images timed per candidate
     time_budget: float | None = None
     reason: str = ""
+    val_images: int = 0  # what the scores were measured on: how far apart they must be to differ
 
     @property
     def chosen(self) -> Entry | None:
@@ -166,7 +167,8 @@ def survey_backbones(split: DatasetSplit, candidates: Sequence[Candidate], confi
     split = dataclasses.replace(split, test=[])  # chosen on validation: the test images stay unseen
     paths = [s.path for s in split.samples()]
     sample = [s.path for s in split.train[:SAMPLE_IMAGES]]
-    survey = Survey([], split.root, len(split.classes), split.sizes(), len(sample), config.time_budget)
+    survey = Survey([], split.root, len(split.classes), split.sizes(), len(sample), config.time_budget,
+                    val_images=len(split.val))
     for number, candidate in enumerate(candidates, start=1):
         console.info(f"backbone {number} of {len(candidates)}: {candidate.label}")
         settings = dataclasses.replace(config, backbone=candidate.name, weights=candidate.weights,
@@ -206,11 +208,20 @@ def choose(survey: Survey) -> Entry:
         fastest = min(survey.entries, key=lambda e: e.seconds_per_1000)
         raise UsageError(f"no backbone fits --time-budget {budget:g} s per 1,000 images: the fastest, "
                          f"{fastest.candidate.label}, takes {fastest.seconds_per_1000:.1f} s; raise the budget")
-    best = max(fitting, key=lambda e: (e.score, -e.val_loss, e.images_per_second))
+    top = max(fitting, key=lambda e: (e.score, -e.val_loss, e.images_per_second))
+    noise = _noise(top, survey.val_images)
+    # Scores closer than the noise of so few validation images do not tell backbones apart: the fastest wins.
+    best = max((e for e in fitting if top.score - e.score <= noise),
+               key=lambda e: (e.images_per_second, e.score)) if noise > 0 else top
     best.chosen = True
     metric = "mAP" if best.val_map is not None else "accuracy"
-    reason = (f"{best.candidate.label}: the best validation {metric} ({_score(best)}, val loss {best.val_loss:.4f}) "
-              f"of {len(fitting)} backbone(s)")
+    if best is top:
+        reason = (f"{best.candidate.label}: the best validation {metric} ({_score(best)}, val loss "
+                  f"{best.val_loss:.4f}) of {len(fitting)} backbone(s)")
+    else:
+        reason = (f"{best.candidate.label}: the fastest ({best.images_per_second:.1f} img/s) of the backbones within "
+                  f"the noise of the best validation {metric} ({_score(best)} against {top.candidate.label}'s "
+                  f"{_score(top)}, under the {noise:.1%} that {survey.val_images} images cannot tell apart)")
     if budget is not None:
         reason += f" within --time-budget {budget:g} s per 1,000 images (it takes {best.seconds_per_1000:.1f} s)"
         over = [e for e in survey.entries if not e.within_budget and e.score > best.score]
@@ -218,6 +229,16 @@ def choose(survey: Survey) -> Entry:
                           for e in over)
     survey.reason = reason
     return best
+
+
+def _noise(top: Entry, images: int) -> float:
+    """How much lower an accuracy can be than ``top``'s and not differ, on ``images`` validation images:
+    1.96 standard errors of the difference of two accuracies (0 for mAP, or when the count is unknown),
+    with one success and one failure added (Agresti-Caffo) so that 100% is not taken as certain."""
+    if top.val_map is not None or images <= 0:
+        return 0.0
+    p = (top.score * images + 1) / (images + 2)
+    return 1.96 * math.sqrt(2 * p * (1 - p) / images)
 
 
 def _score(entry: Entry) -> str:
