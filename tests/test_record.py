@@ -89,7 +89,8 @@ def test_a_damaged_run_file_stops_resume_with_exit_5(cli, tiny_run: Path, tmp_pa
 def test_resume_of_a_folder_without_run_json_names_the_option(cli, tmp_path: Path):
     status, captured = cli("train", "--resume", tmp_path)
     assert status == ExitStatus.USAGE
-    assert f"--resume: {tmp_path / RUN_FILE} not found: not a run folder written by 'headstart train'" in captured.stderr
+    assert (f"--resume: {tmp_path / RUN_FILE} not found: not a run folder written by 'headstart train'"
+            in captured.stderr)
 
 
 def test_a_record_file_without_format_version_is_damaged(tiny_run: Path, tmp_path: Path):

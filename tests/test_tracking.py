@@ -96,6 +96,32 @@ def test_an_unreachable_tracking_server_is_one_line_and_writes_nothing(cli, tiny
     assert list(out.iterdir()) == []  # rerun as it was, no --overwrite
 
 
+def test_an_interrupted_run_is_marked_killed_in_mlflow(cli, mlflow_server, tiny_data: Path, tiny_args,
+                                                       tmp_path: Path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from headstart import model as model_module
+    from headstart.callbacks import Callback
+
+    class CtrlC(Callback):
+        def on_epoch_end(self, epoch, logs):
+            raise KeyboardInterrupt
+
+    real_fit = model_module.ImageClassifier.fit
+
+    def fit_then_ctrl_c(self, data, **kwargs):
+        return real_fit(self, data, **{**kwargs, "callbacks": [*kwargs["callbacks"], CtrlC()]})
+
+    monkeypatch.setattr(model_module.ImageClassifier, "fit", fit_then_ctrl_c)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "killed")
+    status, captured = cli("train", tiny_data, "--out", tmp_path / "run", *tiny_args, "--track", "mlflow")
+    assert status == ExitStatus.INTERRUPTED, captured.stderr
+    client = MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("killed").experiment_id])
+    assert run.info.status == "KILLED"
+
+
 def test_a_failing_artifact_store_after_training_is_a_warning_and_the_run_stands(cli, mlflow_server, tiny_data: Path,
                                                                                 tiny_args, tmp_path: Path,
                                                                                 monkeypatch):
