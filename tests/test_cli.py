@@ -258,3 +258,14 @@ def test_weights_holding_nan_are_refused_in_one_line(cli, tiny_data: Path, tiny_
     assert status == ExitStatus.MODEL, captured.stderr
     assert captured.stderr.endswith(f"headstart: error: weights file {broken} holds NaN or infinite values "
                                     f"(tensor {name}): it is damaged\n") and "Traceback" not in captured.stderr
+
+
+def test_a_weights_file_that_would_unpickle_code_is_refused_in_one_line(cli, tiny_data: Path, tmp_path: Path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": pickle.loads(pickle.dumps(Path("x")))}, evil)
+    status, captured = cli("train", tiny_data, "--backbone", "test_efficientnet", "--weights", evil,
+                           "--image-size", "32", "--out", tmp_path / "out")
+    assert status == ExitStatus.BACKBONE, captured.stderr
+    errors = [line for line in captured.stderr.splitlines() if line.startswith("headstart: error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"headstart: error: cannot read weights file {evil}: ")
+    assert captured.stderr.endswith(errors[0] + "\n")  # nothing after the one line
