@@ -100,3 +100,13 @@ def test_a_record_file_without_format_version_is_damaged(tiny_run: Path, tmp_pat
     (run / CONFIG_FILE).write_text(json.dumps(data))
     with pytest.raises(ModelFileError, match=rf"{CONFIG_FILE} is damaged: it has no format_version"):
         read_config(run)
+
+
+def test_a_run_shows_only_the_settings_its_workflow_read(tiny_run: Path):
+    import dataclasses
+
+    record = read_record(tiny_run)
+    assert {"epochs", "lr", "augment", "seed"} <= set(record.used_settings())  # the standard workflow's
+    lightweight = dataclasses.replace(record, metrics=dataclasses.replace(record.metrics, workflow="lightweight"))
+    used = lightweight.used_settings()
+    assert "epochs" not in used and "lr" not in used and {"class_weight", "seed"} <= set(used)

@@ -238,6 +238,7 @@ def test_compare_puts_runs_side_by_side(cli, tiny_data: Path, tiny_args, tmp_pat
     rows = {r["name"]: r for r in csv.DictReader(open(out))}
     assert rows["lr"][str(runs[0])] == "0.001" and rows["lr"][str(runs[1])] == "0.01"
     assert rows["epochs"][str(runs[0])] == rows["epochs"][str(runs[1])] == "2"
+    assert rows["data"][str(runs[0])] == str(tiny_data.resolve())  # what each run was trained on
     assert "accuracy" in rows and rows["accuracy"]["section"] == "val metrics"
     page = out.with_suffix(".html").read_text()
     assert "<mark>lr</mark>" in page and "<mark>epochs</mark>" not in page

@@ -7,7 +7,6 @@ are what explains a difference in the metrics below them.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,11 +42,12 @@ def compare_runs(runs: Sequence[str | Path]) -> Comparison:
                 "image size": ["x".join(map(str, c.preprocessing.input_size[1:])) for c in configs],
                 "workflow": [m.workflow for m in metrics],
                 "head L2 C": [m.head.C if m.head else None for m in metrics],
-                "feature engine": [m.features.engine if m.features else None for m in metrics]}
-    trainings = [dataclasses.asdict(c.training) if c.training else {} for c in configs]
-    for name in dict.fromkeys(k for t in trainings for k in t):
-        if name not in ("backbone", "workflow", "image_size", "engine"):
-            settings[name.replace("_", " ")] = [t.get(name) for t in trainings]
+                "feature engine": [m.features.engine if m.features else None for m in metrics],
+                "data": [r.request.data if r.request else None for r in records]}
+    # Only what each run's workflow read: a lightweight run shows no epochs or learning rate it never used.
+    used = [r.used_settings() for r in records]
+    for name in dict.fromkeys(k for u in used for k in u):
+        settings[name.replace("_", " ")] = [u.get(name) for u in used]
     setting_rows = [("setting", k, tuple(map(_text, v))) for k, v in settings.items()]
     setting_rows.sort(key=lambda row: len(set(row[2])) == 1)  # stable: differing settings first
     rows = list(setting_rows)

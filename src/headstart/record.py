@@ -33,6 +33,13 @@ __all__ = ["FORMAT_VERSION", "StageRecord", "FineTuneRecord", "FeatureRecord", "
            "read_request", "read_record", "read_history", "record_text", "split_images", "split_text", "run_texts", "label_root"]
 
 _TOP_K = re.compile(r"top_(\d+)_accuracy")
+# The settings each part of training reads (RunRecord.used_settings).
+_STAGE1_SETTINGS = {"lightweight": ("flip_features", "class_weight"),
+                    "standard": ("epochs", "lr", "weight_decay", "batch_size", "label_smoothing", "augment",
+                                 "dropout", "patience", "class_weight")}
+_FINE_TUNE_SETTINGS = ("fine_tune_epochs", "fine_tune_lr", "unfreeze_last", "layer_decay", "blend", "weight_decay",
+                       "batch_size", "label_smoothing", "augment", "dropout", "patience")
+_DATA_SETTINGS = ("val_fraction", "test_fraction", "seed", "device", "precision", "workers")
 
 
 @dataclass(frozen=True)
@@ -245,6 +252,25 @@ class RunRecord:
     @property
     def classes(self) -> tuple[str, ...]:
         return self.config.classes
+
+    def used_settings(self) -> dict[str, Any]:
+        """The training settings this run's workflow read, by name, as the report and ``compare`` show
+        them: a lightweight run never read the epochs or learning rate of the standard workflow."""
+        training = dataclasses.asdict(self.config.training) if self.config.training else {}
+        used = list(_STAGE1_SETTINGS.get(self.metrics.workflow, training))
+        if self.metrics.fine_tune:
+            used += [name for name in _FINE_TUNE_SETTINGS if name not in used]
+        shown = {}
+        for name in (n for n in (*used, *_DATA_SETTINGS) if n in training):
+            value = training[name]
+            if name == "fine_tune_epochs" and self.metrics.fine_tune:
+                value = self.metrics.fine_tune.epochs_run
+            elif name == "unfreeze_last" and value is None:
+                value = "all blocks"
+            elif name == "workers" and value is None:
+                value = "automatic"
+            shown[name] = value
+        return shown
 
 
 def record_text(record: ModelConfig | RunMetrics | RunRequest) -> str:

@@ -9,7 +9,6 @@ with thumbnails of the images it shows: the page opens offline, anywhere.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import math
 import tempfile
@@ -108,18 +107,8 @@ def _data_section(run: PageData) -> str:
     return "\n".join(parts)
 
 
-# The settings each part of training reads: the report lists only those a run used.
-_STAGE1_SETTINGS = {"lightweight": ("flip_features", "class_weight"),
-                    "standard": ("epochs", "lr", "weight_decay", "batch_size", "label_smoothing", "augment",
-                                 "dropout", "patience", "class_weight")}
-_FINE_TUNE_SETTINGS = ("fine_tune_epochs", "fine_tune_lr", "unfreeze_last", "layer_decay", "blend", "weight_decay",
-                       "batch_size", "label_smoothing", "augment", "dropout", "patience")
-_DATA_SETTINGS = ("val_fraction", "test_fraction", "seed", "device", "precision", "workers")
-
-
 def _settings_section(run: PageData) -> str:
     config, m = run.record.config, run.record.metrics
-    training = dataclasses.asdict(config.training) if config.training else {}
     backbone, pre = config.backbone, config.preprocessing
     size = "x".join(map(str, pre.input_size[1:]))
     rows = [["backbone", f"{backbone.name} (timm {backbone.architecture})"],
@@ -131,23 +120,11 @@ def _settings_section(run: PageData) -> str:
         rows.append(["feature engine", m.features.engine])
     if m.head:
         rows.append(["head L2 strength", f"C={m.head.C:g} (chosen on validation loss)"])
-    used = list(_STAGE1_SETTINGS.get(m.workflow, training))
-    if m.fine_tune:
-        used += [name for name in _FINE_TUNE_SETTINGS if name not in used]
-    for name in (*used, *_DATA_SETTINGS):
-        if name not in training:
-            continue
-        value = training[name]
-        if name == "fine_tune_epochs" and m.fine_tune:
-            value = m.fine_tune.epochs_run
-        elif name == "unfreeze_last" and value is None:
-            value = "all blocks"
-        elif name == "workers" and value is None:
-            value = "automatic"
-        rows.append([name.replace("_", " "), value])
+    rows += [[name.replace("_", " "), value] for name, value in run.record.used_settings().items()]
     versions = ", ".join(f"{k} {v}" for k, v in config.versions.items())
     return ("<h2>Settings</h2>" + h.table(["setting", "value"], rows)
-            + '<p class="muted">The settings this workflow used, as resolved; run.json keeps every one asked for. '
+            + '<p class="muted">The settings this workflow used ("auto" where headstart chose at run time, as '
+            + 'above for the workflow and engine); run.json keeps every one asked for. '
             + f"{h.escape(versions)}</p>")
 
 
