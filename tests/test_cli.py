@@ -269,3 +269,12 @@ def test_a_weights_file_that_would_unpickle_code_is_refused_in_one_line(cli, tin
     errors = [line for line in captured.stderr.splitlines() if line.startswith("headstart: error:")]
     assert len(errors) == 1 and errors[0].startswith(f"headstart: error: cannot read weights file {evil}: ")
     assert captured.stderr.endswith(errors[0] + "\n")  # nothing after the one line
+
+
+def test_top_k_on_the_terminal_is_one_tab_separated_cell_per_class_and_probability(cli, tiny_run: Path,
+                                                                                  tiny_data: Path):
+    status, captured = cli("predict", tiny_run, tiny_data / "red", "--top-k", "2")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    for line in captured.stdout.splitlines():
+        path, first, p1, second, p2 = line.split("\t")
+        assert {first, second} == {"blue", "red"} and float(p1) >= float(p2) and path.endswith(".png")

@@ -190,12 +190,14 @@ def _print_table(rows: Iterator[dict], console: Console) -> tuple[int, int]:
             failed += 1
             console.result(f"{row['path']}\t-\t-\tERROR: {row['error']}")
             continue
-        if "labels" in row:  # multi-label: the label set, then each class's probability
-            shown = "  ".join(f"{c} {q:.3f}" for c, q in sorted(row["probabilities"].items(), key=lambda x: -x[1]))
-            console.result(f"{row['path']}\t{';'.join(row['labels']) or '(none)'}\t{shown}")
+        # Every class and probability its own tab-separated cell, as `cut -f` and spreadsheets read them.
+        if "labels" in row:  # multi-label: the label set, then each class and its probability
+            ranked = sorted(row["probabilities"].items(), key=lambda x: -x[1])
+            shown = "".join(f"\t{c}\t{q:.4f}" for c, q in ranked)
+            console.result(f"{row['path']}\t{LABEL_SEP.join(row['labels']) or '(none)'}{shown}")
             continue
-        others = "  ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top_k"][1:])
-        console.result(f"{row['path']}\t{row['class']}\t{row['probability']:.4f}" + (f"\t{others}" if others else ""))
+        others = "".join(f"\t{t['class']}\t{t['probability']:.4f}" for t in row["top_k"][1:])
+        console.result(f"{row['path']}\t{row['class']}\t{row['probability']:.4f}{others}")
     return count, failed
 
 
