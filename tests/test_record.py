@@ -110,3 +110,15 @@ def test_a_run_shows_only_the_settings_its_workflow_read(tiny_run: Path):
     lightweight = dataclasses.replace(record, metrics=dataclasses.replace(record.metrics, workflow="lightweight"))
     used = lightweight.used_settings()
     assert "epochs" not in used and "lr" not in used and {"class_weight", "seed"} <= set(used)
+
+
+def test_validation_and_test_far_apart_are_called_out():
+    split = {"count": 64, "classes": ["a", "b"], "per_class": {}}
+    metrics = RunMetrics.from_dict({
+        "workflow": "lightweight", "train_seconds": 1.0, "counts": {}, "skipped": 0, "format_version": 1,
+        "val": {**split, "accuracy": 0.8953, "accuracy_ci95": [0.80, 0.95]},
+        "test": {**split, "accuracy": 0.7335, "accuracy_ci95": [0.68, 0.78]}})
+    assert metrics.disagreement().startswith("validation accuracy 89.53% (80.00%-95.00%) and test accuracy 73.35%")
+    close = RunMetrics.from_dict({**metrics.to_dict(), "test": {**split, "accuracy": 0.85,
+                                                                "accuracy_ci95": [0.75, 0.92]}})
+    assert close.disagreement() is None

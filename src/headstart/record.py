@@ -201,6 +201,19 @@ class RunMetrics:
         splits = self.splits()
         return next(((name, splits[name]) for name in ("test", "val") if name in splits), None)
 
+    def disagreement(self) -> str | None:
+        """A warning when the validation and test accuracies' 95% intervals do not overlap: the
+        splits are not alike (copies leaking into one, a shift between them), and one score misleads."""
+        val, test = self.val, self.test
+        if val is None or test is None or not (val.accuracy_ci95 and test.accuracy_ci95):
+            return None
+        (val_low, val_high), (test_low, test_high) = val.accuracy_ci95, test.accuracy_ci95
+        if val_low <= test_high and test_low <= val_high:
+            return None
+        return (f"validation accuracy {_pct(val.accuracy)} ({_pct(val_low)}-{_pct(val_high)}) and test accuracy "
+                f"{_pct(test.accuracy)} ({_pct(test_low)}-{_pct(test_high)}) disagree beyond their 95% intervals: "
+                "the splits are not alike (copies of photos in one of them, or a shift between them)")
+
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for name in ("stage1", "fine_tune", "features", "head"):

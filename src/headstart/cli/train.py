@@ -170,6 +170,8 @@ def _summary(clf: ImageClassifier, out: Path) -> str:
             lines.append(f"  final model: {split} mAP {scores.mean_ap:.4f}, macro F1 {scores.macro_f1:.4f}")
         else:
             lines.append(f"  final model: {split} accuracy {scores.accuracy:.2%}")
+    if warning := m.disagreement():
+        lines.append(f"  warning: {warning}")
     if m.skipped:
         lines.append(f"  {m.skipped} file(s) skipped: see {out / SKIPPED_FILE}")
     lines.append(f"  training time {m.train_seconds:.0f} s; model saved in {out}")

@@ -189,6 +189,8 @@ def _evaluation_sections(run: PageData, plot_dir: Path) -> list[str]:
     if not evaluated:
         return ["<h2>Metrics</h2><p>No validation or test images: nothing to measure the model on.</p>"]
     parts = ["<h2>Metrics</h2>", _summary_table(m, evaluated)]
+    if run.record is not None and (warning := run.record.metrics.disagreement()):
+        parts.append(f'<p class="warn">{h.escape(warning[0].upper() + warning[1:])}.</p>')
     if "val" in evaluated:
         parts.append('<p class="muted">The interval is the 95% Wilson interval of accuracy over these images. '
                      "The validation split also chose the model (the head's L2 strength, early stopping, "
