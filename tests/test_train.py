@@ -110,3 +110,41 @@ def test_fine_tuning_warms_up_then_decays_per_step_and_rates_blocks_by_depth():
     assert sum(len(g["params"]) for g in groups) == sum(1 for p in net.parameters() if p.requires_grad)
     head = optimisation(net, TrainingConfig(lr=1e-2), "frozen", (2, 10), torch.float32)
     assert head.lr == pytest.approx(1e-2) and len(head.optimizer.param_groups) == 1
+
+
+def test_weight_decay_is_what_adamw_applies_in_both_stages():
+    net = tiny_net()
+    config = TrainingConfig(weight_decay=0.05, layer_decay=0.5)
+    for stage in ("frozen", "fine-tune"):
+        groups = optimisation(net, config, stage, (1, 4), torch.float32).optimizer.param_groups
+        assert {g["weight_decay"] for g in groups} == {0.05}, stage
+
+
+def test_label_smoothing_softens_single_label_targets_and_never_multi_label_ones():
+    from types import SimpleNamespace
+
+    from headstart.training.loop import loss_function
+
+    config = TrainingConfig(label_smoothing=0.2)
+    single = SimpleNamespace(config=config, multi_label=False)
+    multi = SimpleNamespace(config=config, multi_label=True)
+    assert loss_function(single, training=True).label_smoothing == 0.2
+    assert loss_function(single, training=False).label_smoothing == 0.0  # validation loss is the plain one
+    criterion = loss_function(multi, training=True)
+    logits, target = torch.tensor([[4.0, -4.0]]), torch.tensor([[1.0, 0.0]])
+    assert isinstance(criterion, nn.BCEWithLogitsLoss)
+    assert criterion(logits, target) == pytest.approx(nn.BCEWithLogitsLoss()(logits, target))  # unsmoothed
+
+
+def test_strong_augmentation_crops_harder_and_adds_rotation_and_colour():
+    from torchvision.transforms import v2 as T
+
+    from headstart.data.loader import train_transform
+
+    _, _, pre = create_backbone(BackboneRequest(TINY_BACKBONE), pretrained=False)
+    light, strong = train_transform(pre, "light").transforms, train_transform(pre, "strong").transforms
+    crop = {name: next(t for t in steps if isinstance(t, T.RandomResizedCrop)) for name, steps in
+            (("light", light), ("strong", strong))}
+    assert crop["strong"].scale[0] < crop["light"].scale[0]
+    assert any(isinstance(t, T.RandomRotation) for t in strong) and any(isinstance(t, T.ColorJitter) for t in strong)
+    assert not any(isinstance(t, (T.RandomRotation, T.ColorJitter)) for t in light)
