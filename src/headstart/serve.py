@@ -233,7 +233,9 @@ def server_config(app, host: str = "127.0.0.1", port: int = 8000, config: ServeC
     # uvicorn's own access log is off: ours (ACCESS_LOG) has the timing, and one line per request is enough.
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                           http=_deadline_protocol(config), timeout_keep_alive=5,
-                          limit_concurrency=config.max_connections, h11_max_incomplete_event_size=64 * 1024)
+                          # uvicorn answers 503 once connections reach its limit, so with max_connections
+                          # open the last request would be refused: the bound itself is the protocol's.
+                          limit_concurrency=config.max_connections + 1, h11_max_incomplete_event_size=64 * 1024)
 
 
 def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,

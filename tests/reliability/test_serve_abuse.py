@@ -123,3 +123,19 @@ def test_a_model_slower_than_the_timeout_gets_503(run: Path):
     with TestClient(create_app(model, ServeConfig(timeout_s=0.3))) as client:
         response = client.post("/predict", files=[("files", ("x.png", image, "image/png"))])
     assert response.status_code == 503 and "did not answer within 0.3 s" in response.json()["error"]
+
+
+def test_as_many_clients_as_the_limit_are_all_answered(server):
+    """max_connections clients at once, each with a request: every one answered (uvicorn's own limit
+    answered the last with a plain-text 503), and the server still healthy after."""
+    sockets = [connect(server) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.2)  # every connection open before any request
+        for s in sockets:
+            s.sendall(b"GET /model HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        replies = [closed_by_server(s, 10) or b"" for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+    assert [r.split(b"\r\n")[0] for r in replies] == [b"HTTP/1.1 200 OK"] * MAX_CONNECTIONS
+    assert health(server) == 200
