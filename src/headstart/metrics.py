@@ -26,7 +26,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-__all__ = ["classification_metrics", "decoded_metrics", "multilabel_metrics", "mean_average_precision",
+__all__ = ["classification_metrics", "decoded_metrics", "difference_noise", "multilabel_metrics", "mean_average_precision",
            "best_f1_thresholds", "calibration_bins", "expected_calibration_error", "format_metrics", "wilson_interval",
            "most_confused"]
 
@@ -84,6 +84,16 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def difference_noise(accuracy: float, count: int) -> float:
+    """How far apart two accuracies measured on the same ``count`` images can be by chance alone:
+    1.96 standard errors of their difference, with one success and one failure added
+    (Agresti-Caffo) so that 100% is not taken as certain. 0 when there are no images."""
+    if count <= 0 or not math.isfinite(accuracy):
+        return 0.0
+    p = (accuracy * count + 1) / (count + 2)
+    return 1.96 * math.sqrt(2 * p * (1 - p) / count)
 
 
 def most_confused(matrix: Sequence[Sequence[int]], classes: Sequence[str], most: int = 10) -> list[dict]:

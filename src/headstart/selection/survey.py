@@ -30,6 +30,7 @@ from ..errors import BackboneError, HeadstartError, UsageError
 from ..features.cache import CacheLayout
 from ..features.pipeline import Extraction, FeatureRequest, check_backbone, extract_features
 from ..features.record import recall_backbone
+from ..metrics import difference_noise
 from ..training.lightweight import fit_head
 from ..training.plan import FitContext, feature_request
 
@@ -232,13 +233,9 @@ def choose(survey: Survey) -> Entry:
 
 
 def _noise(top: Entry, images: int) -> float:
-    """How much lower an accuracy can be than ``top``'s and not differ, on ``images`` validation images:
-    1.96 standard errors of the difference of two accuracies (0 for mAP, or when the count is unknown),
-    with one success and one failure added (Agresti-Caffo) so that 100% is not taken as certain."""
-    if top.val_map is not None or images <= 0:
-        return 0.0
-    p = (top.score * images + 1) / (images + 2)
-    return 1.96 * math.sqrt(2 * p * (1 - p) / images)
+    """How much lower an accuracy can be than ``top``'s and not differ, on ``images`` validation
+    images (:func:`headstart.metrics.difference_noise`); 0 for mAP."""
+    return 0.0 if top.val_map is not None else difference_noise(top.score, images)
 
 
 def _score(entry: Entry) -> str:

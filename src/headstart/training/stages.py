@@ -18,6 +18,7 @@ import torch
 
 from .. import distributed
 from ..backbone.freeze import freeze, unfreeze
+from ..metrics import difference_noise
 from .loop import (Trainer, loss_function, resume_after, run_epoch, stage_dict, stage_from, stats_dict, stats_from,
                    train_stage)
 from .results import EpochStats, TrainResult
@@ -52,8 +53,9 @@ def train_frozen(trainer: Trainer) -> TrainResult:
 
 
 def fine_tune_improved(before: EpochStats, after: EpochStats) -> bool:
-    """Keep fine-tuning only for a higher validation score, or an equal one and a lower loss. The
-    score is accuracy, or for a multi-label model the mean average precision (threshold-free,
+    """Keep fine-tuning only for a higher validation score, or an equal one and a lower loss; a
+    higher accuracy within the noise of the validation images counts only with a loss not higher.
+    The score is accuracy, or for a multi-label model the mean average precision (threshold-free,
     as the thresholds are tuned afterwards)."""
     return guard_verdict(before, after)[0]
 
@@ -66,6 +68,11 @@ def guard_verdict(before: EpochStats, after: EpochStats) -> tuple[bool, str]:
         name, was, now, shown = "accuracy", before.accuracy, after.accuracy, "{:.2%}".format
     change = f"{shown(was)} -> {shown(now)}"
     losses = f"{before.loss:.4f} -> {after.loss:.4f}"
+    # One more photo right out of 64 is chance: with a higher loss it is no reason to keep the change.
+    noise = difference_noise(was, before.count) if name == "accuracy" else 0.0
+    if now > was and now - was <= noise and after.loss > before.loss:
+        return False, (f"raised validation {name} only within the noise of {before.count} images ({change}, "
+                       f"under {noise:.1%}) while the loss rose: {losses}")
     if now > was:
         return True, f"raised validation {name}: {change}"
     if now == was and after.loss < before.loss:
