@@ -15,7 +15,8 @@ from conftest import COLORS, make_image
 def make_split(root: Path, split: str, per_class: int = 6, classes=("red", "blue")) -> Path:
     for name in classes:
         for i in range(per_class):
-            make_image(root / split / name / f"{name}_{split}_{i}.png", COLORS[name], seed=i)
+            # A seed per split: the same seed would make byte-identical copies across the splits.
+            make_image(root / split / name / f"{name}_{split}_{i}.png", COLORS[name], seed=i + sum(map(ord, split)))
     return root
 
 
