@@ -6,6 +6,7 @@ subprocess on a free port, bounded by a timeout: a hang fails the test instead o
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -165,13 +166,33 @@ def test_two_process_predict_and_evaluate_give_the_rows_and_metrics_of_one_proce
     done = launch("predict", run, tiny_set, "--output", tmp_path / "two.csv", "--top-k", "2", "--batch-size", "3",
                   torchrun=False)
     assert done.returncode == 0, done.stderr
-    one = (tmp_path / "one.csv").read_text()
-    assert (tmp_path / "two.csv").read_text() == one and len(one.splitlines()) == 41
+    one, two = (list(csv.reader(open(tmp_path / name))) for name in ("one.csv", "two.csv"))
+    assert len(one) == len(two) == 41
+    # The same rows, classes in the same order; probabilities to fp32 rounding, which shifts with
+    # how the images fall into each rank's batches.
+    for a, b in zip(one, two):
+        assert [cell for cell in a if not _number(cell)] == [cell for cell in b if not _number(cell)]
+        assert [float(c) for c in a if _number(c)] == pytest.approx([float(c) for c in b if _number(c)], abs=1e-5)
     status, _ = cli("evaluate", run, tiny_set, "--output", tmp_path / "one.json")
     done = launch("evaluate", run, tiny_set, "--output", tmp_path / "two.json")
     assert status == ExitStatus.SUCCESS and done.returncode == 0, done.stderr
-    assert json.loads((tmp_path / "two.json").read_text()) == json.loads((tmp_path / "one.json").read_text())
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert _numbers(two) == pytest.approx(_numbers(one), abs=1e-6)
+    assert {k: v for k, v in two.items() if not isinstance(v, float)} == \
+        {k: v for k, v in one.items() if not isinstance(v, float)}  # counts, matrices, classes: exact
     assert done.stdout.count(f"{run} on ") == 1  # rank 0 alone prints the results
+
+
+def _numbers(metrics: dict) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+
+def _number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def interrupted_run(cli, data: Path, run: Path, args: list[str], monkeypatch) -> Path:

@@ -62,7 +62,8 @@ def test_evaluate_prefers_test_over_val(cli, tiny_args, tmp_path: Path):
     for split, count in (("train", 6), ("val", 4), ("test", 3)):
         for name in ("red", "blue"):
             for i in range(count):
-                make_image(root / split / name / f"{i}.png", COLORS[name], seed=i)
+                # A seed per split: the same seed would make the val and test photos copies of training ones.
+                make_image(root / split / name / f"{i}.png", COLORS[name], seed=i + 100 * len(split))
     assert cli("train", root, "--out", tmp_path / "run", *tiny_args, "--epochs", "1")[0] == ExitStatus.SUCCESS
     status, captured = cli("evaluate", tmp_path / "run", root)
     assert status == ExitStatus.SUCCESS and "(6 images)" in captured.stdout  # test/'s, not val/'s 8

@@ -30,7 +30,6 @@ from ..errors import BackboneError, HeadstartError, UsageError
 from ..features.cache import CacheLayout
 from ..features.pipeline import Extraction, FeatureRequest, check_backbone, extract_features
 from ..features.record import recall_backbone
-from ..metrics import difference_noise
 from ..training.lightweight import fit_head
 from ..training.plan import FitContext, feature_request
 
@@ -235,6 +234,8 @@ def choose(survey: Survey) -> Entry:
 def _noise(top: Entry, images: int) -> float:
     """How much lower an accuracy can be than ``top``'s and not differ, on ``images`` validation
     images (:func:`headstart.metrics.difference_noise`); 0 for mAP."""
+    from ..metrics import difference_noise  # with scikit-learn: not loaded to open an .onnx model
+
     return 0.0 if top.val_map is not None else difference_noise(top.score, images)
 
 
