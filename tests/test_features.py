@@ -104,6 +104,14 @@ def test_mirror_features_are_cached_too(tmp_path: Path, tiny_net):
     assert mirrored.shape == flipped.to_array().shape
     assert not np.allclose(mirrored, flipped.to_array())
     assert extract(paths, tiny_net, tmp_path / "cache", flip=True).computed == 0
+    # --flip-features' extra rows are what the mirror photos themselves give.
+    from PIL import Image, ImageOps
+
+    mirrors = [tmp_path / "m" / f"{i}.png" for i in range(len(paths))]
+    for source, target in zip(paths, mirrors):
+        target.parent.mkdir(exist_ok=True)
+        ImageOps.mirror(Image.open(source)).save(target)
+    np.testing.assert_allclose(extract(mirrors, tiny_net, tmp_path / "cache").to_array(), mirrored, atol=2e-2)
 
 
 def test_undecodable_images_are_marked(tmp_path: Path, tiny_net):
