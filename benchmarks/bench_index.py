@@ -1,0 +1,89 @@
+"""Nearest-neighbour search: exact NumPy search against usearch and faiss-cpu (HNSW graphs).
+
+    python benchmarks/bench_index.py --sizes 10000 100000 --dim 1280 --queries 200
+
+For each size, builds the same set of unit vectors three ways and times it: headstart's exact
+search (:func:`headstart.features.neighbours.nearest`, a normalized dot product in float16
+blocks: building is only normalising and storing), a usearch HNSW index and a faiss-cpu HNSW
+index (inner product, float32), then answers ``--queries`` queries for their 10 nearest and
+measures each library's recall@10 against the exact answer. The vectors are clustered (a
+hundred centres with noise), as a photo collection's embeddings are, 1,280-dimensional as
+EfficientNet-Lite0's features; uniformly random vectors are the worst case for a graph index.
+headstart uses this to choose where exact search stops (:data:`headstart.embed.index.EXACT_UP_TO`).
+Run by hand; not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from headstart.features.embeddings import normalized_embeddings
+from headstart.features.neighbours import nearest
+
+K = 10
+
+
+def clustered(rows: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    centres = rng.normal(size=(100, dim)).astype(np.float32)
+    return centres[rng.integers(0, 100, rows)] + rng.normal(scale=0.8, size=(rows, dim)).astype(np.float32)
+
+
+def exact(base: np.ndarray):
+    stored = base.astype(np.float16)
+    return lambda queries: nearest(stored, queries, K)[0]
+
+
+def with_usearch(base: np.ndarray):
+    from usearch.index import Index
+
+    index = Index(ndim=base.shape[1], metric="ip", dtype="f16")
+    index.add(np.arange(len(base)), base)
+    return lambda queries: np.asarray(index.search(queries, K).keys).reshape(len(queries), K)
+
+
+def with_faiss(base: np.ndarray):
+    import faiss
+
+    index = faiss.IndexHNSWFlat(base.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    index.add(base)
+    return lambda queries: index.search(queries, K)[1]
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--dim", type=int, default=1280)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"| vectors | method | build (s) | query (ms/query, batch of {args.queries}) | "
+          "single query (ms) | recall@10 |")
+    print("|---|---|---|---|---|---|")
+    for size in args.sizes:
+        data = normalized_embeddings(clustered(size + args.queries, args.dim, rng))
+        base, queries = np.ascontiguousarray(data[:size]), np.ascontiguousarray(data[size:])
+        truth = None
+        for name, build in (("exact (NumPy)", exact), ("usearch HNSW f16", with_usearch),
+                            ("faiss HNSW32", with_faiss)):
+            tick = time.perf_counter()
+            search = build(base)
+            built = time.perf_counter() - tick
+            tick = time.perf_counter()
+            found = search(queries)
+            batch = (time.perf_counter() - tick) / len(queries) * 1e3
+            tick = time.perf_counter()
+            search(queries[:1])
+            single = (time.perf_counter() - tick) * 1e3
+            truth = found if truth is None else truth
+            print(f"| {size:,} | {name} | {built:.2f} | {batch:.2f} | {single:.1f} | {recall(found, truth):.3f} |",
+                  flush=True)
+
+if __name__ == "__main__":
+    main()
