@@ -27,8 +27,11 @@ K = 10
 
 
 def clustered(rows: int, dim: int, rng: np.random.Generator) -> np.ndarray:
-    centres = rng.normal(size=(100, dim)).astype(np.float32)
-    return centres[rng.integers(0, 100, rows)] + rng.normal(scale=0.8, size=(rows, dim)).astype(np.float32)
+    centres = rng.standard_normal((100, dim), dtype=np.float32)
+    noise = rng.standard_normal((rows, dim), dtype=np.float32)
+    noise *= 0.8
+    noise += centres[rng.integers(0, 100, rows)]
+    return noise
 
 
 def exact(base: np.ndarray):

@@ -3,6 +3,7 @@ label next (``suggest``): the tiny random backbone on generated images."""
 
 from __future__ import annotations
 
+import colorsys
 import csv
 import json
 from pathlib import Path
@@ -23,15 +24,17 @@ def tiny_source(tiny_weights: Path, tmp_path: Path) -> list[str]:
             "--workers", "0", "--cache-dir", str(tmp_path / "cache")]
 
 
-def _texture(path: Path, seed: int) -> Path:
-    """A photo-like image no other seed resembles: a few coloured waves at random angles."""
+def _texture(path: Path, seed: int, count: int = 12) -> Path:
+    """A photo-like image no other seed resembles: coloured waves at random angles, over a
+    colour of its own (hues spread around the wheel, ``count`` of them)."""
     rng = np.random.default_rng(seed)
+    hue = np.array(colorsys.hsv_to_rgb((seed % count) / count, 0.7, 0.8)) * 255
     y, x = np.mgrid[0:64, 0:80] / 64.0
     channels = []
-    for _ in range(3):
-        angle, freq, phase = rng.uniform(0, np.pi), rng.uniform(1, 8), rng.uniform(0, 2 * np.pi)
-        wave = np.sin(2 * np.pi * freq * (x * np.cos(angle) + y * np.sin(angle)) + phase + 3 * x * y)
-        channels.append(rng.uniform(40, 215) + rng.uniform(20, 40) * wave)
+    for base in hue:
+        angle, freq, phase = rng.uniform(0, np.pi), rng.uniform(1, 4), rng.uniform(0, 2 * np.pi)
+        wave = np.sin(2 * np.pi * freq * (x * np.cos(angle) + y * np.sin(angle)) + phase)
+        channels.append(base + 40 * wave)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.clip(np.stack(channels, axis=-1), 0, 255).astype(np.uint8)).save(path)
     return path
@@ -64,6 +67,15 @@ def test_a_folder_without_class_folders_is_embedded_unlabelled(cli, tiny_source,
     assert status == 0, captured.stderr
     assert [(p.path.name, p.split, p.label) for p in read_parquet(out).photos] == [
         ("0.png", "", ""), ("1.png", "", ""), ("2.png", "", "")]
+
+
+def test_embed_with_a_run_uses_the_runs_backbone_and_preprocessing(cli, tiny_run: Path, tmp_path: Path):
+    out = tmp_path / "run.parquet"
+    status, captured = cli("embed", tiny_run.parent / "data", "--model", tiny_run, "--output", out, "--engine", "eager",
+                           "--workers", "0", "--cache-dir", tmp_path / "cache")
+    assert status == 0, captured.stderr
+    identity = read_parquet(out).identity
+    assert "tiny.safetensors" in identity.weights and identity.preprocessing.image_size == 32
 
 
 def test_the_python_api_embeds_images_in_order_nan_for_a_broken_one(tiny_weights: Path, tmp_path: Path):
@@ -181,6 +193,8 @@ def test_the_python_api_suggests_within_its_budget(tiny_run: Path, tmp_path: Pat
 @pytest.mark.parametrize("argv, status, message", [
     (["embed", "{tmp}/missing", "--output", "{tmp}/x.parquet"], 3, "no such folder"),
     (["embed", "{tmp}", "--output", "{tmp}/x.csv"], 2, "--output"),
+    (["embed", "{tmp}", "--model", "{tmp}/run", "--backbone", "resnet18", "--output", "{tmp}/x.parquet"], 2,
+     "--model"),
     (["similar", "{tmp}/missing", "q.jpg"], 2, "not an index folder"),
     (["suggest", "{tmp}/run", "{tmp}", "--budget", "0"], 2, "--budget"),
     (["suggest", "{tmp}/run", "{tmp}", "--budget", "many"], 2, "--budget"),

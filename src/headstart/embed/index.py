@@ -104,6 +104,9 @@ class NeighbourIndex:
             self.record = from_json(IndexRecord, read_json(folder / INDEX_FILE), "index")
         except UsageError as exc:
             raise ModelFileError(f"{folder / INDEX_FILE}: {exc}") from None
+        if self.record.format_version != _FORMAT_VERSION:
+            raise ModelFileError(f"{folder / INDEX_FILE}: format_version {self.record.format_version}, expected "
+                                 f"{_FORMAT_VERSION} (written by another headstart version?): build the index again")
         rows = read_csv_file(folder, PHOTOS_FILE) or []
         self.photos = [Photo(Path(r["path"]), r["split"], r["label"]) for r in rows]
         try:

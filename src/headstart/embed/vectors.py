@@ -147,8 +147,8 @@ def write_parquet(embeddings: Embeddings, path: str | Path) -> Path:
     """One row per photo: ``path``, ``split`` and ``label`` (null where unknown), ``vector`` (a
     fixed-size list of float32); the backbone's identity and request in the file's metadata."""
     pa, pq = _pyarrow()
-    vectors = np.ascontiguousarray(embeddings.vectors, dtype=np.float32)
-    dim = vectors.shape[1] if vectors.ndim == 2 else embeddings.identity.num_features
+    dim = embeddings.identity.num_features
+    vectors = np.ascontiguousarray(embeddings.vectors, dtype=np.float32).reshape(-1, dim)
     table = pa.table({
         "path": pa.array([str(p.path) for p in embeddings.photos], pa.string()),
         "split": pa.array([p.split or None for p in embeddings.photos], pa.string()),
@@ -176,6 +176,6 @@ def read_parquet(path: str | Path) -> Embeddings:
         column = table.column("vector").combine_chunks()
         vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(table), -1).astype(np.float32)
         rows = zip(*(table.column(name).to_pylist() for name in ("path", "split", "label")))
-    except (OSError, KeyError, TypeError, ValueError, pa.ArrowException) as exc:
+    except (OSError, AttributeError, KeyError, TypeError, ValueError, pa.ArrowException) as exc:
         raise UsageError(f"{path} is not an embeddings file written by 'headstart embed' ({exc})") from None
     return Embeddings([Photo(Path(p), s or "", l or "") for p, s, l in rows], vectors, identity, request)
