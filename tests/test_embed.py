@@ -122,7 +122,7 @@ def test_the_hnsw_graph_finds_what_exact_search_finds(tmp_path: Path):
     embeddings = Embeddings([Photo(tmp_path / f"{i}.png") for i in range(60)], vectors, identity, BackboneRequest("tiny"))
     exact = NeighbourIndex(build_index(embeddings, tmp_path / "exact"))
     graph = NeighbourIndex(build_index(embeddings, tmp_path / "graph", exact_up_to=10))
-    assert exact.record.search == "exact" and graph.record.search == "usearch"
+    assert exact.record.search == "exact" and graph.record.search == "faiss"
     (found_exact, far_exact), (found_graph, far_graph) = (i.search(vectors[:5], 3) for i in (exact, graph))
     assert (found_exact[:, 0] == np.arange(5)).all() and (found_graph == found_exact).all()
     assert np.allclose(far_graph, far_exact, atol=2e-3)

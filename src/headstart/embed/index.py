@@ -6,14 +6,15 @@ Vectors are centred on the indexed set's mean and scaled to unit length
 mean, and the distance is one minus their cosine similarity (0: the same features, about 1:
 unrelated photos). Up to :data:`EXACT_UP_TO` vectors, search is exact, by the blocked dot
 product inspect's near-duplicate search uses (:func:`headstart.features.neighbours.nearest`);
-above, a usearch HNSW graph answers in milliseconds where the exact search takes a second per
-query batch (``benchmarks/bench_index.py``). The folder::
+above, a faiss HNSW graph answers (``benchmarks/bench_index.py`` chose faiss-cpu over usearch:
+half the build time, a higher recall). The folder::
 
     index.json    the backbone's identity and request, the number of vectors, the search used
     photos.csv    path, split, label of each vector
-    vectors.npy   the unit vectors, float16 (read memory-mapped)
+    vectors.npy   the unit vectors, float32 (memory-mapped: float16 would halve the file, but
+                  converting it back costs more than the search itself)
     mean.npy      the mean the vectors were centred on
-    graph.usearch the HNSW graph, above EXACT_UP_TO vectors
+    graph.faiss   the HNSW graph, above EXACT_UP_TO vectors
 
 An index refuses queries embedded with another backbone: their distances would mean nothing.
 """
@@ -41,11 +42,12 @@ from .vectors import BackboneIdentity, Embeddings, embed_photos
 __all__ = ["EXACT_UP_TO", "IndexRecord", "Match", "NeighbourIndex", "build_index", "find_similar"]
 
 # Measured by benchmarks/bench_index.py on 2 cores, 1,280 dimensions: exact search over 100,000
-# vectors answers a single query in 0.1 s and builds in no time, while an HNSW graph takes 30 s
-# to build at that size; exact search slows linearly past it, the graph does not.
+# vectors answers one query in 0.13 s and needs no building, where an HNSW graph takes 70 s to
+# build; exact search slows linearly with the number of photos, the graph does not.
 EXACT_UP_TO = 200_000
 INDEX_FILE, PHOTOS_FILE, VECTORS_FILE, MEAN_FILE, GRAPH_FILE = (
-    "index.json", "photos.csv", "vectors.npy", "mean.npy", "graph.usearch")
+    "index.json", "photos.csv", "vectors.npy", "mean.npy", "graph.faiss")
+_LINKS, _EF_SEARCH = 32, 64  # HNSW's links per node, and candidates kept while searching
 _FORMAT_VERSION = 1
 
 
@@ -56,7 +58,7 @@ class IndexRecord:
     backbone: BackboneIdentity
     request: BackboneRequest
     count: int
-    search: str  # "exact" (NumPy) or "usearch" (an HNSW graph)
+    search: str  # "exact" (NumPy) or "faiss" (an HNSW graph)
     format_version: int = _FORMAT_VERSION
 
 
@@ -79,17 +81,17 @@ def build_index(embeddings: Embeddings, out: str | Path, overwrite: bool = False
     out = prepare_output_dir(out, overwrite)
     mean = embeddings.vectors.mean(axis=0)
     unit = normalized_embeddings(embeddings.vectors, mean)
-    search = "exact" if len(unit) <= exact_up_to else "usearch"
+    search = "exact" if len(unit) <= exact_up_to else "faiss"
     record = IndexRecord(embeddings.identity, embeddings.request, len(unit), search)
     rows = [(str(p.path), p.split, p.label) for p in embeddings.photos]
     with atomic_files(out) as new:
-        for name, array in ((VECTORS_FILE, unit.astype(np.float16)), (MEAN_FILE, mean.astype(np.float32))):
+        for name, array in ((VECTORS_FILE, unit), (MEAN_FILE, mean.astype(np.float32))):
             with open(new(name), "wb") as f:  # a file object: np.save would add .npy to a temporary name
                 np.save(f, array)
         new(PHOTOS_FILE).write_text(csv_text(("path", "split", "label"), rows), encoding="utf-8")
         new(INDEX_FILE).write_text(json_text(asdict(record)), encoding="utf-8")
-        if search == "usearch":
-            _graph(unit).save(str(new(GRAPH_FILE)))
+        if search == "faiss":
+            _faiss().write_index(_graph(unit), str(new(GRAPH_FILE)))
     return out
 
 
@@ -117,7 +119,7 @@ class NeighbourIndex:
         if not len(self.photos) == len(self.vectors) == self.record.count:
             raise ModelFileError(f"{folder}: {PHOTOS_FILE}, {VECTORS_FILE} and {INDEX_FILE} disagree on the "
                                  "number of photos: build the index again")
-        self._graph = _load_graph(folder / GRAPH_FILE) if self.record.search == "usearch" else None
+        self._graph = _load_graph(folder / GRAPH_FILE) if self.record.search == "faiss" else None
 
     def search(self, features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest indexed photos of each row of raw ``features``: (indices, distances),
@@ -126,9 +128,8 @@ class NeighbourIndex:
         if self._graph is None:
             indices, similarities = nearest(self.vectors, unit, k)
             return indices, 1.0 - similarities
-        found = self._graph.search(unit, min(k, len(self.photos)))
-        return (np.asarray(found.keys, dtype=np.int64).reshape(len(unit), -1),
-                np.asarray(found.distances, dtype=np.float32).reshape(len(unit), -1))
+        similarities, indices = self._graph.search(unit, min(k, len(self.photos)))
+        return indices.astype(np.int64), 1.0 - similarities
 
 
 def find_similar(index: str | Path | NeighbourIndex, queries: Sequence[str | Path] | Embeddings, k: int = 5,
@@ -159,19 +160,28 @@ def _check_backbone(index: NeighbourIndex, queries: BackboneIdentity) -> None:
                          f"with {index.record.backbone.describe()}: embed them with the index's backbone")
 
 
-def _graph(unit: np.ndarray):
-    from usearch.index import Index
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise UsageError("an index of this many photos is searched by faiss: pip install 'headstart[embed]'") from None
+    return faiss
 
-    graph = Index(ndim=unit.shape[1], metric="ip", dtype="f16")
-    graph.add(np.arange(len(unit)), unit)
+
+def _graph(unit: np.ndarray):
+    faiss = _faiss()
+    graph = faiss.IndexHNSWFlat(unit.shape[1], _LINKS, faiss.METRIC_INNER_PRODUCT)
+    graph.add(np.ascontiguousarray(unit, dtype=np.float32))
     return graph
 
 
 def _load_graph(path: Path):
-    try:
-        from usearch.index import Index
-    except ImportError:
-        raise UsageError("this index is searched by usearch: pip install 'headstart[embed]'") from None
+    faiss = _faiss()
     if not path.is_file():
         raise ModelFileError(f"{path} is missing: build the index again")
-    return Index.restore(str(path), view=True)
+    try:
+        graph = faiss.read_index(str(path))
+    except RuntimeError as exc:  # faiss's one error type, for a damaged file too
+        raise ModelFileError(f"{path} is not a faiss index: build the index again ({exc})") from None
+    graph.hnsw.efSearch = _EF_SEARCH
+    return graph

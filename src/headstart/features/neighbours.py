@@ -49,7 +49,7 @@ def find_near_duplicates(embeddings: np.ndarray, threshold: float, block: int = 
 
 def nearest(base: np.ndarray, queries: np.ndarray, k: int, block: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` rows of ``base`` most similar to each query: (indices, similarities), both
-    (queries, k), most similar first. ``base`` may be a float16 memory-mapped array: it is read
+    (queries, k), most similar first. ``base`` may be a memory-mapped array: it is read
     a block of queries at a time, never copied whole."""
     k = min(k, len(base))
     indices = np.zeros((len(queries), k), dtype=np.int64)
