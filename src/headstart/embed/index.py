@@ -109,7 +109,9 @@ class NeighbourIndex:
         if self.record.format_version != _FORMAT_VERSION:
             raise ModelFileError(f"{folder / INDEX_FILE}: format_version {self.record.format_version}, expected "
                                  f"{_FORMAT_VERSION} (written by another headstart version?): build the index again")
-        rows = read_csv_file(folder, PHOTOS_FILE) or []
+        rows = read_csv_file(folder, PHOTOS_FILE, required=False)
+        if rows is None:
+            raise ModelFileError(f"{folder / PHOTOS_FILE} is missing: build the index again")
         self.photos = [Photo(Path(r["path"]), r["split"], r["label"]) for r in rows]
         try:
             self.vectors = np.load(folder / VECTORS_FILE, mmap_mode="r")
@@ -143,13 +145,16 @@ def find_similar(index: str | Path | NeighbourIndex, queries: Sequence[str | Pat
     index = index if isinstance(index, NeighbourIndex) else NeighbourIndex(index)
     console = console or Console(0)
     if not isinstance(queries, Embeddings):
-        queries = embed_photos([Photo(Path(p).resolve()) for p in queries], FeatureRequest(index.record.request),
-                               CacheLayout(cache_dir), console)
+        cache = CacheLayout(cache_dir)
+        with cache.in_use():
+            queries = embed_photos([Photo(Path(p).resolve()) for p in queries], FeatureRequest(index.record.request),
+                                   cache, console)
     _check_backbone(index, queries.identity)
     indices, distances = index.search(queries.vectors, k + 1)
     matches = []
     for query, found, far in zip(queries.photos, indices, distances):
-        others = [(i, d) for i, d in zip(found, far) if index.photos[i].path != query.path][:k]
+        # A graph marks a neighbour it could not find with -1.
+        others = [(i, d) for i, d in zip(found, far) if i >= 0 and index.photos[i].path != query.path][:k]
         matches += [Match(query.path, rank, index.photos[i], float(d)) for rank, (i, d) in enumerate(others, 1)]
     return matches
 
