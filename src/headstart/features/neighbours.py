@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = ["find_near_duplicates", "nearest"]
 
-# Base rows converted to float32 at once: 84 MB of Lite0's 1,280 features.
+# Base rows read (and converted to float32, when stored otherwise) at once: 84 MB of Lite0's features.
 _CHUNK = 16384
 
 
@@ -23,8 +23,8 @@ def _similarity_blocks(queries: np.ndarray, base: np.ndarray, block: int, triang
                        ) -> Iterator[tuple[int, np.ndarray]]:
     """(first query row, its block's similarities) for ``block`` queries at a time;
     with ``triangle`` (queries and base the same rows), each block only against the rows from
-    its first on. Memory stays at ``block x N`` floats (40 MB for 10,000 images), and a float16
-    base is read as float32 :data:`_CHUNK` rows at a time."""
+    its first on. Memory stays at ``block x N`` floats (40 MB for 10,000 images), and a
+    memory-mapped base is read :data:`_CHUNK` rows at a time."""
     for start in range(0, len(queries), block):
         first = start if triangle else 0
         rows = np.asarray(queries[start:start + block], dtype=np.float32)
