@@ -6,13 +6,14 @@ from __future__ import annotations
 import colorsys
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_BACKBONE, make_folder, make_image, random_weights
+from conftest import TINY_BACKBONE, make_folder, make_image, random_weights, shared_dataset
 
 from headstart.embed import read_parquet, select_batch, uncertainty
 
@@ -110,6 +111,24 @@ def test_a_mirrored_reencoded_copy_finds_its_original_first(cli, tiny_source, tm
     status, captured = cli("similar", tmp_path / "index", photos[3], "--k", "2", "--cache-dir", tmp_path / "cache")
     assert status == 0 and str(photos[3].resolve()) not in [line.split("\t")[3] for line in
                                                             captured.stdout.splitlines()]
+
+
+@pytest.mark.slow
+def test_a_real_photo_mirrored_and_reencoded_is_found_first_as_a_near_duplicate(cli, tmp_path: Path):
+    """The embedded backbone on real photos: the copy is nearer than inspect's near-duplicate
+    threshold (a similarity of 0.90), every other photo far beyond it."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cats = [Path(shutil.copy(p, photos)) for p in
+            sorted((shared_dataset("cats_and_dogs_filtered") / "train" / "cats").glob("*.jpg"))[:20]]
+    query = tmp_path / "query.jpg"
+    Image.open(cats[7]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(query, quality=50)
+    cache = ["--cache-dir", tmp_path / "cache"]
+    assert cli("index", photos, "--out", tmp_path / "index", *cache)[0] == 0
+    status, captured = cli("similar", tmp_path / "index", query, "--k", "2", *cache)
+    assert status == 0, captured.stderr
+    (_, _, first, path), (_, _, second, _) = (line.split("\t") for line in captured.stdout.splitlines())
+    assert Path(path) == cats[7].resolve() and float(first) < 0.10 < float(second)
 
 
 def test_the_hnsw_graph_finds_what_exact_search_finds(tmp_path: Path):
