@@ -209,6 +209,21 @@ def test_the_python_api_suggests_within_its_budget(tiny_run: Path, tmp_path: Pat
     assert all(0 <= s.uncertainty <= 1 and 0 <= s.probability <= 1 for s in picked)
 
 
+def test_a_lightweight_run_suggests_with_its_own_probabilities(tiny_weights: Path, tmp_path: Path):
+    """Its dense layer on the cached features, not a second pass through the network: the same
+    probabilities, to the rounding of features cached as float16."""
+    import headstart
+
+    clf = headstart.ImageClassifier(backbone=TINY_BACKBONE, weights=str(tiny_weights), image_size=32,
+                                    workflow="lightweight", engine="eager", workers=0, cache_dir=tmp_path / "cache",
+                                    verbose=0).fit(make_folder(tmp_path / "data", per_class=6))
+    paths = [make_image(tmp_path / "new" / f"{i}.png", (120 + 20 * i, 40, 120), seed=i) for i in range(4)]
+    picked = clf.suggest(paths, 4)
+    through_network = dict(zip([p.resolve() for p in paths], clf.predict_proba(paths).max(axis=1)))
+    assert sorted(s.path for s in picked) == sorted(through_network)
+    assert all(abs(s.probability - through_network[s.path]) < 5e-3 for s in picked)
+
+
 @pytest.mark.parametrize("argv, status, message", [
     (["embed", "{tmp}/missing", "--output", "{tmp}/x.parquet"], 3, "no such folder"),
     (["embed", "{tmp}", "--output", "{tmp}/x.csv"], 2, "--output"),

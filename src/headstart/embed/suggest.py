@@ -28,6 +28,7 @@ from ..errors import UsageError
 from ..features.embeddings import normalized_embeddings
 from ..record import split_images
 from ..runfolder import relative_path
+from ..training.linear import linear_probabilities
 from .vectors import embed_images
 
 __all__ = ["Suggestion", "uncertainty", "select_batch", "labelled_paths", "suggest_images", "suggestions_csv",
@@ -96,14 +97,29 @@ def suggest_images(model: Any, paths: Sequence[str | Path], n: int) -> list[Sugg
     candidates = [p for p in dict.fromkeys(Path(p).resolve() for p in paths) if p not in seen]
     if not candidates:
         return []
-    proba = np.asarray(model.predict_proba(candidates), dtype=np.float64)
     features = embed_images(model, candidates)
+    proba = _probabilities(model, candidates, features)
     usable = np.flatnonzero(~(np.isnan(proba).any(axis=1) | np.isnan(features).any(axis=1)))
     thresholds = model.thresholds_ if model.multi_label_ else None
     scores = uncertainty(proba[usable], thresholds)
     picked = usable[select_batch(scores, normalized_embeddings(features[usable]), n)]
     by_row = dict(zip(usable, scores))
     return [_suggestion(candidates[i], proba[i], by_row[i], model.classes_, thresholds) for i in picked]
+
+
+def _probabilities(model: Any, paths: Sequence[Path], features: np.ndarray) -> np.ndarray:
+    """``model``'s class probabilities of ``paths``. A lightweight run that kept no fine-tuning has
+    the pretrained backbone whose features are at hand: its dense layer on them gives the
+    model's own probabilities, without running the network again (the slower half of the work
+    on a CPU). Any other run predicts through its whole network."""
+    metrics = model.metrics_
+    if metrics is None or metrics.head is None or (metrics.fine_tune is not None and metrics.fine_tune.kept):
+        return np.asarray(model.predict_proba(paths), dtype=np.float64)
+    fc = model.net_.head.fc
+    weight, bias = (t.detach().cpu().double().numpy() for t in (fc.weight, fc.bias))
+    if not model.multi_label_:
+        return linear_probabilities(weight, bias, features)
+    return 1.0 / (1.0 + np.exp(-(features.astype(np.float64) @ weight.T + bias)))
 
 
 def _suggestion(path: Path, proba: np.ndarray, unsure: float, classes: Sequence[str],
