@@ -30,6 +30,7 @@ from .callbacks import Callback, CallbackList
 from .config import AUTO_BACKBONE, LABEL_SEP, HeadSpec, ModelConfig, TrainingConfig, library_versions
 from .data.dataset import Sample, Skipped
 from .data.labels import to_split
+from .embed import Suggestion, embed_images, suggest_images
 from .errors import BackboneError, ModelFileError, NotFittedError, UsageError
 from .export import format_for_file
 from .features.cache import CacheLayout
@@ -335,6 +336,14 @@ class ImageClassifier(ProbabilityPredictor):
         split = getattr(self, "split_", None)
         seen = {s.path.resolve(): name for name in ("train", "val") for s in split.splits()[name]} if split else None
         return evaluate_folder(self, data, seen, tta=tta, labels=(labels, label_sep)).to_dict()
+
+    def embed(self, paths: Sequence[str | Path]) -> np.ndarray:
+        """Each image's embedding, the backbone's pooled features (:func:`headstart.embed.embed_images`)."""
+        return embed_images(self, paths)
+
+    def suggest(self, paths: Sequence[str | Path], n: int) -> list[Suggestion]:
+        """The ``n`` images to label next (:func:`headstart.embed.suggest_images`)."""
+        return suggest_images(self, paths, n)
 
     # -- persistence ------------------------------------------------------------------------
     def run_request(self, data: str | Path, labels: str | Path | None = None, label_sep: str = LABEL_SEP) -> RunRequest:

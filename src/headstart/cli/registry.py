@@ -17,6 +17,8 @@ from .parser import (add_backbones, add_cache, add_compare, add_evaluate, add_ex
                      add_predict, add_report, add_serve, add_train, main_parser)
 from .commands import (backbones_command, cache_command, compare_command, export_command, inspect_command,
                        report_command, serve_command)
+from .embed import (add_embed, add_index, add_similar, add_suggest, embed_command, index_command, similar_command,
+                    suggest_command)
 from .evaluate import evaluate_command
 from .predict import predict_command
 from .train import train_command
@@ -45,6 +47,10 @@ COMMANDS: dict[str, Command] = {
     "serve": Command(serve_command, add_serve),
     "compare": Command(compare_command, add_compare),
     "cache": Command(cache_command, add_cache),
+    "embed": Command(embed_command, add_embed),
+    "index": Command(index_command, add_index),
+    "similar": Command(similar_command, add_similar),
+    "suggest": Command(suggest_command, add_suggest),
 }
 
 
