@@ -1,0 +1,120 @@
+"""The formats beyond ONNX: each exported from the tiny run, checked against it and recorded in
+export.json, predicted from like the run without PyTorch, and refused in one line when damaged."""
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from headstart._console import Console
+from headstart.cli import main
+from headstart.errors import ExitStatus
+from headstart.export import format_named
+from headstart.export.files import read_export_record
+
+from conftest import REPO
+
+
+# The formats whose runtime runs on Linux: their file's suffix, and the module that runs it.
+RUNTIMES = {"openvino": (".xml", "openvino")}
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+RUNNABLE = [pytest.param(name, suffix, id=name, marks=pytest.mark.skipif(not _installed(module),
+                                                                          reason=f"{module} is not installed"))
+            for name, (suffix, module) in RUNTIMES.items()]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run: Path, tmp_path_factory) -> Path:
+    """A copy of the tiny run with every runnable format exported into it, once for the module."""
+    run = Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("exported") / "run"))
+    for name, (_, module) in RUNTIMES.items():
+        if _installed(module):
+            assert main(["-q", "export", str(run), "--format", name], Console(verbosity=0)) == ExitStatus.SUCCESS
+    return run
+
+
+@pytest.fixture(scope="module")
+def images(tiny_run: Path) -> Path:
+    """The tiny run's photos (conftest's tiny_run trains on the data folder beside it)."""
+    return tiny_run.parent / "data"
+
+
+def _predict(cli, model: Path, images: Path) -> list[tuple[str, str]]:
+    """(image, top class) per line of ``headstart predict``."""
+    status, captured = cli("predict", model, images)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    return [tuple(line.split("\t")[:2]) for line in captured.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("name, suffix", RUNNABLE)
+def test_an_export_is_checked_recorded_and_predicts_as_the_run_does(cli, exported: Path, images: Path,
+                                                                     name: str, suffix: str):
+    model = exported / f"model{suffix}"
+    entry = read_export_record(exported)[model.name]
+    assert entry["format"] == name and entry["measured"] is True and entry["passed"] is True
+    assert entry["images"]["val"] > 0 and entry["top1_agreement"] == 1.0
+    assert entry["accuracy"]["trained"] == entry["accuracy"]["exported"]
+    assert _predict(cli, model, images) == _predict(cli, exported, images)
+
+
+@pytest.mark.parametrize("name, suffix", RUNNABLE)
+def test_prediction_from_an_export_never_imports_pytorch(exported: Path, images: Path, name: str, suffix: str):
+    image = sorted(images.rglob("*.png"))[0]
+    code = ("import sys; from headstart.cli import main; status = main(['-q', 'predict', sys.argv[1], sys.argv[2]]);"
+            "heavy = sorted(m for m in ('torch', 'timm', 'torchvision', 'sklearn') if m in sys.modules);"
+            "print('HEAVY', heavy); sys.exit(int(status))")
+    result = subprocess.run([sys.executable, "-c", code, str(exported / f"model{suffix}"), str(image)],
+                            capture_output=True, text=True, env={"PYTHONPATH": str(REPO / "src"), "PATH": ""})
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout and str(image) in result.stdout
+
+
+@pytest.mark.parametrize("name, suffix", RUNNABLE)
+def test_a_truncated_export_is_refused_in_one_line(cli, exported: Path, images: Path, tmp_path: Path,
+                                                   name: str, suffix: str):
+    model = exported / f"model{suffix}"
+    for damaged in format_named(name).files(model):
+        copy = Path(shutil.copytree(exported, tmp_path / f"damaged-{damaged.suffix[1:]}"))
+        target = copy / damaged.name
+        target.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+        status, captured = cli("predict", copy / model.name, images)
+        assert status == ExitStatus.MODEL, captured.stderr
+        [line] = captured.stderr.splitlines()
+        assert str(copy / model.name) in line or str(target) in line
+
+
+def test_openvino_weights_must_be_beside_the_ir(cli, exported: Path, images: Path, tmp_path: Path):
+    pytest.importorskip("openvino")
+    lone = tmp_path / "model.xml"
+    shutil.copy(exported / "model.xml", lone)
+    status, captured = cli("predict", lone, images)
+    assert status == ExitStatus.MODEL
+    assert captured.stderr.strip().endswith(f"model file not found: {lone.with_suffix('.bin')}")
+
+
+def test_a_missing_runtime_names_the_install_command(cli, exported: Path, images: Path, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # what an install without the extra sees
+    status, captured = cli("predict", exported / "model.xml", images)
+    assert status == ExitStatus.USAGE
+    [line] = captured.stderr.splitlines()
+    assert 'pip install "headstart[openvino]"' in line
+
+
+def test_openvino_int8_is_calibrated_checked_and_recorded(cli, exported: Path, images: Path, tmp_path: Path):
+    pytest.importorskip("nncf")
+    run = Path(shutil.copytree(exported, tmp_path / "run"))
+    status, captured = cli("export", run, "--format", "openvino", "--int8", "--max-drop", "100", "--overwrite")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    assert captured.stdout.splitlines() == [str(run / "model.xml"), str(run / "model.int8.xml")]
+    entry = read_export_record(run)["model.int8.xml"]
+    assert entry["format"] == "openvino" and entry["precision"] == "int8" and entry["passed"] is True
+    assert len(_predict(cli, run / "model.int8.xml", images)) == len(list(images.rglob("*.png")))
