@@ -18,8 +18,8 @@ from headstart.export.files import read_export_record
 from conftest import REPO
 
 
-# The formats whose runtime runs on Linux: their file's suffix, and the module that runs it.
-RUNTIMES = {"openvino": (".xml", "openvino")}
+# The formats whose runtime runs on Linux: their file's suffix, and the module that converts to it.
+RUNTIMES = {"openvino": (".xml", "openvino"), "tflite": (".tflite", "litert_torch")}
 
 
 def _installed(module: str) -> bool:

@@ -226,3 +226,7 @@ register_format(ExportFormat(
     opener=_OnCall("headstart.export.openvino_runtime", "OpenVinoClassifier"),
     runtime='openvino, numpy, pillow (pip install "headstart[openvino]")', companions=(".bin",),
     quantizer=_OnCall("headstart.export.openvino", "quantize_openvino")))
+register_format(ExportFormat(
+    "tflite", ".tflite", exporter=_OnCall("headstart.export.tflite", "write_tflite"),
+    opener=_OnCall("headstart.export.tflite_runtime", "TfliteClassifier"),
+    runtime='ai-edge-litert, numpy, pillow (pip install "headstart[tflite]")'))
