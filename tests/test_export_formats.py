@@ -118,3 +118,23 @@ def test_openvino_int8_is_calibrated_checked_and_recorded(cli, exported: Path, i
     entry = read_export_record(run)["model.int8.xml"]
     assert entry["format"] == "openvino" and entry["precision"] == "int8" and entry["passed"] is True
     assert len(_predict(cli, run / "model.int8.xml", images)) == len(list(images.rglob("*.png")))
+
+
+def test_a_core_ml_package_is_checked_but_says_parity_was_not_measured(cli, tiny_run: Path, images: Path,
+                                                                        tmp_path: Path):
+    pytest.importorskip("coremltools")
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    status, captured = cli("export", run, "--format", "coreml")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    package = run / "model.mlpackage"
+    assert captured.stdout.strip() == str(package) and package.is_dir()
+    assert "parity not measured: Core ML runs only on Apple devices" in captured.stderr
+    entry = read_export_record(run)["model.mlpackage"]
+    assert entry["format"] == "coreml" and entry["measured"] is False and "not_measured" in entry
+    status, captured = cli("export", run, "--format", "coreml")
+    assert status == ExitStatus.USAGE and "--overwrite" in captured.stderr
+    assert cli("export", run, "--format", "coreml", "--overwrite")[0] == ExitStatus.SUCCESS
+    status, captured = cli("predict", package, images)
+    assert status == ExitStatus.USAGE
+    [line] = captured.stderr.splitlines()
+    assert str(package) in line and "Apple devices" in line

@@ -230,3 +230,7 @@ register_format(ExportFormat(
     "tflite", ".tflite", exporter=_OnCall("headstart.export.tflite", "write_tflite"),
     opener=_OnCall("headstart.export.tflite_runtime", "TfliteClassifier"),
     runtime='ai-edge-litert, numpy, pillow (pip install "headstart[tflite]")'))
+register_format(ExportFormat(
+    "coreml", ".mlpackage", exporter=_OnCall("headstart.export.coreml", "write_coreml"),
+    opener=_OnCall("headstart.export.coreml", "open_coreml"), parity=_OnCall("headstart.export.coreml", "check_coreml"),
+    runtime="Core ML, on an Apple device", folder=True))
