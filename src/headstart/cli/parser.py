@@ -357,7 +357,7 @@ def add_export(commands, name: str) -> argparse.ArgumentParser:
                  "  headstart export runs/pets --format openvino")
     x.add_argument("model", type=Path, metavar="RUN", help="a run folder written by 'headstart train'")
     x.add_argument("--format", default="onnx", metavar="NAME",
-                   help="the file format: onnx (default), openvino (.xml and .bin)")
+                   help="onnx (default), openvino (.xml and .bin), tflite, coreml (.mlpackage)")
     x.add_argument("--output", type=Path, metavar="FILE",
                    help="the file to write (default: RUN/model.onnx, or the format's suffix)")
     # The name before --output was the common spelling of predict and evaluate: still accepted, unlisted.
