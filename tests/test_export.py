@@ -162,3 +162,15 @@ def test_a_registered_format_exports_and_predicts_by_its_name_and_suffix(cli, ru
     status, captured = cli("predict", run / "model.toy", tiny_data)
     assert status == ExitStatus.SUCCESS, captured.stderr
     assert len(captured.stdout.splitlines()) == len(list(tiny_data.rglob("*.png")))
+
+
+def test_a_multi_label_export_is_checked_on_its_decisions(cli, tiny_data: Path, tiny_args, tmp_path: Path):
+    """Agreement of a multi-label model is the same set of classes per image; it has no accuracy."""
+    out = tmp_path / "run"
+    status, captured = cli("train", tiny_data, "--out", out, "--multi-label", *tiny_args)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    status, captured = cli("export", out)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    entry = read_export_record(out)["model.onnx"]
+    assert entry["top1_agreement"] == 1.0 and entry["accuracy"] == {"trained": None, "exported": None}
+    assert OnnxClassifier(out / "model.onnx").multi_label_
