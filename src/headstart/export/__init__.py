@@ -8,9 +8,12 @@ when it is used, never by reading the table: opening an exported model imports n
 PyTorch nor another format's runtime.
 
 Each format is one module that writes it (with PyTorch) and one that runs it without PyTorch:
-ONNX (:mod:`.onnx`, :mod:`.onnx_runtime`, and :mod:`.quantize` for its int8 copies) and
-OpenVINO IR (:mod:`.openvino`, :mod:`.openvino_runtime`). What every runtime shares (the
-metadata every file carries: classes, preprocessing, thresholds) is :mod:`.runtime`.
+ONNX (:mod:`.onnx`, :mod:`.onnx_runtime`, and :mod:`.quantize` for its int8 copies), OpenVINO
+IR (:mod:`.openvino`, :mod:`.openvino_runtime`) and TFLite (:mod:`.tflite`,
+:mod:`.tflite_runtime`); Core ML (:mod:`.coreml`) is written and checked, but runs only on
+Apple devices. What every runtime shares (the metadata every file carries: classes,
+preprocessing, thresholds) is :mod:`.runtime`; every format's metadata is the ONNX file's
+(:mod:`.source`).
 
 Every export is proof-checked before it is moved into place (:mod:`.files`): the exported model
 runs against PyTorch on the run's held-out photos (:mod:`.parity`), and fails below
