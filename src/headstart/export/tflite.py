@@ -29,7 +29,7 @@ def write_tflite(clf, path: str | Path, console: Console) -> None:
     try:
         import litert_torch
     except ImportError:
-        raise missing_extra("litert-torch", "--format tflite", '"headstart[tflite]"') from None
+        raise missing_extra("litert-torch", "--format tflite", "litert-torch") from None
     # Its progress is printed on stdout, which carries results only.
     litert_torch.config.show_progress = False
     with tempfile.TemporaryDirectory() as scratch:
