@@ -174,3 +174,17 @@ def test_a_multi_label_export_is_checked_on_its_decisions(cli, tiny_data: Path, 
     entry = read_export_record(out)["model.onnx"]
     assert entry["top1_agreement"] == 1.0 and entry["accuracy"] == {"trained": None, "exported": None}
     assert OnnxClassifier(out / "model.onnx").multi_label_
+
+
+def test_a_converter_failure_is_one_line_and_leaves_no_file(cli, run: Path, monkeypatch):
+    def unsupported(clf, path, console):
+        Path(path).write_bytes(b"half")
+        raise RuntimeError("cannot translate aten::foo\nits long explanation")
+
+    monkeypatch.setattr(headstart.export, "FORMATS", dict(headstart.export.FORMATS))  # unregistered after
+    register_format(ExportFormat("toy", ".toy", exporter=unsupported, opener=OnnxClassifier, runtime="toy"))
+    status, captured = cli("-q", "export", run, "--format", "toy")
+    assert status == ExitStatus.MODEL
+    [line] = captured.stderr.splitlines()
+    assert "--format toy" in line and "RuntimeError: cannot translate aten::foo" in line
+    assert not (run / "model.toy").exists() and not [p for p in run.iterdir() if p.name.endswith(".tmp")]

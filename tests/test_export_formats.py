@@ -14,7 +14,7 @@ from headstart.errors import ExitStatus
 from headstart.export import format_named
 from headstart.export.files import read_export_record
 
-from conftest import REPO
+from conftest import REPO, shared_dataset
 
 
 # The formats whose runtime runs on Linux: their file's suffix, and the module that converts to it.
@@ -37,9 +37,14 @@ def exported(tiny_run: Path, tmp_path_factory) -> Path:
     run = Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("exported") / "run"))
     for name, (_, module) in RUNTIMES.items():
         if _installed(module):
-            subprocess.run([sys.executable, "-m", "headstart", "-q", "export", str(run), "--format", name],
-                           check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+            _export_in_child(run, name)
     return run
+
+
+def _export_in_child(run: Path, name: str, *options: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "headstart", "-q", "export", str(run), "--format", name, *options],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +145,24 @@ def test_a_core_ml_package_is_checked_but_says_parity_was_not_measured(cli, tiny
     assert status == ExitStatus.USAGE
     [line] = captured.stderr.splitlines()
     assert str(package) in line and "Apple devices" in line
+
+
+@pytest.mark.slow
+def test_every_format_exports_a_real_run_and_answers_as_it_does(cli, tmp_path: Path):
+    """The embedded backbone trained on real photos: each format's export agrees with it on the
+    held-out photos (Core ML: checked, not run)."""
+    run = tmp_path / "run"
+    status, captured = cli("train", shared_dataset("hymenoptera_data"), "--out", run)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    formats = {**RUNTIMES, "coreml": (".mlpackage", "coremltools")}
+    exported = [name for name, (_, module) in formats.items() if _installed(module)]
+    for name in exported:
+        _export_in_child(run, name, "--check-images", "64")
+    record = read_export_record(run)
+    for name in exported:
+        entry = record["model" + formats[name][0]]
+        assert entry["passed"] is True and entry["forced"] is False, entry
+        assert entry["measured"] is (name != "coreml")
+        if entry["measured"]:
+            assert entry["top1_agreement"] >= 0.995 and entry["images"]["val"] == 64
+            assert abs(entry["accuracy"]["trained"] - entry["accuracy"]["exported"]) <= 0.02

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelFileError, UsageError
+from ..errors import HeadstartError, ModelFileError, UsageError
 from ..runfolder import MODEL_FILE
 from .files import companion_paths, read_export_record, record_export, staged
 
@@ -149,7 +149,7 @@ class ExportFormat:
         path = Path(path)
         read_export_record(path.parent)  # a damaged record is refused before any work
         with staged(path, self.companions) as tmp:
-            self.exporter(clf, tmp, console)
+            self._convert(clf, tmp, console)
             parity = (self.parity or self._measure)(clf, tmp, check, console)
             console.info(parity.summary())
             problem = parity.problem()
@@ -159,6 +159,16 @@ class ExportFormat:
                 console.warn(f"{problem}: {path} written anyway (--force)")
         record_export(path, parity.entry(self.name, forced=problem is not None))
         return parity
+
+    def _convert(self, clf, path: Path, console: Console) -> None:
+        try:
+            self.exporter(clf, path, console)
+        except HeadstartError:
+            raise
+        except Exception as exc:  # a converter's own error on an operator it cannot translate
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            raise ModelFileError(f"--format {self.name}: the converter failed on this network "
+                                 f"({type(exc).__name__}: {reason}); --traceback shows where") from exc
 
     def _measure(self, clf, path: Path, check: Check, console: Console) -> Parity:
         from .parity import check_parity

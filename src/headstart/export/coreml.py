@@ -1,5 +1,5 @@
-"""The Core ML format: an ``.mlpackage`` (an ML Program) converted by coremltools from the traced
-PyTorch network, with the class names as the classifier's labels and headstart's metadata (the
+"""The Core ML format: an ``.mlpackage`` (an ML Program) converted by coremltools from the PyTorch
+network (through ``torch.export``), with the class names as the classifier's labels and headstart's metadata (the
 same JSON as the ONNX file's) in the package's user-defined metadata.
 
 Core ML runs only on Apple devices: on any other OS the export checks what it can read from the
@@ -63,12 +63,14 @@ def write_coreml(clf, path: str | Path, console: Console) -> None:
     shape = (1, *clf.config_.preprocessing.input_size)
     console.info("converting to Core ML with coremltools")
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the tracer's and the converter's notices
-        traced = torch.jit.trace(_FloatPixels(_Probabilities.of(clf)).eval(), torch.zeros(shape))
+        warnings.simplefilter("ignore")  # torch.export's and the converter's notices
+        # torch.export rather than the tracer: coremltools fails on the tracer's size arithmetic
+        # of timm's EfficientNets with NumPy 2.
+        program = torch.export.export(_FloatPixels(_Probabilities.of(clf)).eval(), (torch.zeros(shape),))
         labels = None if meta["multi_label"] else ct.ClassifierConfig(list(meta["classes"]))
-        model = ct.convert(traced, inputs=[ct.TensorType(name="images", shape=shape)], classifier_config=labels,
-                           convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
-                           minimum_deployment_target=ct.target.iOS16)
+        model = ct.convert(program.run_decompositions({}), inputs=[ct.TensorType(name="images", shape=shape)],
+                           classifier_config=labels, convert_to="mlprogram",
+                           compute_precision=ct.precision.FLOAT32, minimum_deployment_target=ct.target.iOS16)
     model.user_defined_metadata[METADATA_KEY] = json.dumps(meta)
     model.short_description = f"headstart image classifier: {', '.join(meta['classes'])}"
     model.save(str(path))
