@@ -45,6 +45,8 @@ def _export_in_child(run: Path, name: str, *options: str) -> None:
     result = subprocess.run([sys.executable, "-m", "headstart", "-q", "export", str(run), "--format", name, *options],
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     assert result.returncode == 0, result.stderr
+    # stdout carries the files written, nothing a converter printed
+    assert result.stdout and all(line.endswith(format_named(name).suffix) for line in result.stdout.splitlines())
 
 
 @pytest.fixture(scope="module")

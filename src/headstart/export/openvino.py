@@ -9,6 +9,8 @@ quantization, calibrated on training photos.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import tempfile
 from collections.abc import Sequence
@@ -53,7 +55,8 @@ def quantize_openvino(fp32_path: Path, int8_path: Path, calibration: Sequence[Pa
             continue
     console.info(f"int8: quantizing with NNCF, calibrated on {len(pixels)} training image(s)")
     model = ov.Core().read_model(str(fp32_path))
-    quantized = nncf.quantize(model, nncf.Dataset(pixels), subset_size=max(1, len(pixels)))
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress bars: stdout carries results only
+        quantized = nncf.quantize(model, nncf.Dataset(pixels), subset_size=max(1, len(pixels)))
     quantized.set_rt_info(json.dumps(fp32.metadata), [METADATA_KEY])
     with staged(int8_path, (".bin",)) as tmp:
         ov.save_model(quantized, str(tmp), compress_to_fp16=False)

@@ -7,6 +7,8 @@ one uint8 image (1 x 3 x H x W) at a time, as a phone runs it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import tempfile
 import warnings
@@ -30,15 +32,15 @@ def write_tflite(clf, path: str | Path, console: Console) -> None:
         import litert_torch
     except ImportError:
         raise missing_extra("litert-torch", "--format tflite", "litert-torch") from None
-    # Its progress is printed on stdout, which carries results only.
-    litert_torch.config.show_progress = False
     with tempfile.TemporaryDirectory() as scratch:
         _, meta = onnx_source(clf, Path(scratch), console)
         console.info("converting to TFLite with litert-torch (about 20 s)")
         sample = (torch.zeros(1, *clf.config_.preprocessing.input_size, dtype=torch.uint8),)
         converted = Path(scratch) / "model.tflite"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.export's and the converter's notices
+        # Its progress goes to stdout, which carries results only: dropped, as are torch.export's
+        # and the converter's notices.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
             litert_torch.convert(_Probabilities.of(clf), sample).export(str(converted))
         meta["input"] = "uint8 RGB, 1 x 3 x H x W, resized and centre-cropped as 'preprocessing' says"
         Path(path).write_bytes(with_metadata(converted.read_bytes(), meta))
