@@ -168,3 +168,23 @@ def test_every_format_exports_a_real_run_and_answers_as_it_does(cli, tmp_path: P
         if entry["measured"]:
             assert entry["top1_agreement"] >= 0.995 and entry["images"]["val"] == 64
             assert abs(entry["accuracy"]["trained"] - entry["accuracy"]["exported"]) <= 0.02
+
+
+@pytest.mark.parametrize("name, suffix", RUNNABLE)
+def test_serve_answers_from_an_export_as_the_run_does(exported: Path, images: Path, name: str, suffix: str):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from headstart.model import open_model
+    from headstart.serve import ServeConfig, create_app
+
+    image = sorted(images.rglob("*.png"))[0]
+    upload = [("files", (image.name, image.read_bytes(), "image/png"))]
+    answers = {}
+    for model in (exported, exported / f"model{suffix}"):
+        with TestClient(create_app(open_model(model), ServeConfig(), model)) as client:
+            response = client.post("/predict", files=upload)
+            assert response.status_code == 200, response.text
+            answers[model] = (response.json()["predictions"][0]["class"], client.get("/model").json()["engine"])
+    assert answers[exported][0] == answers[exported / f"model{suffix}"][0]
+    assert answers[exported / f"model{suffix}"][1] == {"openvino": "openvino", "tflite": "litert"}[name]
