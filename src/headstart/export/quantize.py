@@ -20,6 +20,7 @@ from .._io import atomic_files
 from ..errors import ModelFileError
 from ..predictor import stack_probabilities
 from .onnx_runtime import METADATA_KEY, OnnxClassifier
+from .runtime import ExportedClassifier
 
 __all__ = ["Int8Report", "quantize_int8", "check_int8"]
 
@@ -87,8 +88,8 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: Sequence[Path],
     return report
 
 
-def check_int8(fp32, int8, val_images: Sequence[Path], val_labels: Sequence[int], max_drop: float,
-               int8_path: Path, console: Console) -> Int8Report:
+def check_int8(fp32: ExportedClassifier, int8: ExportedClassifier, val_images: Sequence[Path],
+               val_labels: Sequence[int], max_drop: float, int8_path: Path, console: Console) -> Int8Report:
     """The int8 model ``int8`` against its fp32 source ``fp32`` (both opened exports) on validation:
     refused (:class:`ModelFileError`) when accuracy drops by more than ``max_drop`` points."""
     labels = np.asarray(val_labels)
@@ -107,13 +108,13 @@ def check_int8(fp32, int8, val_images: Sequence[Path], val_labels: Sequence[int]
     return report
 
 
-def _accuracy(model, images: Sequence[Path], labels: np.ndarray, console: Console,
+def _accuracy(model: ExportedClassifier, images: Sequence[Path], labels: np.ndarray, console: Console,
               desc: str) -> float:
     predictions = console.progress(model.iter_predict(images), total=len(images), desc=desc)
     return float((stack_probabilities(predictions, len(images), len(model.classes_)).argmax(1) == labels).mean())
 
 
-def _speed(model, images: Sequence[Path], repeats: int = 3) -> float:
+def _speed(model: ExportedClassifier, images: Sequence[Path], repeats: int = 3) -> float:
     """Images per second of the network alone, on one batch of real images (median of repeats)."""
     batch = np.stack([model.pixels(p) for p in images[:32]])
     model.run(batch)
