@@ -47,6 +47,12 @@ class OpenVinoClassifier(ExportedClassifier):
         self._compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         return raw, classes.get_length() if classes.is_static else None
 
+    @staticmethod
+    def _reason(exc: Exception) -> str:
+        # OpenVINO's errors start with a line per C++ source file they passed through.
+        lines = [line for line in str(exc).strip().splitlines() if line and not line.startswith("Exception from ")]
+        return lines[0].strip() if lines else type(exc).__name__
+
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         # One request per call: a compiled model's default request is not safe to share between
         # the threads of a server.

@@ -59,8 +59,7 @@ class ExportedClassifier(ProbabilityPredictor):
         except (ModelFileError, UsageError):
             raise
         except Exception as exc:  # each runtime raises its own untyped errors for bad files
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelFileError(f"{path} is not a readable {self.format_name} model: {reason}") from None
+            raise ModelFileError(f"{path} is not a readable {self.format_name} model: {self._reason(exc)}") from None
         if raw is None:
             raise ModelFileError(f"{path} has no headstart metadata: export it with 'headstart export'")
         self.metadata = self._read_metadata(path, raw)
@@ -76,6 +75,11 @@ class ExportedClassifier(ProbabilityPredictor):
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    @staticmethod
+    def _reason(exc: Exception) -> str:
+        """The line of a runtime's error that says what is wrong with the file."""
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
     def _read_metadata(self, path: Path, raw: str) -> dict[str, Any]:
         try:
