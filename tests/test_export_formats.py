@@ -132,7 +132,7 @@ def test_openvino_int8_is_calibrated_checked_and_recorded(cli, exported: Path, i
 
 
 def test_a_core_ml_package_is_checked_but_says_parity_was_not_measured(cli, tiny_run: Path, images: Path,
-                                                                        tmp_path: Path):
+                                                                        tmp_path: Path, monkeypatch):
     pytest.importorskip("coremltools")
     run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
     status, captured = cli("export", run, "--format", "coreml")
@@ -148,6 +148,12 @@ def test_a_core_ml_package_is_checked_but_says_parity_was_not_measured(cli, tiny
     assert status == ExitStatus.USAGE
     [line] = captured.stderr.splitlines()
     assert str(package) in line and "Apple devices" in line
+    import headstart.export.coreml
+
+    monkeypatch.setattr(headstart.export.coreml, "_class_labels", lambda spec: ("red", "blue"))
+    status, captured = cli("export", run, "--format", "coreml", "--overwrite")
+    assert status == ExitStatus.MODEL and "its class labels ('red', 'blue') are not the run's" in captured.stderr
+    assert package.is_dir() and read_export_record(run)["model.mlpackage"] == entry  # the checked one stays
 
 
 @pytest.mark.slow

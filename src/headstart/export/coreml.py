@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .._console import Console
+from ..config import Preprocessing, from_json
 from ..errors import ModelFileError, UsageError
 from . import Check, Parity
 from .onnx import _Probabilities
@@ -87,9 +88,9 @@ def check_coreml(clf, path: Path, check: Check, console: Console) -> Parity:
     if shape != (1, *config.preprocessing.input_size):
         raise ModelFileError(f"{path}: the package takes {shape}, not 1 x {config.preprocessing.input_size}")
     meta = json.loads(spec.description.metadata.userDefined[METADATA_KEY])
-    if tuple(meta["classes"]) != tuple(config.classes) or meta["preprocessing"]["input_size"] != list(
-            config.preprocessing.input_size):
-        raise ModelFileError(f"{path}: its metadata does not describe {', '.join(config.classes)}")
+    preprocessing = from_json(Preprocessing, meta["preprocessing"], "preprocessing")
+    if tuple(meta["classes"]) != tuple(config.classes) or preprocessing != config.preprocessing:
+        raise ModelFileError(f"{path}: its metadata does not describe the run's classes and preprocessing")
     labels = _class_labels(spec) if not config.head.multi_label else tuple(meta["classes"])
     if labels != tuple(config.classes):
         raise ModelFileError(f"{path}: its class labels {labels} are not the run's {tuple(config.classes)}")
