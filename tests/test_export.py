@@ -2,6 +2,7 @@
 file without PyTorch."""
 
 import csv
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import headstart
 import headstart.export
 from headstart.errors import ExitStatus, ModelFileError
 from headstart.export import ExportFormat, format_for_file, format_named, register_format
+from headstart.export.files import read_export_record
 from headstart.export.onnx_runtime import OnnxClassifier
 
 from conftest import REPO, make_image
@@ -36,6 +38,10 @@ def test_export_writes_a_self_describing_checked_model(cli, run: Path):
     assert exported.classes_ == ("blue", "red")
     assert exported.preprocessing.input_size == (3, 32, 32)
     assert exported.metadata["architecture"] == "test_efficientnet"
+    record = read_export_record(run)["model.onnx"]
+    assert record["format"] == "onnx" and record["images"] == {"val": 12} and record["passed"] is True
+    assert record["top1_agreement"] == 1.0 and record["max_difference"] <= 1e-4
+    assert record["accuracy"]["trained"] == record["accuracy"]["exported"]
 
 
 def test_exported_model_predicts_like_the_run(cli, run: Path, tiny_data: Path, tmp_path: Path):
@@ -73,13 +79,16 @@ def test_export_refuses_to_replace_a_file_and_to_write_a_model_that_differs(cli,
     status, captured = cli("export", run)
     assert status == ExitStatus.USAGE and "--overwrite" in captured.stderr
     assert (run / "model.onnx").read_text() == "precious"
-    import headstart.export.onnx
-
-    monkeypatch.setattr(headstart.export.onnx, "PARITY_TOLERANCE", -1.0)
+    onnx = format_named("onnx")
+    monkeypatch.setitem(headstart.export.FORMATS, "onnx", dataclasses.replace(onnx, tolerance=-1.0))
     status, captured = cli("export", run, "--overwrite")
     assert status == ExitStatus.MODEL and "not written" in captured.stderr
     assert (run / "model.onnx").read_text() == "precious"
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    status, captured = cli("export", run, "--overwrite", "--force")
+    assert status == ExitStatus.SUCCESS and "written anyway (--force)" in captured.stderr
+    assert OnnxClassifier(run / "model.onnx").classes_ == ("blue", "red")
+    assert read_export_record(run)["model.onnx"]["forced"] is True
 
 
 def test_a_damaged_or_foreign_onnx_file_is_a_clear_error(cli, run: Path, tiny_data: Path, tmp_path: Path):
@@ -102,18 +111,24 @@ def test_int8_is_written_only_within_the_allowed_accuracy_drop(cli, run: Path, t
     int8 = OnnxClassifier(run / "model.int8.onnx")
     assert int8.classes_ == ("blue", "red")
     assert int8.predict_proba(sorted(tiny_data.rglob("*.png"))[:3]).shape == (3, 2)
+    entry = read_export_record(run)["model.int8.onnx"]
+    assert entry["precision"] == "int8" and entry["passed"] is True and entry["images"] == {"val": 12}
     (run / "model.int8.onnx").unlink()
     # a negative allowance can never be met: the quantized file must not appear
     status, captured = cli("export", run, "--int8", "--max-drop", "-1", "--overwrite")
     assert status == ExitStatus.MODEL and "not written" in captured.stderr
     assert not (run / "model.int8.onnx").exists() and (run / "model.onnx").exists()
+    status, captured = cli("export", run, "--int8", "--max-drop", "-1", "--overwrite", "--force")
+    assert status == ExitStatus.SUCCESS and "written anyway (--force)" in captured.stderr
+    entry = read_export_record(run)["model.int8.onnx"]
+    assert entry["passed"] is False and entry["forced"] is True and entry["max_drop"] == -1
 
 
 def test_an_unknown_format_is_refused_before_any_work(cli, tmp_path: Path):
-    status, captured = cli("export", tmp_path / "no-run", "--format", "tflite")
+    status, captured = cli("export", tmp_path / "no-run", "--format", "keras")
     assert status == ExitStatus.USAGE
     [line] = captured.stderr.splitlines()
-    assert "--format tflite" in line and "onnx" in line and "Traceback" not in captured.stderr
+    assert "--format keras" in line and "onnx" in line and "Traceback" not in captured.stderr
 
 
 def test_a_file_picks_its_runtime_by_suffix_and_an_unknown_one_is_refused(cli, tiny_data: Path, tmp_path: Path):
@@ -133,11 +148,11 @@ def test_a_file_picks_its_runtime_by_suffix_and_an_unknown_one_is_refused(cli, t
 def test_a_registered_format_exports_and_predicts_by_its_name_and_suffix(cli, run: Path, tiny_data: Path,
                                                                         monkeypatch):
     """A format is one row: here ONNX's own code under another name and suffix."""
-    from headstart.export.onnx import check_parity, write_onnx
+    from headstart.export.onnx import write_onnx
 
     monkeypatch.setattr(headstart.export, "FORMATS", dict(headstart.export.FORMATS))  # unregistered after
     toy = register_format(ExportFormat("toy", ".toy", exporter=write_onnx, opener=OnnxClassifier,
-                                       parity=check_parity, runtime="the toy runtime"))
+                                       runtime="the toy runtime"))
     assert format_named("toy") is toy and format_for_file(run / "model.toy") is toy
     status, captured = cli("export", run, "--format", "toy")
     assert status == ExitStatus.SUCCESS, captured.stderr
@@ -147,3 +162,29 @@ def test_a_registered_format_exports_and_predicts_by_its_name_and_suffix(cli, ru
     status, captured = cli("predict", run / "model.toy", tiny_data)
     assert status == ExitStatus.SUCCESS, captured.stderr
     assert len(captured.stdout.splitlines()) == len(list(tiny_data.rglob("*.png")))
+
+
+def test_a_multi_label_export_is_checked_on_its_decisions(cli, tiny_data: Path, tiny_args, tmp_path: Path):
+    """Agreement of a multi-label model is the same set of classes per image; it has no accuracy."""
+    out = tmp_path / "run"
+    status, captured = cli("train", tiny_data, "--out", out, "--multi-label", *tiny_args)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    status, captured = cli("export", out)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    entry = read_export_record(out)["model.onnx"]
+    assert entry["top1_agreement"] == 1.0 and entry["accuracy"] == {"trained": None, "exported": None}
+    assert OnnxClassifier(out / "model.onnx").multi_label_
+
+
+def test_a_converter_failure_is_one_line_and_leaves_no_file(cli, run: Path, monkeypatch):
+    def unsupported(clf, path, console):
+        Path(path).write_bytes(b"half")
+        raise RuntimeError("cannot translate aten::foo\nits long explanation")
+
+    monkeypatch.setattr(headstart.export, "FORMATS", dict(headstart.export.FORMATS))  # unregistered after
+    register_format(ExportFormat("toy", ".toy", exporter=unsupported, opener=OnnxClassifier, runtime="toy"))
+    status, captured = cli("-q", "export", run, "--format", "toy")
+    assert status == ExitStatus.MODEL
+    [line] = captured.stderr.splitlines()
+    assert "--format toy" in line and "RuntimeError: cannot translate aten::foo" in line
+    assert not (run / "model.toy").exists() and not [p for p in run.iterdir() if p.name.endswith(".tmp")]

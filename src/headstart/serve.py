@@ -218,7 +218,7 @@ def _decode(predictor, data: bytes, name: str) -> np.ndarray:
 
 def _describe(predictor) -> dict:
     if hasattr(predictor, "metadata"):
-        return {"backbone": predictor.metadata.get("backbone"), "engine": "onnxruntime"}
+        return {"backbone": predictor.metadata.get("backbone"), "engine": predictor.engine}
     score = "mean_ap" if predictor.multi_label_ else "accuracy"
     splits = predictor.metrics_.splits() if predictor.metrics_ is not None else {}
     return {"backbone": predictor.config_.backbone.name, "engine": "pytorch",

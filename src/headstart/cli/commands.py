@@ -9,6 +9,7 @@ work, and the lines printed.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,6 +131,7 @@ def cache_command(args: argparse.Namespace, console: Console) -> ExitStatus:
 
 def export_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..export import format_named
+    from ..export.files import record_export
     from ..model import load
     from ..record import split_images
     from ..runfolder import MODEL_FILE
@@ -140,8 +142,8 @@ def export_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     out = args.output or (args.model / MODEL_FILE).with_suffix(fmt.suffix)
     int8_out = out.with_suffix(".int8" + fmt.suffix)
     check_output(out, args.overwrite, (fmt.suffix,))
-    if args.int8:
-        check_output(int8_out, args.overwrite, (fmt.suffix,))
+    for path in fmt.files(out)[1:] + (fmt.files(int8_out) if args.int8 else []):
+        check_output(path, args.overwrite, (path.suffix,), flag=f"--output's {path.suffix} file")
     clf = load(args.model, verbose=console.verbosity)
     if args.int8 and clf.multi_label_:
         raise UsageError("--int8 is not available for multi-label models yet: its check measures accuracy "
@@ -150,14 +152,23 @@ def export_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     if not val:
         raise UsageError(f"no validation images of {args.model} found to check the export on "
                          "(was the data folder moved?)")
-    fmt.export(clf, out, [p for p, _ in val[: args.check_images]], console)
+    # The run's held-out photos: validation, and test where the run has a test split.
+    check = {"val": val[: args.check_images]}
+    test = split_images(args.model, "test", clf.classes_)
+    if test:
+        check["test"] = test[: args.check_images]
+    fmt.export(clf, out, check, console, force=args.force)
     console.result(str(out))
     if args.int8:
         train = split_images(args.model, "train", clf.classes_)
         # A fixed seed: the same run calibrates the same way, and so quantizes to the same file.
         calibration = [p for p, _ in random.Random(0).sample(train, min(len(train), args.calibration_images))]
-        fmt.quantizer(out, int8_out, calibration, [p for p, _ in val], [label for _, label in val],
-                      args.max_drop, console)
+        report = fmt.quantizer(out, int8_out, calibration, [p for p, _ in val], [label for _, label in val],
+                               math.inf if args.force else args.max_drop, console)
+        if report.drop_points > args.max_drop:
+            console.warn(f"int8 loses {report.drop_points:.2f} points of validation accuracy (--max-drop "
+                         f"{args.max_drop:g}): {int8_out} written anyway (--force)")
+        record_export(int8_out, report.entry(fmt.name, args.max_drop))
         console.result(str(int8_out))
     console.info(f"predict with: headstart predict {out} IMAGES...   (needs only {fmt.runtime})")
     return ExitStatus.SUCCESS

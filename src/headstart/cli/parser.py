@@ -362,18 +362,23 @@ def add_cache(commands, name: str) -> argparse.ArgumentParser:
 
 
 def add_export(commands, name: str) -> argparse.ArgumentParser:
-    x = _command(commands, name, "export a trained model as one self-describing ONNX file",
-                 "  headstart export runs/pets\n  headstart export runs/pets --output pets.onnx --int8")
+    x = _command(commands, name, "export a trained model as one self-describing file, checked against it",
+                 "  headstart export runs/pets\n  headstart export runs/pets --output pets.onnx --int8\n"
+                 "  headstart export runs/pets --format openvino")
     x.add_argument("model", type=Path, metavar="RUN", help="a run folder written by 'headstart train'")
-    x.add_argument("--format", default="onnx", metavar="NAME", help="the file format (default: onnx, the only one yet)")
-    x.add_argument("--output", type=Path, metavar="FILE", help="the file to write (default: RUN/model.onnx)")
+    x.add_argument("--format", default="onnx", metavar="NAME",
+                   help="onnx (default), openvino (.xml and .bin), tflite, coreml (.mlpackage)")
+    x.add_argument("--output", type=Path, metavar="FILE",
+                   help="the file to write (default: RUN/model.onnx, or the format's suffix)")
     # The name before --output was the common spelling of predict and evaluate: still accepted, unlisted.
     x.add_argument("--out", type=Path, dest="output", help=argparse.SUPPRESS)
     x.add_argument("--overwrite", action="store_true", help="allow replacing an existing file")
     x.add_argument("--check-images", type=int, default=200, metavar="N",
-                   help="validation images to check parity on (default: 200)")
-    x.add_argument("--int8", action="store_true", help="also write MODEL.int8.onnx, statically quantized "
-                   "with ONNX Runtime and calibrated on training images")
+                   help="validation (and test) images to check parity on, per split (default: 200)")
+    x.add_argument("--force", action="store_true", help="write the file even when it fails its check "
+                   "(below 99.5%% top-1 agreement, or an int8 copy past --max-drop); export.json says so")
+    x.add_argument("--int8", action="store_true", help="also write MODEL.int8.onnx (or .int8.xml), statically "
+                   "quantized (ONNX Runtime; NNCF for openvino) and calibrated on training images")
     x.add_argument("--max-drop", type=float, default=0.5, metavar="POINTS",
                    help="refuse the int8 model if it loses more validation accuracy (default: 0.5)")
     x.add_argument("--calibration-images", type=int, default=100, metavar="N",

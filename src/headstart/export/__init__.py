@@ -7,65 +7,126 @@ checks it against the trained model, and what runs it.
 when it is used, never by reading the table: opening an exported model imports neither
 PyTorch nor another format's runtime.
 
-ONNX is the one format so far: :mod:`.onnx` writes it (with PyTorch) and checks it,
-:mod:`.onnx_runtime` runs it with ONNX Runtime, NumPy and Pillow alone, and
-:mod:`.quantize` makes its int8 copies.
+Each format is one module that writes it (with PyTorch) and one that runs it without PyTorch:
+ONNX (:mod:`.onnx`, :mod:`.onnx_runtime`, and :mod:`.quantize` for its int8 copies), OpenVINO
+IR (:mod:`.openvino`, :mod:`.openvino_runtime`) and TFLite (:mod:`.tflite`,
+:mod:`.tflite_runtime`); Core ML (:mod:`.coreml`) is written and checked, but runs only on
+Apple devices. What every runtime shares (the metadata every file carries: classes,
+preprocessing, thresholds) is :mod:`.runtime`; every format's metadata is the ONNX file's
+(:mod:`.source`).
+
+Every export is proof-checked before it is moved into place (:mod:`.files`): the exported model
+runs against PyTorch on the run's held-out photos (:mod:`.parity`), and fails below
+:data:`MIN_AGREEMENT` top-1 agreement or above its format's probability tolerance. The check
+is recorded in ``export.json`` beside the file.
 
 Adding a format is one module and one :func:`register_format` call. The module holds the
 format's exporter, ``(clf, path, console)``, which writes a fitted
-:class:`~headstart.model.ImageClassifier` to ``path`` (a temporary name, renamed once
-checked); its parity check, ``(clf, exported, images, console)``, which returns the
-:class:`Parity` of the opened file against PyTorch on those images; and its opener,
-``(path)``, which opens such a file as a :class:`~headstart.predictor.Predictor` (a class
-whose ``__init__`` takes the path will do).
+:class:`~headstart.model.ImageClassifier` to ``path`` (in a scratch folder, moved once
+checked), and its opener, ``(path)``, which opens such a file as a
+:class:`~headstart.predictor.Predictor` (a class whose ``__init__`` takes the path will do;
+:class:`.runtime.ExportedClassifier` does the shared part). A format that cannot run here
+gives its own ``parity``, ``(clf, path, check, console)``, returning :meth:`Parity.unmeasured`.
 The call adds the row, at the end of this file for a format of headstart's own (naming the
 module's functions through ``_OnCall``, so that the module loads only when used), or, for a
 format of your own, anywhere before it is used::
 
-    register_format(ExportFormat("name", ".suffix", exporter=write, opener=Runtime, parity=check,
+    register_format(ExportFormat("name", ".suffix", exporter=write, opener=Runtime,
                                  runtime="what a deployment installs"))
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._io import atomic_files
-from ..errors import ModelFileError, UsageError
+from ..errors import HeadstartError, ModelFileError, UsageError
 from ..runfolder import MODEL_FILE
+from .files import companion_paths, read_export_record, record_export, staged
 
 if TYPE_CHECKING:
     from .._console import Console
     from ..predictor import Predictor
 
-__all__ = ["ExportFormat", "Parity", "FORMATS", "register_format", "format_named", "format_for_file"]
+__all__ = ["ExportFormat", "Parity", "FORMATS", "register_format", "format_named", "format_for_file",
+           "MIN_AGREEMENT", "PARITY_TOLERANCE"]
+
+# An exported fp32 model must answer as the trained one does on (nearly) every held-out photo,
+# and give the probabilities PyTorch gives: a larger difference means an operator was
+# translated wrongly, and the file is not written.
+MIN_AGREEMENT = 0.995
+PARITY_TOLERANCE = 1e-4
+
+Check = Mapping[str, Sequence[tuple[Path, int]]]  # {split: [(image, label)]}, the held-out photos
 
 
 @dataclass(frozen=True)
 class Parity:
-    """An exported model against the trained one (PyTorch fp32), on the same decoded images."""
+    """An exported model against the trained one (PyTorch fp32), on the same decoded images: the
+    largest difference of one class probability, how often both answer the same, and the
+    accuracy of each (None for a multi-label model, or where no image has a label)."""
 
     images: int
-    max_difference: float  # the largest difference of one class probability
+    max_difference: float
     top1_agreement: float
     tolerance: float  # the largest difference the format accepts
+    trained_accuracy: float | None = None
+    exported_accuracy: float | None = None
+    splits: dict[str, int] = field(default_factory=dict)  # images checked per split
+    not_measured: str | None = None  # why the exported model could not be run here
+
+    @classmethod
+    def unmeasured(cls, reason: str) -> Parity:
+        """A format whose runtime does not exist on this machine: checked, but not run."""
+        return cls(0, math.nan, math.nan, math.nan, not_measured=reason)
+
+    def problem(self) -> str | None:
+        """Why the exported model must not be written; None when it may."""
+        if self.not_measured is not None:
+            return None
+        if not self.max_difference <= self.tolerance:
+            return (f"the exported model differs from PyTorch by {self.max_difference:.2e} "
+                    f"(tolerance {self.tolerance:g})")
+        if self.top1_agreement < MIN_AGREEMENT:
+            return (f"the exported model answers as PyTorch does on {self.top1_agreement:.2%} of the "
+                    f"images (at least {MIN_AGREEMENT:.1%} needed)")
+        return None
 
     @property
     def ok(self) -> bool:
-        return self.max_difference <= self.tolerance
+        return self.problem() is None
+
+    def summary(self) -> str:
+        if self.not_measured is not None:
+            return f"parity not measured: {self.not_measured}"
+        accuracy = ("" if self.trained_accuracy is None else
+                    f", accuracy {self.trained_accuracy:.2%} (PyTorch) / {self.exported_accuracy:.2%} (exported)")
+        return (f"parity on {self.images} image(s): largest probability difference {self.max_difference:.2e} "
+                f"(tolerance {self.tolerance:g}), top-1 agreement {self.top1_agreement:.2%}{accuracy}")
+
+    def entry(self, fmt: str, forced: bool) -> dict[str, Any]:
+        """This check as the exported file's entry in ``export.json``."""
+        return {"format": fmt, "precision": "fp32", "measured": self.not_measured is None,
+                "not_measured": self.not_measured, "images": self.splits, "top1_agreement": self.top1_agreement,
+                "max_difference": self.max_difference, "tolerance": self.tolerance,
+                "min_top1_agreement": MIN_AGREEMENT,
+                "accuracy": {"trained": self.trained_accuracy, "exported": self.exported_accuracy},
+                "passed": self.ok, "forced": forced}
 
 
 @dataclass(frozen=True)
 class ExportFormat:
     """One row of the table: how a trained model becomes a file of this format, and back.
 
-    ``exporter(clf, path, console)`` writes the file; ``opener(path)`` opens one as a
-    :class:`~headstart.predictor.Predictor` (what ``predict`` and ``serve`` run);
-    ``parity(clf, exported, images, console)`` measures the opened file against ``clf``;
+    ``exporter(clf, path, console)`` writes the file (and its ``companions``, the same name with
+    those suffixes; a ``folder`` format writes a folder); ``opener(path)`` opens one as a
+    :class:`~headstart.predictor.Predictor` (what ``predict`` and ``serve`` run), and by default
+    the export is measured by running it against ``clf`` within ``tolerance``; ``parity(clf,
+    path, check, console)`` replaces that measure for a format that cannot run here.
     ``quantizer``, where the format has one, writes its int8 copy (``export --int8``);
     ``runtime`` names what a deployment installs to run the file.
     """
@@ -74,25 +135,49 @@ class ExportFormat:
     suffix: str
     exporter: Callable[..., None]
     opener: Callable[[Path], Predictor]
-    parity: Callable[..., Parity]
     runtime: str
+    parity: Callable[..., Parity] | None = None
     quantizer: Callable[..., Any] | None = None
+    companions: tuple[str, ...] = ()
+    folder: bool = False
+    tolerance: float = PARITY_TOLERANCE
 
-    def export(self, clf, path: str | Path, check_images: Sequence[Path], console: Console) -> Parity:
-        """Write ``clf`` (a fitted ImageClassifier) to ``path``, renamed into place only when the
-        exported model agrees with PyTorch on ``check_images`` within the format's tolerance."""
+    def export(self, clf, path: str | Path, check: Check, console: Console, force: bool = False) -> Parity:
+        """Write ``clf`` (a fitted ImageClassifier) to ``path``, moved into place only when the
+        exported model agrees with PyTorch on the held-out photos of ``check`` (or with
+        ``force``); the check is recorded in ``export.json`` beside it."""
         path = Path(path)
-        with atomic_files(path.parent) as new:
-            tmp = new(path.name)
-            self.exporter(clf, tmp, console)
-            parity = self.parity(clf, self.opener(tmp), check_images, console)
-            console.info(f"parity on {parity.images} image(s): largest probability difference "
-                         f"{parity.max_difference:.2e} (tolerance {parity.tolerance:g}), "
-                         f"top-1 agreement {parity.top1_agreement:.2%}")
-            if not parity.ok:
-                raise ModelFileError(f"the exported model differs from PyTorch by {parity.max_difference:.2e} "
-                                     f"(tolerance {parity.tolerance:g}): {path} not written")
+        read_export_record(path.parent)  # a damaged record is refused before any work
+        with staged(path, self.companions) as tmp:
+            self._convert(clf, tmp, console)
+            parity = (self.parity or self._measure)(clf, tmp, check, console)
+            console.info(parity.summary())
+            problem = parity.problem()
+            if problem and not force:
+                raise ModelFileError(f"{problem}: {path} not written (--force writes it anyway)")
+            if problem:
+                console.warn(f"{problem}: {path} written anyway (--force)")
+        record_export(path, parity.entry(self.name, forced=problem is not None))
         return parity
+
+    def _convert(self, clf, path: Path, console: Console) -> None:
+        try:
+            self.exporter(clf, path, console)
+        except HeadstartError:
+            raise
+        except Exception as exc:  # a converter's own error on an operator it cannot translate
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            raise ModelFileError(f"--format {self.name}: the converter failed on this network "
+                                 f"({type(exc).__name__}: {reason}); --traceback shows where") from exc
+
+    def _measure(self, clf, path: Path, check: Check, console: Console) -> Parity:
+        from .parity import check_parity
+
+        return check_parity(clf, self.opener(path), check, self.tolerance, console)
+
+    def files(self, path: Path) -> list[Path]:
+        """``path`` and its companions: what one export of this format writes."""
+        return companion_paths(path, self.companions)
 
 
 @dataclass(frozen=True)
@@ -133,11 +218,11 @@ def format_for_file(path: str | Path) -> ExportFormat | None:
     An existing file of no known format is refused: no runtime could read it.
     """
     path = Path(path)
+    for fmt in FORMATS.values():
+        if path.name.lower().endswith(fmt.suffix) and (fmt.folder or not path.is_dir()):
+            return fmt
     if path.is_dir():
         return None
-    for fmt in FORMATS.values():
-        if path.name.lower().endswith(fmt.suffix):
-            return fmt
     if not path.exists() or path.suffix.lower() in ("", Path(MODEL_FILE).suffix):
         return None
     suffixes = " or ".join(fmt.suffix for fmt in FORMATS.values())
@@ -148,5 +233,17 @@ def format_for_file(path: str | Path) -> ExportFormat | None:
 register_format(ExportFormat(
     "onnx", ".onnx", exporter=_OnCall("headstart.export.onnx", "write_onnx"),
     opener=_OnCall("headstart.export.onnx_runtime", "OnnxClassifier"),
-    parity=_OnCall("headstart.export.onnx", "check_parity"),
     runtime="onnxruntime, numpy, pillow", quantizer=_OnCall("headstart.export.quantize", "quantize_int8")))
+register_format(ExportFormat(
+    "openvino", ".xml", exporter=_OnCall("headstart.export.openvino", "write_openvino"),
+    opener=_OnCall("headstart.export.openvino_runtime", "OpenVinoClassifier"),
+    runtime='openvino, numpy, pillow (pip install "headstart[openvino]")', companions=(".bin",),
+    quantizer=_OnCall("headstart.export.openvino", "quantize_openvino")))
+register_format(ExportFormat(
+    "tflite", ".tflite", exporter=_OnCall("headstart.export.tflite", "write_tflite"),
+    opener=_OnCall("headstart.export.tflite_runtime", "TfliteClassifier"),
+    runtime='ai-edge-litert, numpy, pillow (pip install "headstart[tflite]")'))
+register_format(ExportFormat(
+    "coreml", ".mlpackage", exporter=_OnCall("headstart.export.coreml", "write_coreml"),
+    opener=_OnCall("headstart.export.coreml", "open_coreml"), parity=_OnCall("headstart.export.coreml", "check_coreml"),
+    runtime="Core ML, on an Apple device", folder=True))

@@ -1,8 +1,8 @@
-"""The ONNX format's exporter and parity check (its runtime is :mod:`.onnx_runtime`).
+"""The ONNX format's exporter (its runtime is :mod:`.onnx_runtime`, its check :mod:`.parity`).
 
 ``write_onnx`` writes a whole trained model as one self-describing file (class names and
-preprocessing in its metadata); ``check_parity`` measures it against PyTorch, which
-:meth:`headstart.export.ExportFormat.export` requires before renaming it into place.
+preprocessing in its metadata); :mod:`.parity` measures it against PyTorch, which
+:meth:`headstart.export.ExportFormat.export` requires before moving it into place.
 ``export_onnx``, the graph alone, is shared with the lightweight workflow's ``onnx`` feature
 engine (:mod:`headstart.features.engines`).
 
@@ -18,20 +18,16 @@ import copy
 import dataclasses
 import json
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from .._console import Console
 from .._io import atomic_path
-from ..errors import DataError
-from . import Parity
-from .onnx_runtime import METADATA_KEY, OnnxClassifier
+from .onnx_runtime import METADATA_KEY
 
-__all__ = ["export_onnx", "write_onnx", "check_parity", "ONNX_OPSET", "PARITY_TOLERANCE"]
+__all__ = ["export_onnx", "write_onnx", "ONNX_OPSET"]
 
 ONNX_OPSET = 17
 
@@ -56,11 +52,6 @@ def export_onnx(module: nn.Module, path: str | Path, input_size: tuple[int, int,
         except Exception:
             torch.onnx.export(module, example, str(tmp), dynamo=True, **kwargs)
     return path
-
-
-# The exported graph must give the probabilities PyTorch gives, image for image: a larger
-# difference means an operator was translated wrongly, and the file is not written.
-PARITY_TOLERANCE = 1e-4
 
 
 class _Probabilities(nn.Module):
@@ -102,31 +93,3 @@ def write_onnx(clf, path: str | Path, console: Console) -> None:
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
     graph.producer_name = "headstart"
     onnx.save(graph, str(path))
-
-
-def check_parity(clf, exported: OnnxClassifier, images: Sequence[Path], console: Console,
-                 batch_size: int = 32) -> Parity:
-    """``exported`` against ``clf``'s PyTorch fp32 on the same decoded pixels (the runtime's own
-    decoding), within :data:`PARITY_TOLERANCE`."""
-    module = _Probabilities.of(clf)
-    worst, agree, count = 0.0, 0, 0
-    starts = range(0, len(images), batch_size)
-    for start in console.progress(starts, total=len(starts), desc="check against PyTorch (batches)"):
-        pixels = []
-        for image in images[start:start + batch_size]:
-            try:
-                pixels.append(exported.pixels(image))
-            except Exception:  # an unreadable image tells nothing about the graph: skip it
-                continue
-        if not pixels:
-            continue
-        batch = np.stack(pixels)
-        with torch.inference_mode():
-            reference = module(torch.from_numpy(batch)).numpy()
-        got = exported.run(batch)
-        worst = max(worst, float(np.abs(got - reference).max()))
-        agree += int((got.argmax(1) == reference.argmax(1)).sum())
-        count += len(batch)
-    if count == 0:
-        raise DataError("no readable image to check the exported model on")
-    return Parity(count, worst, agree / count, PARITY_TOLERANCE)
