@@ -60,15 +60,15 @@ def _maps(net, device, dtype, images: torch.Tensor) -> np.ndarray:
 
     from ..device import autocast, to_device
 
-    with torch.inference_mode(), autocast(device, dtype):
-        features = net.backbone.forward_features(net.normalize(to_device(images, device))).float()
-    if features.ndim != 4:
-        raise UsageError("class activation maps need a backbone whose features are a spatial map (a "
-                         "convolutional network); this one's are tokens")
-    weight, bias = net.head.fc.weight.float(), net.head.fc.bias.float()
-    cams = torch.einsum("kc,nchw->nkhw", weight, features)
-    best = (cams.mean(dim=(2, 3)) + bias).argmax(dim=1)
-    return cams[torch.arange(len(best)), best].cpu().numpy().astype(np.float32)
+    with torch.inference_mode():
+        with autocast(device, dtype):
+            features = net.backbone.forward_features(net.normalize(to_device(images, device))).float()
+        if features.ndim != 4:
+            raise UsageError("class activation maps need a backbone whose features are a spatial map (a "
+                             "convolutional network); this one's are tokens")
+        cams = torch.einsum("kc,nchw->nkhw", net.head.fc.weight.float(), features)
+        best = (cams.mean(dim=(2, 3)) + net.head.fc.bias.float()).argmax(dim=1)
+        return cams[torch.arange(len(best)), best].cpu().numpy().astype(np.float32)
 
 
 def overlay(pixels: np.ndarray, cam: np.ndarray, strength: float = 0.6) -> np.ndarray:
