@@ -26,7 +26,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _synthetic(n: int, classes: int = 5, seed: int = 0, sharpness: float = 1.0):
-    """Labels drawn from softmax(logits), and the probabilities of a model whose logits are ``sharpness`` times theirs."""
+    """Labels drawn from softmax(logits), and the probabilities of a model with ``sharpness`` times those logits."""
     rng = np.random.default_rng(seed)
     logits = rng.normal(size=(n, classes)) * 2
     truth = _softmax(logits)
@@ -38,7 +38,7 @@ def _synthetic(n: int, classes: int = 5, seed: int = 0, sharpness: float = 1.0):
 def test_temperature_undoes_over_and_under_confidence(sharpness: float):
     proba, labels = _synthetic(3000, sharpness=sharpness)
     temperature = fit_temperature(proba, labels)
-    assert temperature == pytest.approx(sharpness, rel=0.1)  # softmax(sharpness * logits / T) is the truth at T = sharpness
+    assert temperature == pytest.approx(sharpness, rel=0.1)  # softmax(sharpness * logits / sharpness) is the truth
     calibrated = apply_temperature(proba, temperature)
     np.testing.assert_allclose(calibrated.sum(axis=1), 1, atol=1e-9)
     assert (calibrated.argmax(axis=1) == proba.argmax(axis=1)).all()  # accuracy never changes
@@ -136,6 +136,8 @@ def test_fit_calibrates_on_validation_and_every_runtime_agrees(calibrated_run: P
     assert calibration.temperature == config["temperature"] != 1.0
     assert calibration.split == "val" and calibration.images == 24
     assert len(config["conformal_scores"]) == 24 and 0 < config["reject_threshold"] < 1
+    report = (calibrated_run / "report.html").read_text()
+    assert f"Temperature <b>{calibration.temperature:.3f}</b>" in report and 'alt="reliability before"' in report
     model = headstart.load(calibrated_run, verbose=0).set_params(precision="fp32", workers=0)
     with open(calibrated_run / "predictions.csv") as f:  # the final model's validation probabilities, saved
         rows = [r for r in csv.DictReader(f) if r["split"] == "val"]

@@ -333,7 +333,8 @@ def _trust_section(run: PageData, plot_dir: Path) -> str:
     parts.append("<h3>Prediction sets on the test images</h3>" + h.table(
         ["coverage asked (--coverage)", "coverage measured", "mean classes per set"], table, numeric=(1, 2)))
     parts.append(f"<p>--reject auto (top probability below {_num(head.reject_threshold)}) keeps {_pct(kept)} "
-                 f"of the test images, all of known classes; it keeps {_pct(KEEP_KNOWN)} of the validation images.</p>")
+                 f"of the test images, all of known classes (it was set to keep {_pct(KEEP_KNOWN)} of the "
+                 "validation images).</p>")
     return "\n".join(parts)
 
 
