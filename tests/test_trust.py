@@ -184,7 +184,8 @@ def test_predict_rejects_names_sets_and_explains(cli, calibrated_run: Path, tmp_
     status, captured = cli("predict", calibrated_run, data / "plum", "--reject", "auto", "--coverage", "0.9",
                            "--explain", maps, "--output", out)
     assert status == ExitStatus.SUCCESS, captured.stderr
-    rows = list(csv.DictReader(open(out)))
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["path", "class", "probability", "score", "set", "error"]
     assert all(r["class"] in ("plum", "mauve", UNKNOWN) for r in rows)
     assert all((r["class"] == UNKNOWN) == (r["set"] == "") for r in rows)
