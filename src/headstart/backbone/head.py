@@ -111,8 +111,6 @@ def activation(head: HeadSpec) -> Callable[[torch.Tensor], torch.Tensor]:
     if head.multi_label:
         return torch.sigmoid
     temperature = float(head.temperature)
-    if temperature == 1.0:
-        return lambda logits: torch.softmax(logits, 1)
     return lambda logits: torch.softmax(logits / temperature, 1)
 
 

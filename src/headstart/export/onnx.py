@@ -80,7 +80,7 @@ class _Probabilities(nn.Module):
         logits = self.net(images)
         if self.multi_label:
             return torch.sigmoid(logits)
-        return torch.softmax(logits / self.temperature if self.temperature != 1.0 else logits, dim=1)
+        return torch.softmax(logits / self.temperature, dim=1)
 
     @classmethod
     def of(cls, clf) -> _Probabilities:
