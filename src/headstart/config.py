@@ -141,6 +141,11 @@ class HeadSpec:
     ``multi_label`` head's through a sigmoid each, and a class is predicted when
     its probability reaches its threshold (tuned on validation for the best F1;
     0.5 where there was nothing to tune on).
+
+    What the validation images teach a single-label head after training (:mod:`headstart.trust`):
+    the ``temperature`` its logits are divided by before the softmax (calibration), the
+    ``conformal_scores`` that prediction sets are calibrated on, and the ``reject_threshold``
+    of ``reject="auto"``. Every runtime applies the temperature; an exported graph has it built in.
     """
 
     num_classes: int
@@ -148,6 +153,9 @@ class HeadSpec:
     pooling: Literal["avg"] = "avg"
     multi_label: bool = False
     thresholds: tuple[float, ...] = ()  # multi-label: one per class; empty means 0.5 for each
+    temperature: float = 1.0  # single-label: 1 is the uncalibrated softmax
+    conformal_scores: tuple[float, ...] = ()  # single-label: the validation images' scores, ascending
+    reject_threshold: float | None = None  # single-label: the top probability that keeps 95% of them
 
     def __post_init__(self) -> None:
         smallest = 1 if self.multi_label else 2
@@ -158,6 +166,12 @@ class HeadSpec:
         _require(not self.thresholds or (self.multi_label and len(self.thresholds) == self.num_classes
                                          and all(0 <= t <= 1 for t in self.thresholds)),
                  "thresholds", "empty, or for a multi-label head one number in [0, 1] per class", self.thresholds)
+        _require(isinstance(self.temperature, (int, float)) and 0 < self.temperature < math.inf, "temperature",
+                 "a positive number", self.temperature)
+        _require(all(0 <= s <= 1 for s in self.conformal_scores), "conformal_scores", "numbers in [0, 1]",
+                 self.conformal_scores)
+        _require(self.reject_threshold is None or 0 <= self.reject_threshold <= 1, "reject_threshold",
+                 "None or in [0, 1]", self.reject_threshold)
 
     def decision_thresholds(self) -> tuple[float, ...]:
         """Each class's threshold (multi-label heads)."""
@@ -191,6 +205,7 @@ class TrainingConfig:
     unfreeze_last: int | None = 4  # None: the whole backbone
     layer_decay: float = 1.0  # fine-tuning: each block's rate, this times the next block's (1: one rate)
     blend: bool = True  # fine-tuning: also try blends of its weights with stage 1's, keep the best
+    calibrate: bool = True  # single-label: fit a temperature on the validation images (headstart.trust)
     val_fraction: float = 0.2
     test_fraction: float = 0.0
     seed: int = 0
@@ -216,7 +231,7 @@ class TrainingConfig:
         require_engine(self.engine)
         BackboneRequest(self.backbone, self.weights, self.image_size)  # checks the name and image size
         _require(self.class_weight in CLASS_WEIGHTS, "class_weight", "None or 'balanced'", self.class_weight)
-        for name in ("flip_features", "blend"):
+        for name in ("flip_features", "blend", "calibrate"):
             _require(isinstance(getattr(self, name), bool), name, "true or false", getattr(self, name))
         _require(self.multi_label in (None, True, False), "multi_label", "None, true or false", self.multi_label)
         for name in ("lr", "fine_tune_lr"):

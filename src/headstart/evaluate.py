@@ -143,10 +143,13 @@ def sample_metrics(predictor: Predictor, samples: Sequence[Sample], proba: np.nd
 
 
 def fit_metrics(model: Predictor, split: DatasetSplit, fitted: Fitted, head_proba: dict[str, np.ndarray],
-                predict: Callable[[Sequence[Sample]], np.ndarray]) -> tuple[RunMetrics, dict[str, np.ndarray]]:
+                predict: Callable[[Sequence[Sample]], np.ndarray], calibrate: bool = False
+                ) -> tuple[RunMetrics, dict[str, np.ndarray]]:
     """A run's metrics (workflow, counts, each stage, val and test metrics) and the final model's
     probabilities for the val and test images, as ``model`` was just fitted on ``split``;
-    ``predict(samples)`` gives the final model's probabilities where the head's cannot stand."""
+    ``predict(samples)`` gives the final model's probabilities where the head's cannot stand.
+    With ``calibrate`` (a single-label model), the probabilities and metrics are those of the model
+    calibrated on its validation images (:func:`headstart.trust.validation.calibrate_predictions`)."""
     result = fitted.result
     fine_tune = None
     if result.fine_tune is not None:
@@ -154,17 +157,20 @@ def fit_metrics(model: Predictor, split: DatasetSplit, fitted: Fitted, head_prob
                                    reason=result.fine_tune_reason, likely_cause=result.fine_tune_cause,
                                    share=result.fine_tune_share)
     stage1_only = result.fine_tune is None or not result.fine_tune_kept
-    predictions, scores = {}, {}
-    for name, samples in (("val", split.val), ("test", split.test)):
-        if not samples:
-            continue
-        # The lightweight head's probabilities come straight from the cached features,
-        # unless fine-tuning changed the backbone they came from.
-        proba = head_proba[name] if stage1_only and name in head_proba else predict(samples)
-        predictions[name] = proba
-        scores[name] = sample_metrics(model, samples, proba)
+    held_out = {name: samples for name, samples in (("val", split.val), ("test", split.test)) if samples}
+    # The lightweight head's probabilities come straight from the cached features,
+    # unless fine-tuning changed the backbone they came from.
+    predictions = {name: head_proba[name] if stage1_only and name in head_proba else predict(samples)
+                   for name, samples in held_out.items()}
+    calibration = None
+    if calibrate and not model.multi_label_:
+        from .trust.validation import calibrate_predictions  # scikit-learn's metrics, as sample_metrics
+
+        calibration, predictions = calibrate_predictions(predictions, split)
+    scores = {name: sample_metrics(model, samples, predictions[name]) for name, samples in held_out.items()}
     metrics = RunMetrics(workflow=fitted.workflow, train_seconds=result.seconds, counts=split.counts(),
                          skipped=len(split.skipped) + len(result.failed),
                          stage1=StageRecord(**result.stage1.summary()) if result.stage1 else None,
-                         fine_tune=fine_tune, features=fitted.features, head=fitted.head, **scores)
+                         fine_tune=fine_tune, features=fitted.features, head=fitted.head, calibration=calibration,
+                         **scores)
     return metrics, predictions

@@ -35,7 +35,7 @@ from .errors import BackboneError, ModelFileError, NotFittedError, UsageError
 from .export import format_for_file
 from .features.cache import CacheLayout
 from .features.pipeline import check_backbone
-from .predictor import Prediction, Predictor, ProbabilityPredictor
+from .predictor import Prediction, Predictor, ProbabilityPredictor, expand_images
 from .record import (RunMetrics, RunRecord, RunRequest, read_config, read_history, read_metrics, read_request,
                      run_texts)
 from .runfolder import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE, check_finished, prepare_output_dir
@@ -44,6 +44,7 @@ from .selection import select_backbone
 from .training import fitting
 from .training.plan import FitContext, feature_request
 from .training.results import without_failed
+from .trust.validation import tuned_config
 
 # PyTorch, timm and the network are imported where they are used: a lightweight run
 # whose backbone the feature cache knows fits its head and writes its model without
@@ -82,7 +83,7 @@ class ImageClassifier(ProbabilityPredictor):
                  lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 32,
                  label_smoothing: float = 0.1, augment: str = "light", dropout: float = 0.2,
                  patience: int = 3, fine_tune_epochs: int | None = None, fine_tune_lr: float = 1e-4,
-                 unfreeze_last: int | None = 4, layer_decay: float = 1.0, blend: bool = True,
+                 unfreeze_last: int | None = 4, layer_decay: float = 1.0, blend: bool = True, calibrate: bool = True,
                  val_fraction: float = 0.2, test_fraction: float = 0.0,
                  seed: int = 0, device: str = "auto", precision: str = "auto", workers: int | None = None,
                  candidates: Sequence[str] = (), time_budget: float | None = None,
@@ -107,7 +108,7 @@ class ImageClassifier(ProbabilityPredictor):
         self.fine_tune_lr = fine_tune_lr
         self.unfreeze_last = unfreeze_last
         self.layer_decay = layer_decay
-        self.blend = blend
+        self.blend, self.calibrate = blend, calibrate
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.seed = seed
@@ -209,7 +210,8 @@ class ImageClassifier(ProbabilityPredictor):
         self.split_ = split
         self.skipped_ = split.skipped + [Skipped(p, r) for p, r in result.failed.items()]
         clock = time.perf_counter()
-        metrics, self.predictions_ = fit_metrics(self, split, fitted, head_proba, self._sharded_proba)
+        metrics, self.predictions_ = fit_metrics(self, split, fitted, head_proba, self._sharded_proba, config.calibrate)
+        self.config_ = tuned_config(self.config_, metrics.calibration, split, self.predictions_)
         timings["evaluation"] = time.perf_counter() - clock
         metrics = dataclasses.replace(metrics, timings={**timings, "total": time.perf_counter() - started})
         self.record_ = RunRecord(self.config_, metrics, request, tuple(result.history), run_dir)
@@ -232,9 +234,13 @@ class ImageClassifier(ProbabilityPredictor):
             raise NotFittedError("this ImageClassifier is not fitted yet: call fit() or headstart.load() first")
 
     @property
-    def multi_label_(self) -> bool:
+    def head_(self) -> HeadSpec:
         self._check_fitted()
-        return self.config_.head.multi_label
+        return self.config_.head
+
+    @property
+    def multi_label_(self) -> bool:
+        return self.head_.multi_label
 
     @property
     def thresholds_(self) -> np.ndarray | None:
@@ -276,7 +282,7 @@ class ImageClassifier(ProbabilityPredictor):
         if runtime[1].type == "cpu":
             # Decoding threads share the cores with the forward pass; worker processes would
             # take them too, and pay to start and to ship every batch (3x slower on small files).
-            run = lambda batch: probabilities(*runtime, torch.from_numpy(batch), False, self.multi_label_)  # noqa: E731
+            run = lambda batch: probabilities(*runtime, torch.from_numpy(batch), False, self.head_)  # noqa: E731
             threads = max(self.workers, 1) if self.workers is not None else None
             for path, proba, error in predict_in_batches(paths, self.config_.preprocessing, run,
                                                          batch_size or self.batch_size, tta, threads):
@@ -288,7 +294,7 @@ class ImageClassifier(ProbabilityPredictor):
         for batch in loader:
             probs = {}
             if batch.indices:
-                probs = dict(zip(batch.indices, probabilities(*runtime, batch.images, tta, self.multi_label_)))
+                probs = dict(zip(batch.indices, probabilities(*runtime, batch.images, tta, self.head_)))
             errors = dict(batch.failed)
             for index in sorted([*probs, *errors]):
                 yield Prediction(paths[index], probs.get(index), errors.get(index))
@@ -316,8 +322,14 @@ class ImageClassifier(ProbabilityPredictor):
 
         from .backbone.head import probabilities
 
-        return probabilities(*self._inference(), torch.from_numpy(np.ascontiguousarray(batch)),
-                             multi_label=self.multi_label_)
+        return probabilities(*self._inference(), torch.from_numpy(np.ascontiguousarray(batch)), head=self.head_)
+
+    def explain(self, paths: Sequence[str | Path] | str | Path, batch_size: int | None = None) -> np.ndarray:
+        """Where the model looked: each image's class activation map, as :func:`headstart.trust.cam.class_maps`
+        (``paths`` as ``predict_proba`` takes them)."""
+        from .trust.cam import class_maps
+
+        return class_maps(self._inference(), self.preprocessing, expand_images(paths), batch_size or self.batch_size)
 
     def _sharded_proba(self, samples: Sequence[Sample], tta: bool = False) -> np.ndarray:
         """``predict_proba``, each rank of a data-parallel run predicting its share in whole batches."""

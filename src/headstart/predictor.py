@@ -21,9 +21,10 @@ from typing import Protocol
 
 import numpy as np
 
-from .config import Preprocessing
+from .config import HeadSpec, Preprocessing
 from .data.images import image_files
 from .errors import UsageError
+from .trust.decisions import check_trust_options, decide
 
 __all__ = ["Prediction", "Predictor", "ProbabilityPredictor", "expand_images", "stack_probabilities",
            "best_classes", "label_sets"]
@@ -58,9 +59,15 @@ class Predictor(Protocol):
         """Class probabilities, one row per path; NaN for an image that cannot be decoded."""
 
     def predict(self, paths: Sequence[str | Path] | str | Path, tta: bool = False,
-                threshold: float | None = None) -> np.ndarray:
-        """The most probable class name per path (None for an image that cannot be decoded); for
-        a multi-label model, the tuple of class names predicted per path."""
+                threshold: float | None = None, reject: str | float | None = None,
+                coverage: float | None = None) -> np.ndarray:
+        """The most probable class name per path (None for an image that cannot be decoded, and
+        ``"unknown"`` for one ``reject`` rejects); with ``coverage``, its prediction set; for a
+        multi-label model, the tuple of class names predicted per path."""
+
+    @property
+    def head_(self) -> HeadSpec:
+        """The head's configuration: multi-label or not, and what its validation images taught it."""
 
     @property
     def multi_label_(self) -> bool:
@@ -78,6 +85,7 @@ class ProbabilityPredictor:
     """``predict_proba`` and ``predict`` from a model's ``iter_predict``, written once for both kinds."""
 
     classes_: tuple[str, ...]
+    head_: HeadSpec
     multi_label_: bool = False
     thresholds_: np.ndarray | None = None
 
@@ -119,13 +127,24 @@ class ProbabilityPredictor:
         return proba
 
     def predict(self, paths: Sequence[str | Path] | str | Path, tta: bool = False,
-                threshold: float | None = None) -> np.ndarray:
+                threshold: float | None = None, reject: str | float | None = None,
+                coverage: float | None = None) -> np.ndarray:
         """The most probable class name per image (None, with a warning, for one that cannot be read).
+
+        ``reject`` (a single-label model's): ``"unknown"`` for an image whose highest probability
+        is below it, ``"auto"`` being the threshold that keeps 95% of the validation images
+        (:mod:`headstart.trust.reject`). ``coverage`` (such as 0.9): per image, the tuple of the
+        classes of its prediction set, which holds the true class with that probability (split
+        conformal prediction, :mod:`headstart.trust.conformal`); a rejected image's set is empty.
 
         A multi-label model predicts the tuple of the classes whose probability reaches their
         threshold (``thresholds_``, tuned on validation; ``threshold`` sets one for every class).
         ``MultiLabelBinarizer(classes=model.classes_)`` turns these into an indicator matrix.
         """
+        if reject is not None or coverage is not None:
+            self._check_fitted()
+            check_trust_options(self.head_, self.classes_, reject, coverage)  # before any image is read
+            return decide(self._probabilities(paths, tta), self.classes_, self.head_, reject, coverage)
         proba = self._probabilities(paths, tta)
         if not self.multi_label_:
             return best_classes(proba, self.classes_)

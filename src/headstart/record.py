@@ -28,8 +28,8 @@ from .runfolder import (BACKBONES_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE,
                         SKIPPED_FILE, SPLIT_FILE, backbones_csv, check_finished, history_csv, prediction_row,
                         predictions_csv, read_csv_file, relative_path, skipped_csv, split_csv)
 
-__all__ = ["FORMAT_VERSION", "StageRecord", "FineTuneRecord", "FeatureRecord", "HeadSearch", "PerClass",
-           "Confusion", "SplitMetrics", "RunMetrics", "RunRequest", "RunRecord", "read_config", "read_metrics",
+__all__ = ["FORMAT_VERSION", "StageRecord", "FineTuneRecord", "FeatureRecord", "HeadSearch", "CalibrationRecord",
+           "PerClass", "Confusion", "SplitMetrics", "RunMetrics", "RunRequest", "RunRecord", "read_config", "read_metrics",
            "read_request", "read_record", "read_history", "record_text", "split_images", "split_text", "run_texts", "label_root"]
 
 _TOP_K = re.compile(r"top_(\d+)_accuracy")
@@ -89,6 +89,19 @@ class HeadSearch:
     C: float
     seconds: float
     search: tuple[dict[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """The temperature fitted on the validation images (:mod:`headstart.trust.calibration`), and
+    the expected calibration error of the final model without and with it, on ``split``: the test
+    images when there are some (the temperature never saw them), else the validation images."""
+
+    temperature: float
+    ece_before: float
+    ece_after: float
+    split: str
+    images: int  # the validation images the temperature was fitted on
 
 
 @dataclass(frozen=True)
@@ -189,6 +202,7 @@ class RunMetrics:
     head: HeadSearch | None = None
     val: SplitMetrics | None = None
     test: SplitMetrics | None = None
+    calibration: CalibrationRecord | None = None  # single-label models calibrated on validation
     timings: dict[str, float] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -216,7 +230,7 @@ class RunMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("stage1", "fine_tune", "features", "head"):
+        for name in ("stage1", "fine_tune", "features", "head", "calibration"):
             data[name] = dataclasses.asdict(data[name]) if data[name] is not None else None
         for name in ("val", "test"):
             data[name] = data[name].to_dict() if data[name] is not None else None

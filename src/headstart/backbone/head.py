@@ -7,6 +7,7 @@ accepts a backbone feature map (standard workflow) or already pooled features
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,7 +20,7 @@ from ..device import autocast, to_device
 if TYPE_CHECKING:
     from .pretrained import Pretrained
 
-__all__ = ["Head", "Normalize", "ClassifierNet", "probabilities"]
+__all__ = ["Head", "Normalize", "ClassifierNet", "activation", "probabilities"]
 
 
 class Head(nn.Module):
@@ -103,14 +104,24 @@ class ClassifierNet(nn.Module):
         return self.head(self.backbone.forward_features(self.normalize(images)))
 
 
+def activation(head: HeadSpec) -> Callable[[torch.Tensor], torch.Tensor]:
+    """How ``head``'s logits become probabilities, in every runtime (PyTorch here, the exported
+    graphs too): a sigmoid per class for a multi-label head, else the softmax of the logits
+    divided by the head's temperature (1, or fitted on validation: :mod:`headstart.trust`)."""
+    if head.multi_label:
+        return torch.sigmoid
+    temperature = float(head.temperature)
+    return lambda logits: torch.softmax(logits / temperature, 1)
+
+
 def probabilities(net: ClassifierNet, device: torch.device, dtype: torch.dtype, images: torch.Tensor,
-                  tta: bool = False, multi_label: bool = False) -> np.ndarray:
-    """Softmax (a sigmoid per class when ``multi_label``) of ``net`` on a batch; with ``tta``,
-    averaged with the mirror images'."""
-    activation = torch.sigmoid if multi_label else (lambda logits: torch.softmax(logits, 1))
+                  tta: bool = False, head: HeadSpec | None = None) -> np.ndarray:
+    """Class probabilities of ``net`` on a batch, as :func:`activation` of ``head`` (default: a
+    plain softmax) makes them; with ``tta``, averaged with the mirror images'."""
+    activation_of = activation(head or HeadSpec(num_classes=2))
     images = to_device(images, device)
     with torch.inference_mode(), autocast(device, dtype):
-        proba = activation(net(images).float())
+        proba = activation_of(net(images).float())
         if tta:
-            proba = (proba + activation(net(images.flip(-1)).float())) / 2
+            proba = (proba + activation_of(net(images.flip(-1)).float())) / 2
     return proba.cpu().numpy()

@@ -143,6 +143,9 @@ def add_train(commands, name: str) -> argparse.ArgumentParser:
     g.add_argument("--dropout", type=float, default=_DEFAULT.dropout,
                    help=f"dropout before the head's dense layer (default: {_DEFAULT.dropout:g})")
     g.add_argument("--patience", type=int, default=_DEFAULT.patience, help="early stopping on validation loss (0: off)")
+    g.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="keep the raw probabilities: no temperature fitted on the validation images at the end "
+                   "(single-label models; see the trust guide)")
     g = t.add_argument_group("stage 2: fine-tuning (kept only if validation improves)")
     g.add_argument("--fine-tune-epochs", type=int, default=_DEFAULT.fine_tune_epochs, metavar="N",
                    help="0 skips it (default: 2 on a GPU with --workflow auto, else 0)")
@@ -308,7 +311,8 @@ def add_predict(commands, name: str) -> argparse.ArgumentParser:
     p = _command(commands, name, "classify images with a trained model",
                  "  headstart predict runs/pets photo.jpg more_photos/\n"
                  "  headstart predict runs/pets/model.onnx https://example.org/cat.jpg\n"
-                 "  headstart predict runs/pets photos/ --top-k 3 --output preds.csv")
+                 "  headstart predict runs/pets photos/ --top-k 3 --output preds.csv\n"
+                 "  headstart predict runs/pets photos/ --reject auto --coverage 0.9 --explain maps/")
     _add_model(p)
     # str, not Path: Path would turn "https://host/a.jpg" into "https:/host/a.jpg".
     p.add_argument("paths", nargs="+", metavar="PATH|URL", help="image files, folders (recursive) "
@@ -320,6 +324,15 @@ def add_predict(commands, name: str) -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average with the mirror image's prediction")
     p.add_argument("--threshold", type=float, metavar="P", help="multi-label models: predict every class "
                    "with probability >= P (default: each class's threshold, tuned on validation)")
+    g = p.add_argument_group("trust (single-label models)")
+    g.add_argument("--reject", metavar="auto|P", help="mark an image 'unknown' when its highest "
+                   "probability (its score column) is below P; auto: the threshold that keeps 95%% of the "
+                   "validation images")
+    g.add_argument("--coverage", type=float, metavar="C", help="also write each image's prediction set: the "
+                   "smallest set of classes holding the true one with probability C, such as 0.9 (split "
+                   "conformal prediction on the validation images)")
+    g.add_argument("--explain", type=Path, metavar="DIR", help="write into DIR, per image, the network's input "
+                   "with the class activation map of its predicted class over it (run folders only)")
     _add_hardware(p)
     return p
 

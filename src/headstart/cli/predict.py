@@ -39,9 +39,16 @@ def predict_command(args: argparse.Namespace, console: Console) -> ExitStatus:
         raise UsageError(f"--threshold must be in [0, 1]. Got {args.threshold} instead.")
     if distributed.is_main():
         check_output(args.output, args.overwrite, (".csv", ".json"))
+    reject = _reject_option(args.reject)
+    if args.explain is not None and args.explain.exists() and not args.explain.is_dir():
+        raise UsageError(f"--explain {args.explain}: expected a folder, and it is a file")
     clf = open_predictor(args, console)
     if args.threshold is not None and not clf.multi_label_:
         raise UsageError(f"--threshold applies to multi-label models; {args.model} predicts one class per image")
+    trust = _Trust.of(clf, reject, args.coverage)
+    if args.explain is not None and not hasattr(clf, "explain"):
+        raise UsageError(f"--explain needs a run folder (PyTorch): {args.model}, an exported model, outputs "
+                         "probabilities alone")
     with tempfile.TemporaryDirectory(prefix="headstart-") as downloads:
         # Every rank takes rank 0's inputs: the same images, in the same order, shared out.
         inputs = distributed.broadcast(_inputs(args.paths, Path(downloads)) if distributed.is_main() else None)
@@ -54,7 +61,7 @@ def predict_command(args: argparse.Namespace, console: Console) -> ExitStatus:
             thresholds = clf.thresholds_ if args.threshold is None else np.full(len(clf.classes_), args.threshold)
             describe = _label_set(clf.classes_, thresholds)
         else:
-            describe = _top_k(clf.classes_, top_k)
+            describe = _top_k(clf.classes_, top_k, trust)
         rows = _prediction_rows(clf, list(distributed.shard(inputs, args.batch_size)), describe, args.batch_size,
                                 args.tta, console)
         if distributed.world().size > 1:
@@ -67,9 +74,11 @@ def predict_command(args: argparse.Namespace, console: Console) -> ExitStatus:
             count, failed = _print_table(rows, console)
         elif args.output.suffix.lower() == ".csv":
             count, failed = (_write_label_sets_csv(rows, args.output, clf.classes_) if clf.multi_label_
-                             else _write_predictions_csv(rows, args.output, top_k))
+                             else _write_predictions_csv(rows, args.output, top_k, trust))
         else:
             count, failed = _write_predictions_json(rows, args.output)
+        if args.explain is not None:
+            _write_maps(clf, [i.path for i in inputs if i.path is not None], args, console)
     where = f", written to {args.output}" if args.output else ""
     console.info(f"{count - failed} prediction(s){where}; {failed} image(s) could not be read")
     # One row per input; the status says whether anything at all could be predicted.
@@ -140,12 +149,51 @@ def _prediction_rows(clf, inputs: list[_Input], describe, batch_size: int, tta: 
         yield {"path": item.name, **describe(p.probabilities), "error": None}
 
 
-def _top_k(classes: tuple[str, ...], k: int):
-    """A single-label model's columns: the most probable class, and the ``k`` most probable."""
+@dataclass(frozen=True)
+class _Trust:
+    """What ``--reject`` and ``--coverage`` ask of a single-label model: the rejection threshold,
+    and the conformal quantile of the coverage (:mod:`headstart.trust`); None where not asked."""
+
+    threshold: float | None = None
+    quantile: float | None = None
+
+    @classmethod
+    def of(cls, clf, reject: str | float | None, coverage: float | None) -> _Trust:
+        from ..trust import check_trust_options, conformal_quantile
+
+        threshold = check_trust_options(clf.head_, clf.classes_, reject, coverage, ("--reject", "--coverage"))
+        quantile = conformal_quantile(clf.head_.conformal_scores, coverage) if coverage is not None else None
+        return cls(threshold, quantile)
+
+
+def _reject_option(value: str | None) -> str | float | None:
+    """``--reject``: ``auto`` or a probability (its range is checked with the model's options)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"--reject must be 'auto' or a probability in [0, 1]. Got {value!r} instead.") from None
+
+
+def _top_k(classes: tuple[str, ...], k: int, trust: _Trust = _Trust()):
+    """A single-label model's columns: the most probable class (``unknown`` when ``--reject``
+    rejects the image, whose score is then a column of its own), the ``k`` most probable, and
+    with ``--coverage`` the prediction set, most probable first."""
+    from ..trust import UNKNOWN, known_scores, sets_within
+
     def describe(probabilities: np.ndarray) -> dict:
-        order = probabilities.argsort()[::-1][:k]
-        top = [{"class": classes[i], "probability": round(float(probabilities[i]), 6)} for i in order]
-        return {"class": top[0]["class"], "probability": top[0]["probability"], "top_k": top}
+        order = probabilities.argsort()[::-1]
+        top = [{"class": classes[i], "probability": round(float(probabilities[i]), 6)} for i in order[:k]]
+        row = {"class": top[0]["class"], "probability": top[0]["probability"], "top_k": top}
+        score = float(known_scores(probabilities[None])[0])
+        unknown = trust.threshold is not None and score < trust.threshold
+        if trust.threshold is not None:
+            row.update({"class": UNKNOWN if unknown else row["class"], "score": round(score, 6)})
+        if trust.quantile is not None:
+            chosen = sets_within(probabilities[None], trust.quantile)[0]
+            row["set"] = [] if unknown else [classes[i] for i in order if chosen[i]]
+        return row
 
     return describe
 
@@ -196,27 +244,81 @@ def _print_table(rows: Iterator[dict], console: Console) -> tuple[int, int]:
             shown = "".join(f"\t{c}\t{q:.4f}" for c, q in ranked)
             console.result(f"{row['path']}\t{LABEL_SEP.join(row['labels']) or '(none)'}{shown}")
             continue
-        others = "".join(f"\t{t['class']}\t{t['probability']:.4f}" for t in row["top_k"][1:])
-        console.result(f"{row['path']}\t{row['class']}\t{row['probability']:.4f}{others}")
+        others = "".join(f"	{t['class']}	{t['probability']:.4f}" for t in row["top_k"][1:])
+        trust = "".join(f"	{name} {_trust_cell(row, name) or '(none)'}" for name in ("score", "set") if name in row)
+        console.result(f"{row['path']}	{row['class']}	{row['probability']:.4f}{trust}{others}")
     return count, failed
 
 
-def _write_predictions_csv(rows: Iterator[dict], path: Path, top_k: int) -> tuple[int, int]:
-    """One row per image; the runners-up in their own columns, so any class name is safe."""
+def _write_predictions_csv(rows: Iterator[dict], path: Path, top_k: int, trust: _Trust = _Trust()
+                           ) -> tuple[int, int]:
+    """One row per image; the runners-up in their own columns, so any class name is safe; with
+    ``--reject`` the score, with ``--coverage`` the prediction set (``;``-separated)."""
     count = failed = 0
     ranks = range(2, top_k + 1)
+    extra = [name for name, asked in (("score", trust.threshold), ("set", trust.quantile)) if asked is not None]
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors=TEXT_ERRORS) as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "class", "probability", *(f"{c}_{k}" for k in ranks
-                                                          for c in ("class", "probability")), "error"])
+        writer.writerow(["path", "class", "probability", *extra, *(f"{c}_{k}" for k in ranks
+                                                                  for c in ("class", "probability")), "error"])
         for row in rows:
             count += 1
             failed += row["error"] is not None
             cells = [(t["class"], f"{t['probability']:.6f}") for t in row["top_k"]]
             cells += [("", "")] * (top_k - len(cells))
-            writer.writerow([csv_cell(v) for v in (row["path"], *cells[0], *(v for pair in cells[1:] for v in pair),
-                                                   row["error"] or "")])
+            first = (row["class"] or "", cells[0][1])
+            writer.writerow([csv_cell(v) for v in (row["path"], *first, *(_trust_cell(row, name) for name in extra),
+                                                   *(v for pair in cells[1:] for v in pair), row["error"] or "")])
     return count, failed
+
+
+def _trust_cell(row: dict, name: str) -> str:
+    """The score or the prediction set of a row, as a CSV cell (empty for an image that failed)."""
+    if name not in row:
+        return ""
+    return f"{row['score']:.6f}" if name == "score" else LABEL_SEP.join(row["set"])
+
+
+def _write_maps(clf, paths: list[Path], args: argparse.Namespace, console: Console) -> None:
+    """Each readable image's network input with its class activation map over it, as a PNG in
+    ``--explain`` (named after the image; ``-2``, ``-3``... when names repeat)."""
+    import warnings
+
+    from PIL import Image
+
+    from ..data.images import network_input
+    from ..trust.cam import overlay
+
+    folder = args.explain
+    folder.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    written = 0
+    for start in console.progress(range(0, len(paths), args.batch_size), desc="explain (batches)"):
+        chunk = paths[start:start + args.batch_size]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # predict has already named each unreadable image
+            maps = clf.explain(chunk, batch_size=args.batch_size)
+        for path, cam in zip(chunk, maps):
+            if np.isnan(cam).all():
+                continue
+            name = _free_name(path.stem, taken)
+            target = folder / f"{name}.png"
+            if target.exists() and not args.overwrite:
+                raise UsageError(f"--explain {target} exists: choose another folder or pass --overwrite")
+            with atomic_path(target) as tmp:
+                Image.fromarray(overlay(network_input(path, clf.preprocessing), cam)).save(tmp, format="PNG")
+            written += 1
+    console.info(f"{written} class activation map(s) written to {folder}")
+
+
+def _free_name(stem: str, taken: set[str]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``... the first not in ``taken`` (which it joins)."""
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    taken.add(name)
+    return name
 
 
 def _write_predictions_json(rows: Iterator[dict], path: Path) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from torch import nn
 
 from .._console import Console
 from .._io import atomic_path
+from ..config import HeadSpec
 from .onnx_runtime import METADATA_KEY
 
 __all__ = ["export_onnx", "write_onnx", "ONNX_OPSET"]
@@ -56,21 +57,26 @@ def export_onnx(module: nn.Module, path: str | Path, input_size: tuple[int, int,
 
 class _Probabilities(nn.Module):
     """The whole classifier, uint8 pixels in, class probabilities out: what a deployment wants
-    (a softmax, or a multi-label model's sigmoid per class)."""
+    (the softmax of the logits over the head's temperature, or a multi-label model's sigmoid per
+    class), as PyTorch gives them (:func:`headstart.backbone.head.activation`). The temperature is
+    part of the graph, so any runtime that reads the file gives the calibrated probabilities."""
 
-    def __init__(self, net: nn.Module, multi_label: bool = False):
+    def __init__(self, net: nn.Module, head: HeadSpec):
         super().__init__()
         self.net = net
-        self.multi_label = multi_label
+        self.multi_label = head.multi_label
+        self.temperature = float(head.temperature)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.net(images)
-        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
+        if self.multi_label:
+            return torch.sigmoid(logits)
+        return torch.softmax(logits / self.temperature, dim=1)
 
     @classmethod
     def of(cls, clf) -> _Probabilities:
         """``clf``'s network (a fitted ImageClassifier's, copied), fp32 on the CPU."""
-        return cls(copy.deepcopy(clf.net_).float().cpu().eval(), clf.config_.head.multi_label)
+        return cls(copy.deepcopy(clf.net_).float().cpu().eval(), clf.config_.head)
 
 
 def write_onnx(clf, path: str | Path, console: Console) -> None:
@@ -81,7 +87,10 @@ def write_onnx(clf, path: str | Path, console: Console) -> None:
     meta = {"classes": list(config.classes), "preprocessing": dataclasses.asdict(config.preprocessing),
             "backbone": config.backbone.name, "architecture": config.backbone.architecture,
             "input": "uint8 RGB, N x 3 x H x W, resized and centre-cropped as 'preprocessing' says",
-            "output": "class probabilities, N x classes", "multi_label": False, "versions": config.versions}
+            "output": "class probabilities, N x classes", "multi_label": False, "versions": config.versions,
+            # Already applied by the graph; the rest is what reject and coverage decide with.
+            "temperature": config.head.temperature, "conformal_scores": list(config.head.conformal_scores),
+            "reject_threshold": config.head.reject_threshold}
     if config.head.multi_label:
         meta.update(multi_label=True, thresholds=list(config.head.decision_thresholds()),
                     output="each class's probability (a sigmoid each), N x classes; a class is predicted "

@@ -2,7 +2,8 @@
 
 ``headstart export RUN`` writes one ``.onnx`` file that carries, in its
 metadata, the class names and the preprocessing (and for a multi-label model,
-whose outputs are a sigmoid per class, each class's decision threshold); this
+whose outputs are a sigmoid per class, each class's decision threshold; for a single-label
+model, what ``reject`` and ``coverage`` decide with, from :mod:`headstart.trust`); this
 module needs nothing else. It never imports PyTorch or timm, so a deployment installs
 ``pip install headstart`` (no ``[train]`` extra) and stays small.
 """

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .._io import file_problem
-from ..config import Preprocessing, from_json
+from ..config import HeadSpec, Preprocessing, from_json
 from ..data.images import network_input, predict_in_batches
 from ..errors import ModelFileError, UsageError
 from ..predictor import Prediction, ProbabilityPredictor
@@ -90,6 +90,13 @@ class ExportedClassifier(ProbabilityPredictor):
             self.thresholds_ = np.array(meta["thresholds"], dtype=np.float64) if self.multi_label_ else None
             if self.multi_label_ and len(self.thresholds_) != len(self.classes_):
                 raise ValueError(f"{len(self.thresholds_)} thresholds for {len(self.classes_)} classes")
+            # The temperature is already in the graph: the head keeps it as the run's config.json does,
+            # with what reject and coverage decide with (headstart.trust).
+            self.head_ = HeadSpec(len(self.classes_), multi_label=self.multi_label_,
+                                  thresholds=tuple(self.thresholds_) if self.multi_label_ else (),
+                                  temperature=meta.get("temperature", 1.0),
+                                  conformal_scores=tuple(meta.get("conformal_scores", ())),
+                                  reject_threshold=meta.get("reject_threshold"))
         except (ValueError, KeyError, TypeError, UsageError) as exc:
             raise ModelFileError(f"{path}: damaged headstart metadata ({exc})") from None
         except RecursionError:

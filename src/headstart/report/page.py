@@ -45,7 +45,7 @@ def write_report(directory: str | Path, console: Console | None = None) -> Path:
     sections = [_header(run), _data_section(run), _settings_section(run), _backbones_section(run),
                 _stages_section(run, plot_dir)]
     sections += _evaluation_sections(run, plot_dir)
-    sections.append(_timings_section(run))
+    sections += [_trust_section(run, plot_dir), _timings_section(run)]
     title = f"headstart report: {run.directory.name}"
     path = run.directory / REPORT_FILE
     write_text(path, h.page(title, "\n".join(sections)))
@@ -270,6 +270,51 @@ def _top_losses_section(run: PageData, rows: list[dict], y_true: np.ndarray, pro
                      for i in order], numeric=(4, 5))
     return (f"<h2>Top losses ({title})</h2><p class=\"muted\">The images the model finds hardest: "
             f"the lowest probability given to their true class. Wrong labels often hide here.</p>{table}")
+
+
+def _trust_section(run: PageData, plot_dir: Path) -> str:
+    """How far a single-label run's probabilities can be trusted (:mod:`headstart.trust`): its
+    calibration, with the reliability diagram before it, and on test images, its prediction sets'
+    coverage and the share of known images ``--reject auto`` keeps."""
+    from ..trust import apply_temperature, prediction_sets, rejected
+    from ..trust.reject import KEEP_KNOWN
+
+    head, calibration = run.record.config.head, run.record.metrics.calibration
+    if run.multi_label or not head.conformal_scores:
+        return ""
+    parts = ["<h2>Trust: calibration, prediction sets, \"none of these\"</h2>"]
+    if calibration is None:
+        parts.append('<p class="muted">Not calibrated: --no-calibrate, or too few validation images.</p>')
+    else:
+        parts.append(f"<p>Temperature <b>{calibration.temperature:.3f}</b>, fitted on {calibration.images} "
+                     f"validation images: the expected calibration error on the {_split_name(calibration.split)} "
+                     f"images is {_num(calibration.ece_before)} without it, <b>{_num(calibration.ece_after)}</b> "
+                     "with it (below 1 the probabilities were too soft, above 1 too sharp).</p>")
+    name = "test" if "test" in run.splits else "val"
+    rows = [r for r in run.predictions if r.get("split") == name and r.get("predicted")]
+    y_true, proba = _probabilities(rows, run.classes)
+    if not len(rows):
+        return "\n".join(parts)
+    if calibration is not None:
+        before = apply_temperature(proba, 1 / calibration.temperature)  # the calibrated softmax, undone
+        figure = plots.reliability_diagram(y_true, before, split=f"{_split_name(name)}, before calibration")
+        parts.append(h.image(plots.save(figure, plot_dir / "reliability_before.png"), "reliability before"))
+    if name != "test":
+        parts.append('<p class="muted">Prediction sets are calibrated on the validation images: keep a test '
+                     "split to measure their coverage.</p>")
+        return "\n".join(parts)
+    table = []
+    for coverage in (0.8, 0.9, 0.95):
+        sets = prediction_sets(proba, np.array(head.conformal_scores), coverage)
+        table.append([f"{coverage:.0%}", _pct(sets[np.arange(len(y_true)), y_true].mean()),
+                      f"{sets.sum(axis=1).mean():.2f}"])
+    kept = 1 - rejected(proba, head.reject_threshold).mean() if head.reject_threshold is not None else math.nan
+    parts.append("<h3>Prediction sets on the test images</h3>" + h.table(
+        ["coverage asked (--coverage)", "coverage measured", "mean classes per set"], table, numeric=(1, 2)))
+    parts.append(f"<p>--reject auto (top probability below {_num(head.reject_threshold)}) keeps {_pct(kept)} "
+                 f"of the test images, all of known classes (it was set to keep {_pct(KEEP_KNOWN)} of the "
+                 "validation images).</p>")
+    return "\n".join(parts)
 
 
 def _timings_section(run: PageData) -> str:

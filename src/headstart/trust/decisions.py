@@ -1,0 +1,61 @@
+"""A single-label model's decisions when asked to say "none of these" or to name a set of classes.
+
+What :meth:`headstart.predictor.ProbabilityPredictor.predict` and ``headstart predict`` return
+with ``reject`` and ``coverage``, for every kind of model: the numbers they need travel in its
+head (:class:`headstart.config.HeadSpec`, saved in ``config.json`` and an export's metadata).
+NumPy only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..config import HeadSpec
+from ..errors import UsageError
+from .conformal import check_coverage, prediction_sets
+from .reject import UNKNOWN, reject_threshold, rejected
+
+__all__ = ["check_trust_options", "decide"]
+
+
+def check_trust_options(head: HeadSpec, classes: Sequence[str], reject: str | float | None,
+                        coverage: float | None, flags: tuple[str, str] = ("reject", "coverage")) -> float | None:
+    """Refuse what ``head`` cannot do before any image is read; the rejection threshold asked for
+    (None without ``reject``). ``flags``: how the caller names the two options in errors."""
+    if reject is None and coverage is None:
+        return None
+    if head.multi_label:
+        raise UsageError(f"'{flags[0] if reject is not None else flags[1]}' applies to models that predict one "
+                         "class per image; a multi-label model's classes each have their own threshold")
+    if coverage is not None:
+        check_coverage(coverage, flags[1])
+        if not head.conformal_scores:
+            raise UsageError(f"'{flags[1]}' needs the validation scores a model saves when it is trained with "
+                             "validation images; this model has none (retrain it, with a validation split)")
+    if reject is None:
+        return None
+    if UNKNOWN in classes:
+        raise UsageError(f"'{flags[0]}' marks images {UNKNOWN!r}, which is already one of this model's classes")
+    return reject_threshold(reject, head.reject_threshold, flags[0])
+
+
+def decide(proba: np.ndarray, classes: Sequence[str], head: HeadSpec, reject: str | float | None = None,
+           coverage: float | None = None) -> np.ndarray:
+    """Per row of ``proba``: with ``coverage``, the tuple of the classes of its conformal prediction
+    set (empty when rejected); else the most probable class, or ``"unknown"`` when ``reject``
+    (``"auto"`` or a probability) rejects it. None where the row is NaN."""
+    threshold = check_trust_options(head, classes, reject, coverage)
+    out = np.full(len(proba), None, dtype=object)
+    readable = ~np.isnan(proba).any(axis=1)
+    unknown = rejected(proba, threshold) if threshold is not None else np.zeros(len(proba), dtype=bool)
+    if coverage is not None:
+        chosen = prediction_sets(proba, np.asarray(head.conformal_scores), coverage)
+        for i in np.flatnonzero(readable):
+            out[i] = () if unknown[i] else tuple(classes[k] for k in np.flatnonzero(chosen[i]))
+        return out
+    names = np.array(classes, dtype=object)
+    out[readable] = names[proba[readable].argmax(axis=1)]
+    out[unknown] = UNKNOWN
+    return out
