@@ -269,35 +269,14 @@ class ImageClassifier(ProbabilityPredictor):
         With ``tta``, the probabilities of each image and of its mirror image are
         averaged (test-time augmentation: one more forward pass per image).
         """
-        import torch
+        from .backbone.inference import stream_probabilities
 
-        from .backbone.head import probabilities
-        from .data.images import predict_in_batches
-        from .data.loader import ImageDataset, make_loader
-
-        paths = [Path(p) for p in paths]
-        runtime = self._inference()
+        runtime, paths = self._inference(), [Path(p) for p in paths]  # an unfitted model fails, paths or not
         if not paths:
             return
-        if runtime[1].type == "cpu":
-            # Decoding threads share the cores with the forward pass; worker processes would
-            # take them too, and pay to start and to ship every batch (3x slower on small files).
-            run = lambda batch: probabilities(*runtime, torch.from_numpy(batch), False, self.head_)  # noqa: E731
-            threads = max(self.workers, 1) if self.workers is not None else None
-            for path, proba, error in predict_in_batches(paths, self.config_.preprocessing, run,
-                                                         batch_size or self.batch_size, tta, threads):
-                yield Prediction(path, proba, error)
-            return
-        dataset = ImageDataset.for_eval(paths, None, self.config_.preprocessing)
-        loader = make_loader(dataset, batch_size or self.batch_size, workers=self.workers,
-                             gpu=runtime[1].type == "cuda")
-        for batch in loader:
-            probs = {}
-            if batch.indices:
-                probs = dict(zip(batch.indices, probabilities(*runtime, batch.images, tta, self.head_)))
-            errors = dict(batch.failed)
-            for index in sorted([*probs, *errors]):
-                yield Prediction(paths[index], probs.get(index), errors.get(index))
+        for path, proba, error in stream_probabilities(runtime, self.head_, paths, self.config_.preprocessing,
+                                                       batch_size or self.batch_size, tta, self.workers):
+            yield Prediction(path, proba, error)
 
     def _inference(self) -> tuple[ClassifierNet, torch.device, torch.dtype]:
         """The network on its device in eval mode, with the device and the compute dtype."""

@@ -17,6 +17,7 @@ from .. import __version__
 from ..config import AUGMENTATIONS, CLASS_WEIGHTS, ENGINES, PRECISIONS, WORKFLOWS, TrainingConfig
 from ..data.dataset import LABEL_SEP
 from ..errors import UsageError
+from .values import port_number, unfreeze_count
 
 if TYPE_CHECKING:
     from ..inspection import InspectSettings
@@ -152,7 +153,7 @@ def add_train(commands, name: str) -> argparse.ArgumentParser:
     g.add_argument("--fine-tune-lr", type=float, default=_DEFAULT.fine_tune_lr, metavar="LR",
                    help="AdamW's peak rate for fine-tuning, reached after a warm-up over a tenth of the steps, "
                    f"then decayed on a cosine (default: {_DEFAULT.fine_tune_lr:g})")
-    g.add_argument("--unfreeze-last", type=_unfreeze, default=_DEFAULT.unfreeze_last, metavar="K|all",
+    g.add_argument("--unfreeze-last", type=unfreeze_count, default=_DEFAULT.unfreeze_last, metavar="K|all",
                    help="unfreeze the last K blocks of the backbone, or all (default: "
                    f"{_DEFAULT.unfreeze_last}, of EfficientNet-Lite's 8)")
     g.add_argument("--layer-decay", type=float, default=_DEFAULT.layer_decay, metavar="F",
@@ -285,28 +286,6 @@ def add_launch(parser) -> None:
     g.add_argument("--devices", metavar="LIST", help="one process per GPU of LIST, e.g. 0,1,2,3")
 
 
-def _port(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}") from None
-    if not 0 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {number}")
-    return number
-
-
-def _unfreeze(value: str) -> int | None:
-    if value == "all":
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of blocks or 'all', got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 block, got {number}")
-    return number
-
-
 def add_predict(commands, name: str) -> argparse.ArgumentParser:
     p = _command(commands, name, "classify images with a trained model",
                  "  headstart predict runs/pets photo.jpg more_photos/\n"
@@ -404,7 +383,7 @@ def add_serve(commands, name: str) -> argparse.ArgumentParser:
                  "  headstart serve runs/pets\n  headstart serve runs/pets/model.onnx --port 8080")
     _add_model(v)
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    v.add_argument("--port", type=_port, default=8000, help="port to listen on (default: 8000)")
+    v.add_argument("--port", type=port_number, default=8000, help="port to listen on (default: 8000)")
     v.add_argument("--max-batch", type=int, default=32, help="images per forward pass, across requests")
     v.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long an image waits for others to batch with (0: no micro-batching)")

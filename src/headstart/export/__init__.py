@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import HeadstartError, ModelFileError, UsageError
 from ..runfolder import MODEL_FILE
-from .files import companion_paths, read_export_record, record_export, staged
+from .files import (MIN_AGREEMENT, PARITY_TOLERANCE, Check, Parity, companion_paths, read_export_record, record_export,
+                    staged)
 
 if TYPE_CHECKING:
     from .._console import Console
@@ -54,69 +55,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ExportFormat", "Parity", "FORMATS", "register_format", "format_named", "format_for_file",
            "MIN_AGREEMENT", "PARITY_TOLERANCE"]
-
-# An exported fp32 model must answer as the trained one does on (nearly) every held-out photo,
-# and give the probabilities PyTorch gives: a larger difference means an operator was
-# translated wrongly, and the file is not written.
-MIN_AGREEMENT = 0.995
-PARITY_TOLERANCE = 1e-4
-
-Check = Mapping[str, Sequence[tuple[Path, int]]]  # {split: [(image, label)]}, the held-out photos
-
-
-@dataclass(frozen=True)
-class Parity:
-    """An exported model against the trained one (PyTorch fp32), on the same decoded images: the
-    largest difference of one class probability, how often both answer the same, and the
-    accuracy of each (None for a multi-label model, or where no image has a label)."""
-
-    images: int
-    max_difference: float
-    top1_agreement: float
-    tolerance: float  # the largest difference the format accepts
-    trained_accuracy: float | None = None
-    exported_accuracy: float | None = None
-    splits: dict[str, int] = field(default_factory=dict)  # images checked per split
-    not_measured: str | None = None  # why the exported model could not be run here
-
-    @classmethod
-    def unmeasured(cls, reason: str) -> Parity:
-        """A format whose runtime does not exist on this machine: checked, but not run."""
-        return cls(0, math.nan, math.nan, math.nan, not_measured=reason)
-
-    def problem(self) -> str | None:
-        """Why the exported model must not be written; None when it may."""
-        if self.not_measured is not None:
-            return None
-        if not self.max_difference <= self.tolerance:
-            return (f"the exported model differs from PyTorch by {self.max_difference:.2e} "
-                    f"(tolerance {self.tolerance:g})")
-        if self.top1_agreement < MIN_AGREEMENT:
-            return (f"the exported model answers as PyTorch does on {self.top1_agreement:.2%} of the "
-                    f"images (at least {MIN_AGREEMENT:.1%} needed)")
-        return None
-
-    @property
-    def ok(self) -> bool:
-        return self.problem() is None
-
-    def summary(self) -> str:
-        if self.not_measured is not None:
-            return f"parity not measured: {self.not_measured}"
-        accuracy = ("" if self.trained_accuracy is None else
-                    f", accuracy {self.trained_accuracy:.2%} (PyTorch) / {self.exported_accuracy:.2%} (exported)")
-        return (f"parity on {self.images} image(s): largest probability difference {self.max_difference:.2e} "
-                f"(tolerance {self.tolerance:g}), top-1 agreement {self.top1_agreement:.2%}{accuracy}")
-
-    def entry(self, fmt: str, forced: bool) -> dict[str, Any]:
-        """This check as the exported file's entry in ``export.json``."""
-        return {"format": fmt, "precision": "fp32", "measured": self.not_measured is None,
-                "not_measured": self.not_measured, "images": self.splits, "top1_agreement": self.top1_agreement,
-                "max_difference": self.max_difference, "tolerance": self.tolerance,
-                "min_top1_agreement": MIN_AGREEMENT,
-                "accuracy": {"trained": self.trained_accuracy, "exported": self.exported_accuracy},
-                "passed": self.ok, "forced": forced}
-
 
 @dataclass(frozen=True)
 class ExportFormat:

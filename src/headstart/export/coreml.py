@@ -22,7 +22,7 @@ from torch import nn
 from .._console import Console
 from ..config import Preprocessing, from_json
 from ..errors import ModelFileError, UsageError
-from . import Check, Parity
+from .files import Check, Parity
 from .onnx import _Probabilities
 from .runtime import METADATA_KEY, missing_extra
 from .source import onnx_source

@@ -16,7 +16,7 @@ import torch
 
 from .._console import Console
 from ..errors import DataError
-from . import Parity
+from .files import Parity
 from .onnx import _Probabilities
 
 __all__ = ["check_parity"]
