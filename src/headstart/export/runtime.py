@@ -62,12 +62,7 @@ class ExportedClassifier(ProbabilityPredictor):
             raise ModelFileError(f"{path} is not a readable {self.format_name} model: {self._reason(exc)}") from None
         if raw is None:
             raise ModelFileError(f"{path} has no headstart metadata: export it with 'headstart export'")
-        self.metadata = self._read_metadata(path, raw)
-        # A model whose metadata names fewer (or more) classes than it outputs would index
-        # past its class list, or label every image wrongly: refused on opening.
-        if isinstance(outputs, int) and outputs != len(self.classes_):
-            raise ModelFileError(f"{path}: its metadata names {len(self.classes_)} classes but the model "
-                                 f"outputs {outputs} probabilities per image")
+        self.metadata = self._read_metadata(path, raw, outputs)
         self.batch_size = batch_size
 
     def _open(self, path: Path) -> tuple[str | None, int | None]:
@@ -81,10 +76,15 @@ class ExportedClassifier(ProbabilityPredictor):
         """The line of a runtime's error that says what is wrong with the file."""
         return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
-    def _read_metadata(self, path: Path, raw: str) -> dict[str, Any]:
+    def _read_metadata(self, path: Path, raw: str, outputs: int | None) -> dict[str, Any]:
         try:
             meta = json.loads(raw)
             self.classes_ = tuple(str(c) for c in meta["classes"])
+            # A model whose metadata names fewer (or more) classes than it outputs would index
+            # past its class list, or label every image wrongly: refused on opening.
+            if isinstance(outputs, int) and outputs != len(self.classes_):
+                raise ModelFileError(f"{path}: its metadata names {len(self.classes_)} classes but the model "
+                                     f"outputs {outputs} probabilities per image")
             self.preprocessing = from_json(Preprocessing, meta["preprocessing"], "preprocessing")
             self.multi_label_ = meta["multi_label"] is True
             self.thresholds_ = np.array(meta["thresholds"], dtype=np.float64) if self.multi_label_ else None
