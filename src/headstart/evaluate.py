@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import dataclasses
+import math
+
 import numpy as np
 
 from . import distributed
@@ -24,16 +27,20 @@ from ._console import Console
 from .data.dataset import LABEL_SEP, DatasetSplit, Sample, Skipped, sample_targets
 from .data.identical import copies_of
 from .data.labels import evaluation_split
+from .config import ModelConfig
 from .errors import DataError
 from .predictor import Predictor
-from .record import FineTuneRecord, RunMetrics, SplitMetrics, StageRecord, label_root, split_images
+from .record import CalibrationRecord, FineTuneRecord, RunMetrics, SplitMetrics, StageRecord, label_root, split_images
 from .runfolder import RUN_FILE, SPLIT_FILE, prediction_row, relative_path
+from .trust.calibration import MIN_IMAGES, apply_temperature, fit_temperature
+from .trust.conformal import conformity_scores
+from .trust.reject import keeping_threshold, known_scores
 
 if TYPE_CHECKING:
     from .training.results import Fitted
 
 __all__ = ["Evaluation", "evaluation_samples", "seen_images", "run_folder_of", "evaluate_folder", "sample_metrics",
-           "fit_metrics"]
+           "fit_metrics", "calibrate_predictions", "tuned_config"]
 
 
 @dataclass
@@ -149,7 +156,7 @@ def fit_metrics(model: Predictor, split: DatasetSplit, fitted: Fitted, head_prob
     probabilities for the val and test images, as ``model`` was just fitted on ``split``;
     ``predict(samples)`` gives the final model's probabilities where the head's cannot stand.
     With ``calibrate`` (a single-label model), the probabilities and metrics are those of the model
-    calibrated on its validation images (:func:`headstart.trust.validation.calibrate_predictions`)."""
+    calibrated on its validation images (:func:`calibrate_predictions`)."""
     result = fitted.result
     fine_tune = None
     if result.fine_tune is not None:
@@ -164,8 +171,6 @@ def fit_metrics(model: Predictor, split: DatasetSplit, fitted: Fitted, head_prob
                    for name, samples in held_out.items()}
     calibration = None
     if calibrate and not model.multi_label_:
-        from .trust.validation import calibrate_predictions  # scikit-learn's metrics, as sample_metrics
-
         calibration, predictions = calibrate_predictions(predictions, split)
     scores = {name: sample_metrics(model, samples, predictions[name]) for name, samples in held_out.items()}
     metrics = RunMetrics(workflow=fitted.workflow, train_seconds=result.seconds, counts=split.counts(),
@@ -174,3 +179,49 @@ def fit_metrics(model: Predictor, split: DatasetSplit, fitted: Fitted, head_prob
                          fine_tune=fine_tune, features=fitted.features, head=fitted.head, calibration=calibration,
                          **scores)
     return metrics, predictions
+
+
+# What fit keeps of its validation images' lesson about its own probabilities: the temperature
+# (headstart.trust.calibration), then from the calibrated probabilities the conformal scores
+# (headstart.trust.conformal) and the auto rejection threshold (headstart.trust.reject), all saved in
+# the head's configuration. Multi-label models are left as they are: each class's threshold is
+# already tuned on validation, and a set of classes per image is what they predict.
+_SCALE = 1e6  # the saved scores' precision: rounded up (and the threshold down), the guarantees hold
+
+
+def calibrate_predictions(predictions: dict[str, np.ndarray], split: DatasetSplit
+                          ) -> tuple[CalibrationRecord | None, dict[str, np.ndarray]]:
+    """The temperature fitted on ``predictions["val"]`` (the final model's validation probabilities)
+    and every split's probabilities with it applied; (None, ``predictions``) unchanged when there
+    are too few validation images to fit on."""
+    from .metrics import expected_calibration_error  # scikit-learn: not needed to open an .onnx model
+
+    labels = {name: split.targets(samples) for name, samples in split.splits().items()}
+    val = predictions.get("val")
+    if val is None or (~np.isnan(val).any(axis=1)).sum() < MIN_IMAGES:
+        return None, predictions
+    temperature = fit_temperature(val, labels["val"])
+    calibrated = {name: apply_temperature(proba, temperature) for name, proba in predictions.items()}
+    measured = "test" if "test" in predictions else "val"
+
+    def ece(proba: np.ndarray) -> float:
+        readable = ~np.isnan(proba).any(axis=1)
+        return expected_calibration_error(labels[measured][readable], proba[readable])
+
+    return CalibrationRecord(temperature, ece(predictions[measured]), ece(calibrated[measured]), measured,
+                             int((~np.isnan(val).any(axis=1)).sum())), calibrated
+
+
+def tuned_config(config: ModelConfig, calibration: CalibrationRecord | None, split: DatasetSplit,
+                 predictions: dict[str, np.ndarray]) -> ModelConfig:
+    """``config`` with its head's temperature, conformal scores and ``auto`` rejection threshold,
+    from the final (calibrated) model's validation probabilities in ``predictions``."""
+    val = predictions.get("val")
+    if config.head.multi_label or val is None:
+        return config
+    scores = conformity_scores(val, split.targets(split.val))
+    threshold = keeping_threshold(known_scores(val))
+    head = dataclasses.replace(config.head, temperature=calibration.temperature if calibration else 1.0,
+                               conformal_scores=tuple(math.ceil(s * _SCALE) / _SCALE for s in scores),
+                               reject_threshold=None if threshold is None else math.floor(threshold * _SCALE) / _SCALE)
+    return dataclasses.replace(config, head=head)

@@ -39,12 +39,11 @@ from .predictor import Prediction, Predictor, ProbabilityPredictor, expand_image
 from .record import (RunMetrics, RunRecord, RunRequest, read_config, read_history, read_metrics, read_request,
                      run_texts)
 from .runfolder import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE, check_finished, prepare_output_dir
-from .evaluate import fit_metrics
+from .evaluate import fit_metrics, tuned_config
 from .selection import select_backbone
 from .training import fitting
 from .training.plan import FitContext, feature_request
 from .training.results import without_failed
-from .trust.validation import tuned_config
 
 # PyTorch, timm and the network are imported where they are used: a lightweight run
 # whose backbone the feature cache knows fits its head and writes its model without

@@ -3,7 +3,7 @@
 model looked (:mod:`.cam`, class activation maps, PyTorch models only).
 
 What a model learns from its validation images for these is computed at the end of ``fit``
-(:mod:`.validation`) and saved in its head's configuration, so that every runtime (PyTorch, an
+(:func:`headstart.evaluate.calibrate_predictions`) and saved in its head's configuration, so that every runtime (PyTorch, an
 exported file, ``serve``) has it. Importing this package imports NumPy alone.
 """
 
