@@ -61,6 +61,8 @@ def test_evaluate_real_photos(hymenoptera_run):
     assert metrics["accuracy"] == pytest.approx(saved["accuracy"], abs=0.01)
 
 
+# Predicting runs the same way whichever workflow trained the model: one run is enough here.
+@pytest.mark.parametrize("hymenoptera_run", ["auto"], indirect=True)
 def test_predict_a_thousand_photos_writes_a_thousand_rows(hymenoptera_run, cli, tmp_path: Path):
     _, out, _, _ = hymenoptera_run
     folder = shared_dataset("cats_and_dogs_filtered") / "validation"
