@@ -1,7 +1,11 @@
 """The seed's key details: what freezing and fine-tuning may and may not change."""
 
 import copy
+import csv
+import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,9 +16,11 @@ from headstart.backbone.pretrained import create_backbone
 from headstart.config import BackboneRequest, HeadSpec, TrainingConfig
 from headstart.training.results import EpochStats
 from headstart.training.recipe import WARMUP_FRACTION, optimisation
-from headstart.training.stages import fine_tune_improved, likely_cause
+from headstart.training.stages import fine_tune_improved, guard_verdict, likely_cause
 
-from conftest import TINY_BACKBONE
+from headstart.errors import ExitStatus
+
+from conftest import TINY_BACKBONE, make_folder
 
 
 def tiny_net() -> ClassifierNet:
@@ -75,6 +81,31 @@ def test_fine_tune_is_kept_only_when_validation_improves():
     assert fine_tune_improved(before, EpochStats(0.10, 0.95, 100))
     assert not fine_tune_improved(before, EpochStats(0.10, 0.94, 100))
     assert not fine_tune_improved(before, EpochStats(0.20, 0.95, 100))
+
+
+def test_the_guard_weighs_calibrated_losses_when_both_have_them():
+    # Fine-tuned with label smoothing, a model is less sure than the head fitted exactly: its raw
+    # loss is higher at equal accuracy, its loss once calibrated (as it will be used) lower.
+    before = EpochStats(loss=0.32, accuracy=0.9125, count=240, calibrated_loss=0.30)
+    after = EpochStats(loss=0.44, accuracy=0.9125, count=240, calibrated_loss=0.27)
+    kept, reason = guard_verdict(before, after)
+    assert kept and reason.startswith("improved validation calibrated loss at equal accuracy")
+    assert not guard_verdict(before, EpochStats(0.44, 0.9125, 240))[0]  # raw losses when one lacks it
+    assert not guard_verdict(before, EpochStats(0.25, 0.9125, 240, calibrated_loss=0.31))[0]
+
+
+def test_the_calibrated_loss_is_the_loss_at_the_fitted_temperature():
+    from headstart.trust.calibration import apply_temperature, calibrated_loss, fit_temperature
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    logits = rng.normal(size=(200, 3)) + 2.0 * np.eye(3)[labels]
+    soft = np.exp(logits / 3) / np.exp(logits / 3).sum(1, keepdims=True)  # far too unsure
+    nll = lambda p: float(-np.log(p[np.arange(200), labels]).mean())  # noqa: E731
+    best = apply_temperature(soft, fit_temperature(soft, labels))
+    assert calibrated_loss(soft, labels) == pytest.approx(nll(best), rel=1e-6)
+    assert calibrated_loss(soft, labels) < nll(soft)
+    assert calibrated_loss(soft[:10], labels[:10]) is None  # too few images to fit a temperature on
 
 
 def fine_tune_rows(*val_losses: float) -> list[dict]:
@@ -150,3 +181,42 @@ def test_strong_augmentation_crops_harder_and_adds_rotation_and_colour():
     assert crop["strong"].scale[0] < crop["light"].scale[0]
     assert any(isinstance(t, T.RandomRotation) for t in strong) and any(isinstance(t, T.ColorJitter) for t in strong)
     assert not any(isinstance(t, (T.RandomRotation, T.ColorJitter)) for t in light)
+
+
+def test_a_kept_fine_tune_is_refitted_on_train_and_val_and_reports_the_guarded_models_validation(
+        cli, tiny_args, tmp_path: Path, monkeypatch):
+    from headstart.training import stages
+
+    data = make_folder(tmp_path / "data", per_class=30)
+    monkeypatch.setattr(stages, "guard_verdict", lambda before, after: (True, "kept by the test"))
+    args = [*tiny_args, "--fine-tune-epochs", "2", "--no-blend", "--patience", "0", "--val-fraction", "0.4",
+            "--test-fraction", "0.2"]  # enough validation images to calibrate on
+    runs = {name: tmp_path / name for name in ("refit", "guarded")}
+    assert cli("train", data, "--out", runs["refit"], *args, "--refit")[0] == ExitStatus.SUCCESS
+    assert cli("train", data, "--out", runs["guarded"], *args)[0] == ExitStatus.SUCCESS
+    metrics = {name: json.loads((run / "metrics.json").read_text()) for name, run in runs.items()}
+    refit, guarded = metrics["refit"], metrics["guarded"]
+    assert refit["fine_tune"]["refit_epochs"] == refit["fine_tune"]["best_epoch"]
+    assert guarded["fine_tune"].get("refit_epochs") is None
+    rows = list(csv.DictReader(open(runs["refit"] / "history.csv")))
+    assert [r["stage"] for r in rows].count("refit") == refit["fine_tune"]["refit_epochs"]
+    assert all(r["val_loss"] == "nan" for r in rows if r["stage"] == "refit")  # nothing is held out from it
+    # The validation figures, the temperature and the prediction sets are the guarded model's,
+    # whose validation photos were held out: the same in both runs.
+    assert refit["val"] == guarded["val"]
+    assert refit["calibration"]["temperature"] == guarded["calibration"]["temperature"]
+    assert refit["fine_tune"]["val_accuracy"] == refit["val"]["accuracy"]
+    configs = {name: json.loads((run / "config.json").read_text())["head"] for name, run in runs.items()}
+    assert configs["refit"]["conformal_scores"] == configs["guarded"]["conformal_scores"]
+    # ...while the weights are another model's, trained on the validation photos too.
+    from safetensors.numpy import load_file
+
+    weights = {name: load_file(str(run / "model.safetensors")) for name, run in runs.items()}
+    assert any(not np.array_equal(weights["refit"][k], weights["guarded"][k]) for k in weights["refit"])
+    assert "refitted on train + val" in (runs["refit"] / "report.html").read_text()
+    # Evaluating the run's own folder leaves the validation photos out: the refitted model trained on them.
+    status, captured = cli("evaluate", runs["refit"], data)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    counts = refit["counts"]
+    left_out = sum(counts["train"].values()) + sum(counts["val"].values())
+    assert f"{left_out} image(s) the model was trained on" in captured.stderr

@@ -205,6 +205,10 @@ class TrainingConfig:
     unfreeze_last: int | None = 4  # None: the whole backbone
     layer_decay: float = 1.0  # fine-tuning: each block's rate, this times the next block's (1: one rate)
     blend: bool = True  # fine-tuning: also try blends of its weights with stage 1's, keep the best
+    # Fine-tuning kept: train it again from stage 1 on train + val, the validation photos given back
+    # once they have chosen (scikit-learn's refit), at the epochs the guarded run kept. Off by
+    # default until benchmarks/bench_vs_reference.py has measured what it buys and costs.
+    refit: bool = False
     calibrate: bool = True  # single-label: fit a temperature on the validation images (headstart.trust)
     val_fraction: float = 0.2
     test_fraction: float = 0.0
@@ -231,7 +235,7 @@ class TrainingConfig:
         require_engine(self.engine)
         BackboneRequest(self.backbone, self.weights, self.image_size)  # checks the name and image size
         _require(self.class_weight in CLASS_WEIGHTS, "class_weight", "None or 'balanced'", self.class_weight)
-        for name in ("flip_features", "blend", "calibrate"):
+        for name in ("flip_features", "blend", "refit", "calibrate"):
             _require(isinstance(getattr(self, name), bool), name, "true or false", getattr(self, name))
         _require(self.multi_label in (None, True, False), "multi_label", "None, true or false", self.multi_label)
         for name in ("lr", "fine_tune_lr"):

@@ -80,6 +80,15 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if _cpu_bf16() else torch.float32
 
 
+def predicting_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The compute dtype of a trained model's probabilities: fp32 for ``auto``.
+
+    Reduced precision is opt-in when predicting: bf16 moved probabilities by up to 0.08 from the
+    run's own predictions.csv and from its exports; "auto" buys speed where it changes nothing.
+    """
+    return resolve_precision("fp32" if precision == "auto" else precision, device)
+
+
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     import torch
 

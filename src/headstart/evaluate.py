@@ -30,7 +30,8 @@ from .data.labels import evaluation_split
 from .config import ModelConfig
 from .errors import DataError
 from .predictor import Predictor
-from .record import CalibrationRecord, FineTuneRecord, RunMetrics, SplitMetrics, StageRecord, label_root, split_images
+from .record import (CalibrationRecord, FineTuneRecord, RunMetrics, SplitMetrics, StageRecord, label_root, read_metrics,
+                     split_images)
 from .runfolder import RUN_FILE, SPLIT_FILE, prediction_row, relative_path
 from .trust.calibration import MIN_IMAGES, apply_temperature, fit_temperature
 from .trust.conformal import conformity_scores
@@ -95,8 +96,11 @@ def run_folder_of(model: str | Path) -> Path | None:
 
 
 def seen_images(run: Path, classes: Sequence[str]) -> dict[Path, str]:
-    """Every image the run trained on or selected its model with (resolved path -> "train" or "val")."""
-    return {path.resolve(): name for name in ("train", "val")
+    """Every image the run trained on or selected its model with (resolved path -> "train" or "val");
+    after a refit, the model trained on its validation images too: they count as "train"."""
+    fine_tune = read_metrics(run).fine_tune
+    refitted = fine_tune is not None and fine_tune.kept and bool(fine_tune.refit_epochs)
+    return {path.resolve(): "train" if refitted else name for name in ("train", "val")
             for path, _ in split_images(run, name, tuple(classes))}
 
 
@@ -149,12 +153,14 @@ def sample_metrics(predictor: Predictor, samples: Sequence[Sample], proba: np.nd
                                                   predictor.classes_, predictor.thresholds_ if multi else None))
 
 
-def fit_metrics(model: Predictor, split: DatasetSplit, fitted: Fitted, head_proba: dict[str, np.ndarray],
+def fit_metrics(model: Predictor, split: DatasetSplit, fitted: Fitted, held_out_proba: dict[str, np.ndarray],
                 predict: Callable[[Sequence[Sample]], np.ndarray], calibrate: bool = False
                 ) -> tuple[RunMetrics, dict[str, np.ndarray]]:
     """A run's metrics (workflow, counts, each stage, val and test metrics) and the final model's
     probabilities for the val and test images, as ``model`` was just fitted on ``split``;
-    ``predict(samples)`` gives the final model's probabilities where the head's cannot stand.
+    ``held_out_proba`` holds the rows that stand for the final model's own (the lightweight head's
+    from cached features; after a refit, the guarded model's validation rows), and
+    ``predict(samples)`` gives the final model's probabilities for the others.
     With ``calibrate`` (a single-label model), the probabilities and metrics are those of the model
     calibrated on its validation images (:func:`calibrate_predictions`)."""
     result = fitted.result
@@ -162,12 +168,9 @@ def fit_metrics(model: Predictor, split: DatasetSplit, fitted: Fitted, head_prob
     if result.fine_tune is not None:
         fine_tune = FineTuneRecord(**result.fine_tune.summary(), kept=bool(result.fine_tune_kept),
                                    reason=result.fine_tune_reason, likely_cause=result.fine_tune_cause,
-                                   share=result.fine_tune_share)
-    stage1_only = result.fine_tune is None or not result.fine_tune_kept
+                                   share=result.fine_tune_share, refit_epochs=result.refit_epochs)
     held_out = {name: samples for name, samples in (("val", split.val), ("test", split.test)) if samples}
-    # The lightweight head's probabilities come straight from the cached features,
-    # unless fine-tuning changed the backbone they came from.
-    predictions = {name: head_proba[name] if stage1_only and name in head_proba else predict(samples)
+    predictions = {name: held_out_proba[name] if name in held_out_proba else predict(samples)
                    for name, samples in held_out.items()}
     calibration = None
     if calibrate and not model.multi_label_:

@@ -82,7 +82,8 @@ class ImageClassifier(ProbabilityPredictor):
                  lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 32,
                  label_smoothing: float = 0.1, augment: str = "light", dropout: float = 0.2,
                  patience: int = 3, fine_tune_epochs: int | None = None, fine_tune_lr: float = 1e-4,
-                 unfreeze_last: int | None = 4, layer_decay: float = 1.0, blend: bool = True, calibrate: bool = True,
+                 unfreeze_last: int | None = 4, layer_decay: float = 1.0, blend: bool = True, refit: bool = False,
+                 calibrate: bool = True,
                  val_fraction: float = 0.2, test_fraction: float = 0.0,
                  seed: int = 0, device: str = "auto", precision: str = "auto", workers: int | None = None,
                  candidates: Sequence[str] = (), time_budget: float | None = None,
@@ -107,7 +108,7 @@ class ImageClassifier(ProbabilityPredictor):
         self.fine_tune_lr = fine_tune_lr
         self.unfreeze_last = unfreeze_last
         self.layer_decay = layer_decay
-        self.blend, self.calibrate = blend, calibrate
+        self.blend, self.refit, self.calibrate = blend, refit, calibrate
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.seed = seed
@@ -205,11 +206,11 @@ class ImageClassifier(ProbabilityPredictor):
                         thresholds=fitted.thresholds)
         self.config_ = ModelConfig(classes=split.classes, backbone=fitted.spec, head=head,
                                    preprocessing=fitted.preprocessing, training=config, versions=library_versions())
-        split, head_proba = without_failed(split, result.failed, fitted.head_proba)
+        split, held_out_proba = without_failed(split, result.failed, fitted.held_out_proba)
         self.split_ = split
         self.skipped_ = split.skipped + [Skipped(p, r) for p, r in result.failed.items()]
         clock = time.perf_counter()
-        metrics, self.predictions_ = fit_metrics(self, split, fitted, head_proba, self._sharded_proba, config.calibrate)
+        metrics, self.predictions_ = fit_metrics(self, split, fitted, held_out_proba, self._sharded_proba, config.calibrate)
         self.config_ = tuned_config(self.config_, metrics.calibration, split, self.predictions_)
         timings["evaluation"] = time.perf_counter() - clock
         metrics = dataclasses.replace(metrics, timings={**timings, "total": time.perf_counter() - started})
@@ -279,14 +280,11 @@ class ImageClassifier(ProbabilityPredictor):
 
     def _inference(self) -> tuple[ClassifierNet, torch.device, torch.dtype]:
         """The network on its device in eval mode, with the device and the compute dtype."""
-        from .device import prepare, resolve_device, resolve_precision
+        from .device import predicting_precision, prepare, resolve_device
 
         self._check_fitted()
         device = resolve_device(self.device)
-        # Reduced precision is opt-in when predicting: bf16 moved probabilities by up to 0.08 from the
-        # run's own predictions.csv and from its exports; "auto" buys speed where it changes nothing.
-        precision = "fp32" if self.precision == "auto" else self.precision
-        return prepare(self.net_, device).eval(), device, resolve_precision(precision, device)
+        return prepare(self.net_, device).eval(), device, predicting_precision(self.precision, device)
 
     @property
     def preprocessing(self):

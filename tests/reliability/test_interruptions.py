@@ -79,7 +79,8 @@ def test_interrupted_run_resumes_to_the_same_metrics(cli, data, tiny_args, tmp_p
     assert not (run / CHECKPOINT_FILE).exists()
     assert comparable(metrics_of(run)) == comparable(metrics_of(tmp_path / "whole"))
     stages = [line.split(",")[1] for line in (run / "history.csv").read_text().splitlines()[1:]]
-    assert stages == (["frozen"] * 4 if workflow == "standard" else ["head"]) + ["fine-tune"] * 2
+    refit = metrics_of(run)["fine_tune"].get("refit_epochs") or 0  # a kept fine-tune runs again on train + val
+    assert stages == (["frozen"] * 4 if workflow == "standard" else ["head"]) + ["fine-tune"] * 2 + ["refit"] * refit
 
 
 def test_kill_leaves_a_consistent_run_that_resumes(cli, data, tiny_weights, tmp_path: Path):

@@ -116,3 +116,36 @@ def test_a_rejected_fine_tune_saves_the_stage_1_tensors_and_a_kept_blend_its_ble
     for key in first:
         assert np.array_equal(first[key], final[key]), key
     assert json.loads((rejected / "metrics.json").read_text())["fine_tune"]["kept"] is False
+
+
+# The refit's checkpoints carry the guard's choice and the guarded model's validation probabilities:
+# interrupted in its first epoch (the last checkpoint is fine-tuning's, finished) or in its last (a
+# refit checkpoint), the resumed run chooses as the uninterrupted one did and ends on its weights.
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_a_run_interrupted_while_refitting_resumes_to_the_uninterrupted_run(cli, data, tiny_args, tmp_path: Path,
+                                                                           monkeypatch, where):
+    from headstart.training import loop, stages
+
+    monkeypatch.setattr(stages, "guard_verdict", lambda before, after: (True, "kept by the test"))
+    whole = tmp_path / "whole"
+    assert cli(*train_args(data, whole, tiny_args, 0, "--fine-tune-epochs", "3", "--refit"))[0] == ExitStatus.SUCCESS
+    refit_epochs = [row for row in history(whole) if row["stage"] == "refit"]
+    assert len(refit_epochs) == json.loads((whole / "metrics.json").read_text())["fine_tune"]["refit_epochs"] >= 2
+    stop_at = f"refit 1/" if where == "first" else f"refit {len(refit_epochs)}/"
+    real_run_epoch = loop.run_epoch
+
+    def run_epoch(trainer, loader, *args, **kwargs):
+        if kwargs.get("desc", "").startswith(stop_at):
+            raise KeyboardInterrupt
+        return real_run_epoch(trainer, loader, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_epoch", run_epoch)
+    cut = tmp_path / "cut"
+    status, captured = cli(*train_args(data, cut, tiny_args, 0, "--fine-tune-epochs", "3", "--refit"))
+    assert status == ExitStatus.INTERRUPTED, captured.stderr
+    monkeypatch.setattr(loop, "run_epoch", real_run_epoch)
+    status, captured = cli("train", "--resume", cut)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    resumed = "resuming after fine-tuning" if where == "first" else f"resuming refit at epoch {len(refit_epochs)}"
+    assert resumed in captured.stderr
+    assert_same_run(cut, whole)

@@ -162,6 +162,10 @@ def add_train(commands, name: str) -> argparse.ArgumentParser:
     g.add_argument("--no-blend", dest="blend", action="store_false",
                    help="keep the fine-tuned weights as they are, without trying their blends with "
                    "stage 1's (averages of the two, the best on validation kept)")
+    g.add_argument("--refit", action="store_true",
+                   help="once the guard has kept fine-tuning, run it again from stage 1 on the training and "
+                   "validation photos together, for the epochs it kept, blended as chosen (the validation "
+                   "figures stay the guarded model's)")
     g = t.add_argument_group("data and hardware")
     g.add_argument("--val-fraction", type=float, default=_DEFAULT.val_fraction, help="used when DATA has no val/ folder")
     g.add_argument("--test-fraction", type=float, default=_DEFAULT.test_fraction, help="used when DATA has no test/ folder")

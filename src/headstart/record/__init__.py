@@ -37,8 +37,8 @@ __all__ = ["FORMAT_VERSION", "StageRecord", "FineTuneRecord", "FeatureRecord", "
 _STAGE1_SETTINGS = {"lightweight": ("flip_features", "class_weight"),
                     "standard": ("epochs", "lr", "weight_decay", "batch_size", "label_smoothing", "augment",
                                  "dropout", "patience", "class_weight")}
-_FINE_TUNE_SETTINGS = ("fine_tune_epochs", "fine_tune_lr", "unfreeze_last", "layer_decay", "blend", "weight_decay",
-                       "batch_size", "label_smoothing", "augment", "dropout", "patience")
+_FINE_TUNE_SETTINGS = ("fine_tune_epochs", "fine_tune_lr", "unfreeze_last", "layer_decay", "blend", "refit",
+                       "weight_decay", "batch_size", "label_smoothing", "augment", "dropout", "patience")
 _DATA_SETTINGS = ("val_fraction", "test_fraction", "seed", "device", "precision", "workers")
 
 

@@ -38,14 +38,19 @@ class FineTuneRecord(StageRecord):
     reason: str | None = None  # the guard's verdict in words ("improved validation loss from ...")
     likely_cause: str | None = None  # not kept: why, read from the validation losses
     share: float | None = None  # of the fine-tuned weights in the blend kept with stage 1's
+    refit_epochs: int | None = None  # kept: its epochs again, on train + val (None: the guarded model kept)
 
     def verdict(self) -> str:
         """Whether fine-tuning was kept, and as what: the one sentence the summary and the report print."""
         if not self.kept:
             return "not kept: stage-1 weights restored"
+        kept = "kept"
         if self.share is not None and self.share < 1:
-            return f"kept as a blend, {self.share:.0%} fine-tuned and {1 - self.share:.0%} stage 1"
-        return "kept"
+            kept = f"kept as a blend, {self.share:.0%} fine-tuned and {1 - self.share:.0%} stage 1"
+        if self.refit_epochs:
+            kept += (f", then refitted on train + val for {self.refit_epochs} epoch(s) (the validation "
+                     "figures are the guarded model's, before the refit)")
+        return kept
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from ..metrics import CALIBRATION_BINS, calibration_bins, expected_calibration_e
 __all__ = ["learning_curves", "regularization_path", "confusion", "per_class_f1", "reliability_diagram",
            "roc_pr_curves", "Mistake", "confident_mistakes", "save"]
 
-_STAGE_NAMES = {"head": "head on cached features", "frozen": "stage 1 (frozen backbone)", "fine-tune": "fine-tuning"}
+_STAGE_NAMES = {"head": "head on cached features", "frozen": "stage 1 (frozen backbone)", "fine-tune": "fine-tuning",
+                "refit": "fine-tuning again on train + val"}
 _COLORS = {"train": "#1f77b4", "val": "#d62728"}
 
 

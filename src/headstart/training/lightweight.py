@@ -37,7 +37,7 @@ def fit_lightweight(split: DatasetSplit, config: TrainingConfig, context: FitCon
                              f"({extraction.features.engine}), so the head is fitted without loading the backbone")
     head = fit_head(extraction, split, config, context)
     fitted = Fitted("lightweight", extraction.spec, extraction.preprocessing, head.result,
-                    features=head.features, head=head.search, head_proba=head.proba, thresholds=head.thresholds)
+                    features=head.features, head=head.search, held_out_proba=head.proba, thresholds=head.thresholds)
     if extraction.without_pytorch:
         from safetensors.numpy import load_file
 

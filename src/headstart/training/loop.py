@@ -29,15 +29,16 @@ from torch.utils.data import DataLoader
 
 from .. import distributed
 from .._console import Console
-from ..backbone.head import ClassifierNet
-from ..config import TrainingConfig
-from ..device import autocast, to_device
+from ..backbone.head import ClassifierNet, probabilities
+from ..config import HeadSpec, TrainingConfig
+from ..device import autocast, predicting_precision, to_device
+from ..trust.calibration import calibrated_loss
 from .checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
 from .recipe import Optimisation, optimisation
 from .results import EpochStats, StageResult, TrainResult
 
 __all__ = ["Trainer", "EarlyStopping", "StageCheckpoint", "run_epoch", "train_stage", "resume_after", "stats_dict",
-           "stats_from", "stage_dict", "stage_from", "loss_function", "validation_thresholds"]
+           "stats_from", "stage_dict", "stage_from", "loss_function", "validation_probabilities", "validation_thresholds"]
 
 
 @dataclass
@@ -128,6 +129,7 @@ class Trainer:
     multi_label: bool = False  # a sigmoid per class, binary cross-entropy, indicator-matrix labels
     input_size: tuple[int, int, int] = (3, 224, 224)  # of the network's images
     replica: nn.Module | None = None  # what trains: the net, in DistributedDataParallel on several ranks
+    refit_loader: DataLoader | None = None  # the training and validation images together, shuffled, augmented
 
 
 def loss_function(trainer: Trainer, training: bool = False) -> nn.Module:
@@ -142,14 +144,15 @@ def loss_function(trainer: Trainer, training: bool = False) -> nn.Module:
 def run_epoch(trainer: Trainer, loader: DataLoader, criterion: nn.Module, optimisation: Optimisation | None = None,
               desc: str = "") -> EpochStats:
     """One pass over ``loader``: trains when given an optimisation, else only measures (for a
-    multi-label model, its mean average precision too); on a data-parallel run, over this rank's
-    share, and the statistics are those of every rank's together."""
+    multi-label model, its mean average precision too; for a single-label model to be calibrated,
+    its loss once calibrated); on a data-parallel run, over this rank's share, and the statistics
+    are those of every rank's together."""
     net, device = trainer.net, trainer.device
     training = optimisation is not None
     model = trainer.replica if training and trainer.replica is not None else net
     net.train(training)
     total_loss, correct, count, failed = 0.0, 0.0, 0, []
-    seen: list[tuple[np.ndarray, np.ndarray]] = []  # multi-label validation: (probabilities, labels)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []  # validation: (probabilities, labels)
     grad = torch.enable_grad() if training else torch.inference_mode()
     with grad:
         for batch in trainer.console.progress(loader, total=len(loader), desc=desc):
@@ -170,44 +173,66 @@ def run_epoch(trainer: Trainer, loader: DataLoader, criterion: nn.Module, optimi
             total_loss += loss.item() * n
             if trainer.multi_label:  # label-wise accuracy at 0.5: 1 - Hamming loss
                 correct += ((logits > 0) == (labels > 0.5)).float().mean(1).sum().item()
-                if not training:
-                    seen.append((torch.sigmoid(logits.float()).cpu().numpy(), labels.cpu().numpy()))
             else:
                 correct += (logits.argmax(1) == labels).sum().item()
+            if not training:
+                activation = torch.sigmoid if trainer.multi_label else lambda x: torch.softmax(x, dim=1)
+                seen.append((activation(logits.float()).cpu().numpy(), labels.cpu().numpy()))
             count += n
     if distributed.world().size > 1:
         total_loss, correct, count = distributed.all_sum([total_loss, correct, count]).tolist()
         count, failed = int(count), [f for part in distributed.all_gather_objects(failed) for f in part]
+        seen = [pair for part in distributed.all_gather_objects(seen) for pair in part]
     if count == 0:
         return EpochStats(math.nan, math.nan, 0, failed)
-    mean_ap = None
+    stats = EpochStats(total_loss / count, correct / count, count, failed)
     if seen:
-        from ..metrics import mean_average_precision
+        proba, labels = np.concatenate([p for p, _ in seen]), np.concatenate([y for _, y in seen])
+        if trainer.multi_label:
+            from ..metrics import mean_average_precision
 
-        mean_ap = mean_average_precision(np.concatenate([y for _, y in seen]), np.concatenate([p for p, _ in seen]))
-    return EpochStats(total_loss / count, correct / count, count, failed, mean_ap)
+            stats.mean_ap = mean_average_precision(labels, proba)
+        elif trainer.config.calibrate:
+            stats.calibrated_loss = calibrated_loss(proba, labels)
+    return stats
 
 
-def validation_thresholds(trainer: Trainer) -> tuple[float, ...]:
+def validation_probabilities(trainer: Trainer) -> np.ndarray:
+    """The net's probabilities for each validation image (softmax, or a multi-label model's
+    sigmoids), in the validation split's order, NaN rows where undecodable, in the precision the
+    trained model predicts in; on a data-parallel run, every rank's share gathered, so each rank
+    holds them all."""
+    loader, net = trainer.val_loader, trainer.net
+    dtype = predicting_precision(trainer.config.precision, trainer.device)
+    head = HeadSpec(net.head.fc.out_features, multi_label=trainer.multi_label)
+    indices, rows = [], []
+    net.eval()
+    for batch in trainer.console.progress(loader, total=len(loader), desc="validation probabilities"):
+        if batch.indices:
+            indices += batch.indices
+            rows.append(probabilities(net, trainer.device, dtype, batch.images, head=head))
+    proba = np.full((len(loader.dataset), head.num_classes), np.nan, dtype=np.float32)
+    for seen, part in distributed.all_gather_objects((indices, np.concatenate(rows) if rows else None)):
+        if seen:
+            proba[seen] = part
+    return proba
+
+
+def validation_thresholds(trainer: Trainer, proba: np.ndarray | None = None) -> tuple[float, ...]:
     """A multi-label model's decision thresholds, each class's best F1 on the validation images
-    (0.5 each without them)."""
+    (0.5 each without them), from ``proba`` when given (the validation probabilities of the model
+    the thresholds are for), else the net's own."""
     from ..metrics import best_f1_thresholds
 
     classes = trainer.net.head.fc.out_features
     if trainer.val_loader is None:
         return (0.5,) * classes
-    trainer.net.eval()
-    proba, labels = [], []
-    with torch.inference_mode():
-        for batch in trainer.console.progress(trainer.val_loader, total=len(trainer.val_loader), desc="thresholds"):
-            if batch.indices:
-                with autocast(trainer.device, trainer.dtype):
-                    logits = trainer.net(to_device(batch.images, trainer.device))
-                proba.append(torch.sigmoid(logits.float()).cpu().numpy())
-                labels.append(batch.labels.numpy())
-    if not proba:
+    proba = validation_probabilities(trainer) if proba is None else proba
+    decoded = ~np.isnan(proba).any(axis=1)
+    if not decoded.any():
         return (0.5,) * classes
-    return tuple(float(t) for t in best_f1_thresholds(np.concatenate(labels), np.concatenate(proba)))
+    labels = np.asarray(trainer.val_loader.dataset.labels)[decoded]
+    return tuple(float(t) for t in best_f1_thresholds(labels, proba[decoded]))
 
 
 def train_stage(trainer: Trainer, stage: str, epochs: int, result: TrainResult) -> StageResult:
@@ -315,12 +340,13 @@ def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 def stats_dict(stats: EpochStats | None) -> dict | None:
     return None if stats is None else {"loss": stats.loss, "accuracy": stats.accuracy, "count": stats.count,
-                                       "mean_ap": stats.mean_ap}
+                                       "mean_ap": stats.mean_ap, "calibrated_loss": stats.calibrated_loss}
 
 
 def stats_from(data: dict | None) -> EpochStats | None:
     return None if data is None else EpochStats(data["loss"], data["accuracy"], data["count"],
-                                                mean_ap=data.get("mean_ap"))
+                                                mean_ap=data.get("mean_ap"),
+                                                calibrated_loss=data.get("calibrated_loss"))
 
 
 def stage_dict(stage: StageResult) -> dict:

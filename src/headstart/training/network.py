@@ -60,12 +60,14 @@ def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext
                                       console, backbone=backbone)
         head = fit_head(extraction, split, config, context)
         net.head.load_linear(head.linear.weight, head.linear.bias)
-        fitted.result, fitted.head_proba = head.result, head.proba
+        fitted.result, fitted.held_out_proba = head.result, head.proba
         fitted.features, fitted.head = head.features, head.search
         fitted.thresholds = head.thresholds
-    trainer = Trainer(net, *_loaders(split, backbone.preprocessing, config, device, console), config, device, dtype,
-                      console, context.on_epoch, StageCheckpoint.at(context.checkpoint_dir),
-                      multi_label=split.multi_label, input_size=backbone.preprocessing.input_size)
+    train_loader, val_loader, refit_loader = _loaders(split, backbone.preprocessing, config, device, console)
+    trainer = Trainer(net, train_loader, val_loader, config, device, dtype, console, context.on_epoch,
+                      StageCheckpoint.at(context.checkpoint_dir), multi_label=split.multi_label,
+                      input_size=backbone.preprocessing.input_size,
+                      refit_loader=refit_loader if fine_tune_epochs and config.refit else None)
     if workflow == "standard":
         fitted.result = train_frozen(trainer)
         stage1_val = fitted.result.stage1.val
@@ -73,15 +75,19 @@ def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext
     if fine_tune_epochs:
         fine_tune(trainer, fine_tune_epochs, fitted.result, before=stage1_val)
         fitted.timings["fine_tune"] = time.perf_counter() - start - fitted.timings["stage1"]
+    if fitted.result.fine_tune_kept:  # the head's view of val and test is no longer the model's
+        fitted.held_out_proba = {} if fitted.result.val_proba is None else {"val": fitted.result.val_proba}
     if split.multi_label and (workflow == "standard" or fitted.result.fine_tune_kept):
-        fitted.thresholds = validation_thresholds(trainer)
+        fitted.thresholds = validation_thresholds(trainer, fitted.result.val_proba)
     net.eval()
     return fitted
 
 
 def _loaders(split: DatasetSplit, preprocessing: Preprocessing, config: TrainingConfig, device: torch.device,
              console) -> tuple:
-    """The training loader (augmented, shuffled) and the validation loader (None without val images).
+    """The training loader (augmented, shuffled), the validation loader (None without val images),
+    and the refit's loader: the training and validation images together, as the training loader
+    (None without val images).
 
     A loader starts its decoding workers when iterated, not here. Each epoch's shuffle is drawn
     from the seed and the epoch's number (DistributedSampler, in one process too) and dealt out to
@@ -94,15 +100,18 @@ def _loaders(split: DatasetSplit, preprocessing: Preprocessing, config: Training
     batch_size = bounded_batch_size(config.batch_size, preprocessing.input_size, device, console)
     gpu = device.type == "cuda"
     here = distributed.world()
-    train = ImageDataset([s.path for s in split.train], split.targets(split.train),
-                         train_transform(preprocessing, config.augment))
-    sampler = DistributedSampler(train, here.size, here.rank, shuffle=True, seed=config.seed)
-    loaders = [make_loader(train, batch_size, workers=config.workers, seed=config.seed + here.rank, gpu=gpu,
-                           sampler=sampler)]
-    if split.val:
-        val = ImageDataset.for_eval([s.path for s in split.val], split.targets(split.val), preprocessing)
-        loaders.append(make_loader(val, batch_size, workers=config.workers, seed=config.seed, gpu=gpu,
-                                   sampler=range(*distributed.shard_bounds(len(val))) if here.size > 1 else None))
-    else:
-        loaders.append(None)
-    return tuple(loaders)
+
+    def training(samples):
+        train = ImageDataset([s.path for s in samples], split.targets(samples), train_transform(preprocessing,
+                                                                                                config.augment))
+        sampler = DistributedSampler(train, here.size, here.rank, shuffle=True, seed=config.seed)
+        return make_loader(train, batch_size, workers=config.workers, seed=config.seed + here.rank, gpu=gpu,
+                           sampler=sampler)
+
+    if not split.val:
+        return training(split.train), None, None
+    val = ImageDataset.for_eval([s.path for s in split.val], split.targets(split.val), preprocessing)
+    return (training(split.train),
+            make_loader(val, batch_size, workers=config.workers, seed=config.seed, gpu=gpu,
+                        sampler=range(*distributed.shard_bounds(len(val))) if here.size > 1 else None),
+            training(split.train + split.val))

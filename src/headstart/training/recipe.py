@@ -54,8 +54,9 @@ class Optimisation:
 def optimisation(net: ClassifierNet, config: TrainingConfig, stage: str, steps: tuple[int, int],
                  dtype: torch.dtype) -> Optimisation:
     """AdamW over the parameters that train, for ``steps`` = (epochs, steps per epoch) of ``stage``
-    ("frozen": the head at ``config.lr``; "fine-tune": at ``config.fine_tune_lr``, warmed up)."""
-    fine_tuning = stage == "fine-tune"
+    ("frozen": the head at ``config.lr``; "fine-tune" or its "refit" on train + val: at
+    ``config.fine_tune_lr``, warmed up)."""
+    fine_tuning = stage in ("fine-tune", "refit")
     lr = config.fine_tune_lr if fine_tuning else config.lr
     groups = _rated_groups(net, lr, config.layer_decay if fine_tuning else 1.0)
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=config.weight_decay)

@@ -35,6 +35,8 @@ class EpochStats:
     count: int
     failed: list[tuple[int, str]] = field(default_factory=list)  # (dataset index, reason)
     mean_ap: float | None = None
+    # Single-label validation of a model to be calibrated: the loss once its temperature is fitted.
+    calibrated_loss: float | None = None
 
 
 @dataclass
@@ -67,6 +69,9 @@ class TrainResult:
     fine_tune_reason: str | None = None  # the guard's verdict in words
     fine_tune_cause: str | None = None  # not kept: why, read from the validation losses
     fine_tune_share: float | None = None  # of the fine-tuned weights in the blend kept with stage 1's
+    refit_epochs: int | None = None  # fine-tuning's epochs again, on train + val, after the guard kept it
+    # After a refit: the validation probabilities of the model the guard chose (NaN where undecodable).
+    val_proba: np.ndarray | None = None
     failed: dict[Path, str] = field(default_factory=dict)  # images that could not be decoded
     seconds: float = 0.0
 
@@ -84,7 +89,10 @@ class Fitted:
     state: dict[str, np.ndarray] | None = None
     features: FeatureRecord | None = None  # the lightweight workflow's features
     head: HeadSearch | None = None  # the lightweight head's L2 search
-    head_proba: dict[str, np.ndarray] = field(default_factory=dict)  # val/test rows, NaN where undecodable
+    # val/test probability rows (NaN where undecodable) that stand for the final model's own: the
+    # lightweight head's, from the cached features, unless fine-tuning is kept; after a refit, the
+    # guarded model's validation rows (the refitted model has trained on those photos).
+    held_out_proba: dict[str, np.ndarray] = field(default_factory=dict)
     thresholds: tuple[float, ...] = ()  # multi-label: each class's decision threshold, tuned on validation
     timings: dict[str, float] = field(default_factory=dict)
 

@@ -5,7 +5,10 @@ Stage 2 unfreezes the backbone (or its last blocks) and retrains end to end at
 a very low learning rate, BatchNorm still in inference mode
 (:class:`headstart.backbone.head.ClassifierNet`). The guard is
 :func:`fine_tune_improved`: otherwise the stage-1 weights are restored and the
-user is told.
+user is told. When it keeps fine-tuning, the validation photos have done their
+work (the blend, the epoch, the verdict are chosen), and fine-tuning runs again
+from stage 1 on the training and validation photos together, as chosen: the
+refit, scikit-learn's ``refit=True``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from .. import distributed
 from ..backbone.freeze import freeze, unfreeze
 from ..metrics import difference_noise
 from .loop import (Trainer, loss_function, resume_after, run_epoch, stage_dict, stage_from, stats_dict, stats_from,
-                   train_stage)
+                   train_stage, validation_probabilities)
 from .results import EpochStats, TrainResult
 
 __all__ = ["train_frozen", "fine_tune", "fine_tune_improved", "guard_verdict", "likely_cause"]
@@ -56,7 +59,9 @@ def fine_tune_improved(before: EpochStats, after: EpochStats) -> bool:
     """Keep fine-tuning only for a higher validation score, or an equal one and a lower loss; a
     higher accuracy within the noise of the validation images counts only with a loss not higher.
     The score is accuracy, or for a multi-label model the mean average precision (threshold-free,
-    as the thresholds are tuned afterwards)."""
+    as the thresholds are tuned afterwards). The loss is the calibrated one when both have it: the
+    model is calibrated before it is used, and label smoothing leaves a fine-tuned model less
+    confident than a head fitted exactly, which the raw loss would count against it."""
     return guard_verdict(before, after)[0]
 
 
@@ -67,18 +72,21 @@ def guard_verdict(before: EpochStats, after: EpochStats) -> tuple[bool, str]:
     else:
         name, was, now, shown = "accuracy", before.accuracy, after.accuracy, "{:.2%}".format
     change = f"{shown(was)} -> {shown(now)}"
-    losses = f"{before.loss:.4f} -> {after.loss:.4f}"
+    loss, loss_was, loss_now = "loss", before.loss, after.loss
+    if before.calibrated_loss is not None and after.calibrated_loss is not None:
+        loss, loss_was, loss_now = "calibrated loss", before.calibrated_loss, after.calibrated_loss
+    losses = f"{loss_was:.4f} -> {loss_now:.4f}"
     # One more photo right out of 64 is chance: with a higher loss it is no reason to keep the change.
     noise = difference_noise(was, before.count) if name == "accuracy" else 0.0
-    if now > was and now - was <= noise and after.loss > before.loss:
+    if now > was and now - was <= noise and loss_now > loss_was:
         return False, (f"raised validation {name} only within the noise of {before.count} images ({change}, "
-                       f"under {noise:.1%}) while the loss rose: {losses}")
+                       f"under {noise:.1%}) while the {loss} rose: {losses}")
     if now > was:
         return True, f"raised validation {name}: {change}"
-    if now == was and after.loss < before.loss:
-        return True, f"improved validation loss at equal {name} ({shown(now)}): {losses}"
+    if now == was and loss_now < loss_was:
+        return True, f"improved validation {loss} at equal {name} ({shown(now)}): {losses}"
     if now == was:
-        return False, f"validation {name} unchanged ({shown(now)}) and loss not lower: {losses}"
+        return False, f"validation {name} unchanged ({shown(now)}) and {loss} not lower: {losses}"
     return False, f"lowered validation {name}: {change}"
 
 
@@ -113,12 +121,25 @@ def likely_cause(before: EpochStats, history: list[dict]) -> str | None:
 
 
 def fine_tune(trainer: Trainer, epochs: int, result: TrainResult, before: EpochStats | None = None) -> None:
-    """Stage 2: unfreeze, retrain end to end at a very low rate; keep it only if validation improves.
+    """Stage 2: unfreeze, retrain end to end at a very low rate; keep it only if validation improves,
+    then refit on train + val when the trainer has a loader for it.
 
     ``before`` is stage 1's validation result; when it was measured another way
     (the lightweight workflow's features), pass None and it is measured here by
     the same pipeline as the fine-tuned model, so the comparison is fair.
     """
+    checkpoint = trainer.checkpoint
+    if checkpoint.state is not None and checkpoint.state["stage"] == "refit":  # the guard had chosen
+        before_state = checkpoint.tensors_with("stage1.")
+        _restore_choice(checkpoint, result)
+    else:
+        before_state = _guarded_fine_tune(trainer, epochs, result, before)
+    if result.fine_tune_kept and trainer.refit_loader is not None:
+        _refit(trainer, result, before_state)
+
+
+def _guarded_fine_tune(trainer: Trainer, epochs: int, result: TrainResult, before: EpochStats | None) -> dict:
+    """Fine-tune on the training images, blend, and let the guard decide; returns stage 1's weights."""
     net, config, checkpoint = trainer.net, trainer.config, trainer.checkpoint
     saved = checkpoint.state if checkpoint.state and checkpoint.state["stage"] == "fine-tune" else None
     if saved is not None:
@@ -140,12 +161,67 @@ def fine_tune(trainer: Trainer, epochs: int, result: TrainResult, before: EpochS
     if saved is not None and saved["complete"]:  # interrupted after the last epoch: nothing to redo
         net.load_state_dict(checkpoint.tensors_with("net."))
         result.fine_tune = stage_from(saved["result"])
+        resume_after(trainer, "fine-tuning")  # its random state too: the refit's dropout draws from it
     else:
         result.fine_tune = train_stage(trainer, "fine-tune", epochs, result)
     freeze(net.backbone)
     if config.blend:
         _blend(trainer, result, before_state)
     _guard(trainer, result, before, before_state)
+    return before_state
+
+
+def _refit(trainer: Trainer, result: TrainResult, before_state: dict) -> None:
+    """Fine-tune again from stage 1's weights on the training and validation images together, for
+    the epochs the guarded run kept, and blend as it chose.
+
+    The validation photos chose the blend, the epochs and the verdict; given back, they
+    are a quarter more photos to learn from (at the default split). The refitted model
+    has no held-out images to be checked on: what the guard checked was the same recipe
+    on fewer photos, and the validation figures, the temperature and the prediction sets
+    come from that model's validation probabilities (``result.val_proba``), kept here
+    before the photos are trained on.
+    """
+    net, checkpoint = trainer.net, trainer.checkpoint
+    epochs = result.fine_tune.best_epoch
+    saved = checkpoint.state if checkpoint.state and checkpoint.state["stage"] == "refit" else None
+    if saved is None:  # resuming, the checkpoint carried them
+        result.val_proba = validation_probabilities(trainer)
+        net.load_state_dict(before_state)
+    checkpoint.carry_state = {**checkpoint.carry_state, "choice": _choice_dict(result)}
+    checkpoint.carry_tensors = {**checkpoint.carry_tensors, "choice.val_proba": torch.from_numpy(result.val_proba)}
+    if saved is not None and saved["complete"]:  # interrupted after its last epoch: nothing to redo
+        net.load_state_dict(checkpoint.tensors_with("net."))
+    else:
+        unfreeze(net.backbone, trainer.config.unfreeze_last)
+        trainer.console.info(f"refitting: fine-tuning again from stage 1 on the training and validation images "
+                             f"together, for the {epochs} epoch(s) kept")
+        train_stage(dataclasses.replace(trainer, train_loader=trainer.refit_loader, val_loader=None), "refit",
+                    epochs, result)
+        freeze(net.backbone)
+    share = result.fine_tune_share
+    if share is not None and share < 1.0:
+        net.load_state_dict(blended(before_state, net.state_dict(), share))
+    result.refit_epochs = epochs
+
+
+def _choice_dict(result: TrainResult) -> dict:
+    """What the guarded fine-tune chose, as a refit's checkpoints carry it."""
+    return {"fine_tune": stage_dict(result.fine_tune), "kept": result.fine_tune_kept,
+            "reason": result.fine_tune_reason, "share": result.fine_tune_share}
+
+
+def _restore_choice(checkpoint, result: TrainResult) -> None:
+    """The guarded fine-tune's outcome, from a refit's checkpoint: a resumed refit continues from it."""
+    saved, choice = checkpoint.state, checkpoint.state["choice"]
+    result.stage1 = stage_from(saved["stage1"])
+    result.fine_tune = stage_from(choice["fine_tune"])
+    result.fine_tune_kept, result.fine_tune_reason = choice["kept"], choice["reason"]
+    result.fine_tune_share = choice["share"]
+    result.val_proba = checkpoint.tensors["choice.val_proba"].numpy()
+    result.history = list(saved["history"])
+    checkpoint.carry_state = {"stage1_val": saved["stage1_val"], "stage1": saved["stage1"]}
+    checkpoint.carry_tensors = {k: v for k, v in checkpoint.tensors.items() if k.startswith("stage1.")}
 
 
 def blended(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], share: float) -> dict[str, torch.Tensor]:

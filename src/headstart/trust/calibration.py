@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-__all__ = ["fit_temperature", "apply_temperature", "MIN_IMAGES"]
+__all__ = ["fit_temperature", "apply_temperature", "calibrated_loss", "MIN_IMAGES"]
 
 # Fewer validation images than this say too little to fit a temperature on: the softmax stays as it is.
 MIN_IMAGES = 20
@@ -68,3 +68,15 @@ def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
     out = np.exp(scaled)
     out /= out.sum(axis=1, keepdims=True)
     return out.astype(np.asarray(proba).dtype, copy=False)
+
+
+def calibrated_loss(proba: np.ndarray, labels: np.ndarray) -> float | None:
+    """The negative log-likelihood of ``labels`` under ``proba`` once calibrated by the temperature
+    fitted on them: the loss of the probabilities a calibrated model gives (None with fewer than
+    :data:`MIN_IMAGES` usable rows)."""
+    proba, labels = np.asarray(proba, dtype=np.float64), np.asarray(labels)
+    usable = ~np.isnan(proba).any(axis=1) & (labels >= 0)
+    if usable.sum() < MIN_IMAGES:
+        return None
+    temperature = fit_temperature(proba[usable], labels[usable])
+    return _nll(_log_proba(proba[usable]), labels[usable], 1 / temperature)
