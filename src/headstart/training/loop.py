@@ -153,6 +153,8 @@ def run_epoch(trainer: Trainer, loader: DataLoader, criterion: nn.Module, optimi
     net.train(training)
     total_loss, correct, count, failed = 0.0, 0.0, 0, []
     seen: list[tuple[np.ndarray, np.ndarray]] = []  # validation: (probabilities, labels)
+    # Only what is computed from them needs the probabilities: mAP, or the calibrated loss.
+    keep_seen = not training and (trainer.multi_label or trainer.config.calibrate)
     grad = torch.enable_grad() if training else torch.inference_mode()
     with grad:
         for batch in trainer.console.progress(loader, total=len(loader), desc=desc):
@@ -175,7 +177,7 @@ def run_epoch(trainer: Trainer, loader: DataLoader, criterion: nn.Module, optimi
                 correct += ((logits > 0) == (labels > 0.5)).float().mean(1).sum().item()
             else:
                 correct += (logits.argmax(1) == labels).sum().item()
-            if not training:
+            if keep_seen:
                 activation = torch.sigmoid if trainer.multi_label else lambda x: torch.softmax(x, dim=1)
                 seen.append((activation(logits.float()).cpu().numpy(), labels.cpu().numpy()))
             count += n

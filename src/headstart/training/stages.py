@@ -185,7 +185,7 @@ def _refit(trainer: Trainer, result: TrainResult, before_state: dict) -> None:
     net, checkpoint = trainer.net, trainer.checkpoint
     epochs = result.fine_tune.best_epoch
     saved = checkpoint.state if checkpoint.state and checkpoint.state["stage"] == "refit" else None
-    if saved is None:  # resuming, the checkpoint carried them
+    if saved is None:  # a fresh refit: the guarded model's view of validation, before it trains on it
         result.val_proba = validation_probabilities(trainer)
         net.load_state_dict(before_state)
     checkpoint.carry_state = {**checkpoint.carry_state, "choice": _choice_dict(result)}
