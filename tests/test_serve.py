@@ -12,6 +12,7 @@ from PIL import Image
 
 from headstart.errors import ExitStatus
 from headstart.model import open_model
+from headstart.record import read_metrics
 
 if os.environ.get("CI") != "true":  # in CI a broken serve extra must fail, never skip every test here
     pytest.importorskip("fastapi", reason="the serve extra is not installed")
@@ -41,6 +42,7 @@ def client(request, run: Path, cli):
         if not model.exists():
             assert cli("export", run)[0] == ExitStatus.SUCCESS
     with TestClient(create_app(open_model(model), ServeConfig(max_images=3, max_upload_mb=0.5), model)) as c:
+        c.run = run
         yield c
 
 
@@ -48,6 +50,7 @@ def test_health_model_and_docs(client):
     assert client.get("/health").json() == {"status": "ok"}
     info = client.get("/model").json()
     assert info["classes"] == ["blue", "red"] and info["backbone"] == "test_efficientnet"
+    assert info["metrics"] == {"val": read_metrics(client.run).val.accuracy}  # an exported file's too
     assert info["model"].endswith(("model.onnx", "run"))  # where the predictor was opened from
     assert "/predict" in client.get("/openapi.json").json()["paths"]
     page = client.get("/")

@@ -14,6 +14,7 @@ import headstart
 from headstart.config import HeadSpec
 from headstart.errors import ExitStatus, UsageError
 from headstart.record import read_metrics
+from headstart.report.page import read_run
 from headstart.trust import (UNKNOWN, apply_temperature, conformal_quantile, conformity_scores, decide,
                              fit_temperature, keeping_threshold, known_scores, prediction_sets, rejected)
 
@@ -124,9 +125,10 @@ def _hard_folder(root: Path, per_class: int = 30) -> Path:
 @pytest.fixture(scope="module")
 def calibrated_run(tmp_path_factory, tiny_weights: Path) -> Path:
     root = tmp_path_factory.mktemp("trust")
+    # Not refitted: predictions.csv's validation rows are then the saved model's own.
     clf = headstart.ImageClassifier(backbone=TINY_BACKBONE, weights=str(tiny_weights), image_size=32,
                                     workflow="lightweight", engine="eager", val_fraction=0.4, batch_size=16,
-                                    workers=0, verbose=0)
+                                    workers=0, verbose=0, refit=False)
     return clf.fit(_hard_folder(root / "data")).save(root / "run")
 
 
@@ -195,7 +197,7 @@ def test_predict_rejects_names_sets_and_explains(cli, calibrated_run: Path, tmp_
     api = model.predict(data / "plum", reject="auto")
     assert [r["class"] for r in rows] == list(api)
     status, captured = cli("predict", calibrated_run, data / "plum", "--reject", "often")
-    assert status == ExitStatus.USAGE and "--reject must be 'auto' or a probability" in captured.stderr
+    assert status == ExitStatus.USAGE and "'--reject' must be 'auto' or a probability" in captured.stderr
 
 
 def test_exported_model_keeps_the_temperature_and_refuses_to_explain(cli, calibrated_run: Path, tmp_path: Path):
@@ -212,3 +214,53 @@ def test_exported_model_keeps_the_temperature_and_refuses_to_explain(cli, calibr
     assert list(exported.predict(images, coverage=0.9)) == list(model.predict(images, coverage=0.9))
     status, captured = cli("predict", onnx, images[0], "--explain", tmp_path / "maps")
     assert status == ExitStatus.USAGE and "--explain needs a run folder" in captured.stderr
+
+
+def test_serve_answers_scores_unknown_and_prediction_sets(cli, calibrated_run: Path, monkeypatch):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fastapi.testclient import TestClient
+
+    import headstart.serve
+    from headstart.model import open_model
+    from headstart.serve import ServeConfig, create_app
+
+    images = sorted((calibrated_run.parent / "data").rglob("*.png"))[:6]
+    model = headstart.load(calibrated_run, verbose=0)
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in images]
+    with TestClient(create_app(open_model(calibrated_run), ServeConfig(max_images=8, reject="auto"))) as client:
+        plain = client.post("/predict", files=files).json()["predictions"]  # the server's default: reject auto
+        asked = client.post("/predict?reject=0.99&coverage=0.9", files=files).json()["predictions"]
+        refused = client.post("/predict?coverage=2", files=files)
+    proba = model.predict_proba(images)
+    assert [e["score"] for e in plain] == pytest.approx(proba.max(axis=1).tolist(), abs=1e-5)
+    assert [e["class"] for e in plain] == list(model.predict(images, reject="auto"))
+    assert [e["class"] for e in asked] == list(model.predict(images, reject=0.99))
+    assert UNKNOWN in [e["class"] for e in asked]  # 0.99 is above every score of this hard folder
+    assert [tuple(e["prediction_set"]) for e in asked] == list(model.predict(images, reject=0.99, coverage=0.9))
+    assert refused.status_code == 400 and "'coverage' must be" in refused.json()["error"]
+
+    monkeypatch.setattr(headstart.serve, "serve", lambda *args, **kwargs: None)
+    status, captured = cli("serve", calibrated_run, "--reject", "often")
+    assert status == ExitStatus.USAGE and "'--reject' must be 'auto' or a probability" in captured.stderr
+
+
+def test_the_report_maps_where_the_model_looked_in_its_confident_mistakes(cli, calibrated_run: Path, tmp_path: Path):
+    from headstart.data.images import network_input
+    from headstart.report.page import _where_it_looked
+    from headstart.trust.cam import overlay
+
+    note = "with the class activation map of its"
+    assert note in (calibrated_run / "report.html").read_text()  # written by save, the model at hand
+    assert cli("report", calibrated_run)[0] == ExitStatus.SUCCESS  # rebuilt: the model is loaded for the maps
+    assert note in (calibrated_run / "report.html").read_text()
+    images = sorted((calibrated_run.parent / "data").rglob("*.png"))[:2]
+    model = headstart.load(calibrated_run, verbose=0)
+    run = dataclasses.replace(read_run(calibrated_run), explainer=lambda: model)
+    pictures = _where_it_looked(run, images)
+    for image, picture, cam in zip(images, pictures, model.explain(images)):  # the predicted class's map
+        np.testing.assert_array_equal(picture, overlay(network_input(image, model.preprocessing), cam))
+    onnx, page = tmp_path / "m.onnx", tmp_path / "evaluation.html"
+    assert cli("export", calibrated_run, "--output", onnx)[0] == ExitStatus.SUCCESS
+    status, captured = cli("evaluate", onnx, calibrated_run.parent / "data", "--report", page)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    assert "Most confidently wrong" in page.read_text() and note not in page.read_text()  # an export has no maps

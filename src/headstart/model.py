@@ -365,7 +365,7 @@ class ImageClassifier(ProbabilityPredictor):
         if report and getattr(self, "split_", None) is not None:
             from .report.page import write_report
 
-            write_report(directory)
+            write_report(directory, explainer=lambda: self)
         if self._callbacks is not None:
             self._callbacks.on_save(directory)
         return directory

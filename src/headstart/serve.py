@@ -8,7 +8,10 @@ Uploads are bounded in size, count and time. In a request of several images, a b
 one gets its own error entry (naming the file and the reason) and the good ones
 their predictions; a request with no usable image gets a 4xx. Every error, FastAPI's
 422 validation errors included, has one shape: ``{"error": "..."}``. Each request
-is logged in one line (client, method, path, status, milliseconds). A client
+is logged in one line (client, method, path, status, milliseconds). A single-label
+model's answer carries each image's score (its highest probability); ``?reject=auto`` (or a
+probability) answers ``unknown`` below the threshold, and ``?coverage=0.9`` adds the prediction
+set (:mod:`headstart.trust`), the server's defaults coming from :class:`ServeConfig`. A client
 gets ``timeout_s`` to send its whole request (headers and body), then the
 connection is closed (408); open connections are bounded by ``max_connections``,
 so slow or half-open clients cannot hold the server.
@@ -29,6 +32,7 @@ import numpy as np
 from .data.images import network_input
 from .errors import UsageError
 from .predictor import Predictor
+from .trust import UNKNOWN, TrustPolicy, reject_option
 
 __all__ = ["ServeConfig", "create_app", "server_config", "serve", "ACCESS_LOG"]
 
@@ -45,6 +49,8 @@ class ServeConfig:
     timeout_s: float = 30.0  # to receive a whole request, and for the model to answer it
     top_k: int = 3
     max_connections: int = 64  # open at once; more are closed on arrival
+    reject: str | float | None = None  # a request's default "none of these" ("auto" or a probability)
+    coverage: float | None = None  # a request's default prediction-set coverage
 
 
 class _Batcher:
@@ -138,20 +144,26 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None, source: 
         return info
 
     @app.post("/predict")
-    async def predict(files: list[UploadFile] = File(...)):
+    async def predict(files: list[UploadFile] = File(...), reject: str | None = None, coverage: float | None = None):
         if len(files) > config.max_images:
             raise HTTPException(413, f"too many images: {len(files)} (at most {config.max_images} per request)")
+        try:  # the query's reject and coverage, else the server's; refused before any image is read
+            policy = TrustPolicy.of(predictor.head_, classes, config.reject if reject is None else reject_option(reject),
+                                    config.coverage if coverage is None else coverage)
+        except UsageError as exc:
+            raise HTTPException(400, str(exc)) from None
         decoded = [await _read(upload, predictor, config) for upload in files]
         good = [i for i, item in enumerate(decoded) if not isinstance(item, HTTPException)]
         if not good:  # nothing to predict: the request itself failed, with the first file's reason
             first = decoded[0]
-            return JSONResponse({"error": first.detail, "predictions": _entries(files, decoded, {}, classes, predictor, config)},
+            return JSONResponse({"error": first.detail, "predictions": _entries(files, decoded, {}, predictor, policy,
+                                                                                    config)},
                                 status_code=first.status_code)
         try:
             proba = await asyncio.wait_for(batcher.predict([decoded[i] for i in good]), config.timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(503, f"the model did not answer within {config.timeout_s:g} s") from None
-        return {"predictions": _entries(files, decoded, dict(zip(good, proba)), classes, predictor, config)}
+        return {"predictions": _entries(files, decoded, dict(zip(good, proba)), predictor, policy, config)}
 
     return app
 
@@ -171,9 +183,12 @@ async def _read(upload, predictor, config: ServeConfig):
         return exc
 
 
-def _entries(files, decoded, proba: dict, classes: list[str], predictor, config: ServeConfig) -> list[dict]:
+def _entries(files, decoded, proba: dict, predictor, policy: TrustPolicy, config: ServeConfig) -> list[dict]:
     """One entry per uploaded file, in upload order: its error, or its top-k classes (a multi-label
-    model's: its label set, and every class's probability, most probable first)."""
+    model's: its label set, and every class's probability, most probable first; a single-label
+    model's: its class, ``unknown`` when ``policy`` rejects it, its score, and its prediction set
+    when a coverage is asked)."""
+    classes = predictor.classes_
     k = len(classes) if predictor.multi_label_ else min(config.top_k, len(classes))
     entries = []
     for i, upload in enumerate(files):
@@ -188,7 +203,11 @@ def _entries(files, decoded, proba: dict, classes: list[str], predictor, config:
             entry["labels"] = [c for c, p, t in zip(classes, row, predictor.thresholds_) if p >= t]
             entry["probabilities"] = {c: float(p) for c, p in zip(classes, row)}
         else:
-            entry.update({"class": classes[order[0]], "probability": float(row[order[0]])})
+            judged = policy.judge(row)
+            entry.update({"class": UNKNOWN if judged.unknown else classes[order[0]],
+                          "probability": float(row[order[0]]), "score": judged.score})
+            if judged.chosen is not None:
+                entry["prediction_set"] = [classes[j] for j in judged.chosen]
         entries.append(entry)
     return entries
 
@@ -217,8 +236,9 @@ def _decode(predictor, data: bytes, name: str) -> np.ndarray:
 
 
 def _describe(predictor) -> dict:
-    if hasattr(predictor, "metadata"):
-        return {"backbone": predictor.metadata.get("backbone"), "engine": predictor.engine}
+    if hasattr(predictor, "metadata"):  # an exported file: its metrics travel in its metadata
+        return {"backbone": predictor.metadata.get("backbone"), "engine": predictor.engine,
+                "metrics": predictor.metadata.get("metrics", {})}
     score = "mean_ap" if predictor.multi_label_ else "accuracy"
     splits = predictor.metrics_.splits() if predictor.metrics_ is not None else {}
     return {"backbone": predictor.config_.backbone.name, "engine": "pytorch",

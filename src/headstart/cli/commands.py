@@ -102,9 +102,10 @@ def _outside_data(out: Path, split: DatasetSplit, data: Path | None, verb: str) 
 
 
 def report_command(args: argparse.Namespace, console: Console) -> ExitStatus:
+    from ..model import load
     from ..report.page import write_report
 
-    console.result(str(write_report(args.run)))
+    console.result(str(write_report(args.run, explainer=lambda: load(args.run, verbose=0))))
     return ExitStatus.SUCCESS
 
 
@@ -177,10 +178,14 @@ def export_command(args: argparse.Namespace, console: Console) -> ExitStatus:
 def serve_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     from ..model import open_model
     from ..serve import ServeConfig, serve
+    from ..trust import TrustPolicy, reject_option
 
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
-                         max_images=args.max_images, timeout_s=args.timeout)
+                         max_images=args.max_images, timeout_s=args.timeout,
+                         reject=reject_option(args.reject, "--reject"), coverage=args.coverage)
     predictor = open_model(args.model)
+    # What the model cannot do is said now, in the options' names, not in every request's answer.
+    TrustPolicy.of(predictor.head_, predictor.classes_, config.reject, config.coverage, ("--reject", "--coverage"))
     _check_listen(args.host, args.port)  # a port in use is said now, not after the server's own retries
     console.info(f"serving {args.model} on http://{args.host}:{args.port}/  (API docs: /docs; Ctrl-C stops)")
     serve(predictor, args.host, args.port, config, source=args.model)

@@ -55,6 +55,7 @@ def evaluate_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     if args.report:
         from ..report.page import write_evaluation_report
 
-        write_evaluation_report(evaluation, clf.classes_, args.report, f"{args.model} on {evaluation.scope}")
+        write_evaluation_report(evaluation, clf.classes_, args.report, f"{args.model} on {evaluation.scope}",
+                                (lambda: clf) if hasattr(clf, "explain") else None)
         console.info(f"report written to {args.report}")
     return ExitStatus.SUCCESS

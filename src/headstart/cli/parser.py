@@ -394,6 +394,11 @@ def add_serve(commands, name: str) -> argparse.ArgumentParser:
     v.add_argument("--max-upload-mb", type=float, default=20.0, help="largest file accepted (default: 20 MB)")
     v.add_argument("--max-images", type=int, default=16, help="images per request")
     v.add_argument("--timeout", type=float, default=30.0, help="seconds a request may take to arrive, and to wait for the model")
+    g = v.add_argument_group("trust (single-label models; a request's ?reject= and ?coverage= override these)")
+    g.add_argument("--reject", metavar="auto|P", help="answer 'unknown' for an image whose highest probability "
+                   "(its score) is below P; auto: the threshold that keeps 95%% of the validation images")
+    g.add_argument("--coverage", type=float, metavar="C", help="also answer each image's prediction set, holding "
+                   "the true class with probability C (split conformal prediction)")
     return v
 
 

@@ -25,6 +25,7 @@ from .._console import Console
 from .._io import TEXT_ERRORS, atomic_path, csv_cell, json_line
 from ..config import LABEL_SEP
 from ..errors import DataError, ExitStatus, UsageError
+from ..trust import TrustPolicy, reject_option
 from .parser import check_output
 
 __all__ = ["predict_command", "open_predictor"]
@@ -39,13 +40,13 @@ def predict_command(args: argparse.Namespace, console: Console) -> ExitStatus:
         raise UsageError(f"--threshold must be in [0, 1]. Got {args.threshold} instead.")
     if distributed.is_main():
         check_output(args.output, args.overwrite, (".csv", ".json"))
-    reject = _reject_option(args.reject)
+    reject = reject_option(args.reject, "--reject")
     if args.explain is not None and args.explain.exists() and not args.explain.is_dir():
         raise UsageError(f"--explain {args.explain}: expected a folder, and it is a file")
     clf = open_predictor(args, console)
     if args.threshold is not None and not clf.multi_label_:
         raise UsageError(f"--threshold applies to multi-label models; {args.model} predicts one class per image")
-    trust = _Trust.of(clf, reject, args.coverage)
+    trust = TrustPolicy.of(clf.head_, clf.classes_, reject, args.coverage, ("--reject", "--coverage"))
     if args.explain is not None and not hasattr(clf, "explain"):
         raise UsageError(f"--explain needs a run folder (PyTorch): {args.model}, an exported model, outputs "
                          "probabilities alone")
@@ -149,50 +150,21 @@ def _prediction_rows(clf, inputs: list[_Input], describe, batch_size: int, tta: 
         yield {"path": item.name, **describe(p.probabilities), "error": None}
 
 
-@dataclass(frozen=True)
-class _Trust:
-    """What ``--reject`` and ``--coverage`` ask of a single-label model: the rejection threshold,
-    and the conformal quantile of the coverage (:mod:`headstart.trust`); None where not asked."""
-
-    threshold: float | None = None
-    quantile: float | None = None
-
-    @classmethod
-    def of(cls, clf, reject: str | float | None, coverage: float | None) -> _Trust:
-        from ..trust import check_trust_options, conformal_quantile
-
-        threshold = check_trust_options(clf.head_, clf.classes_, reject, coverage, ("--reject", "--coverage"))
-        quantile = conformal_quantile(clf.head_.conformal_scores, coverage) if coverage is not None else None
-        return cls(threshold, quantile)
-
-
-def _reject_option(value: str | None) -> str | float | None:
-    """``--reject``: ``auto`` or a probability (its range is checked with the model's options)."""
-    if value is None or value == "auto":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise UsageError(f"--reject must be 'auto' or a probability in [0, 1]. Got {value!r} instead.") from None
-
-
-def _top_k(classes: tuple[str, ...], k: int, trust: _Trust = _Trust()):
+def _top_k(classes: tuple[str, ...], k: int, trust: TrustPolicy = TrustPolicy()):
     """A single-label model's columns: the most probable class (``unknown`` when ``--reject``
     rejects the image, whose score is then a column of its own), the ``k`` most probable, and
     with ``--coverage`` the prediction set, most probable first."""
-    from ..trust import UNKNOWN, known_scores, sets_within
+    from ..trust import UNKNOWN
 
     def describe(probabilities: np.ndarray) -> dict:
         order = probabilities.argsort()[::-1]
         top = [{"class": classes[i], "probability": round(float(probabilities[i]), 6)} for i in order[:k]]
         row = {"class": top[0]["class"], "probability": top[0]["probability"], "top_k": top}
-        score = float(known_scores(probabilities[None])[0])
-        unknown = trust.threshold is not None and score < trust.threshold
+        judged = trust.judge(probabilities)
         if trust.threshold is not None:
-            row.update({"class": UNKNOWN if unknown else row["class"], "score": round(score, 6)})
-        if trust.quantile is not None:
-            chosen = sets_within(probabilities[None], trust.quantile)[0]
-            row["set"] = [] if unknown else [classes[i] for i in order if chosen[i]]
+            row.update({"class": UNKNOWN if judged.unknown else row["class"], "score": round(judged.score, 6)})
+        if judged.chosen is not None:
+            row["set"] = [classes[i] for i in judged.chosen]
         return row
 
     return describe
@@ -250,7 +222,7 @@ def _print_table(rows: Iterator[dict], console: Console) -> tuple[int, int]:
     return count, failed
 
 
-def _write_predictions_csv(rows: Iterator[dict], path: Path, top_k: int, trust: _Trust = _Trust()
+def _write_predictions_csv(rows: Iterator[dict], path: Path, top_k: int, trust: TrustPolicy = TrustPolicy()
                            ) -> tuple[int, int]:
     """One row per image; the runners-up in their own columns, so any class name is safe; with
     ``--reject`` the score, with ``--coverage`` the prediction set (``;``-separated)."""
@@ -286,8 +258,7 @@ def _write_maps(clf, paths: list[Path], args: argparse.Namespace, console: Conso
 
     from PIL import Image
 
-    from ..data.images import network_input
-    from ..trust.cam import overlay
+    from ..trust.cam import overlays
 
     folder = args.explain
     folder.mkdir(parents=True, exist_ok=True)
@@ -297,16 +268,16 @@ def _write_maps(clf, paths: list[Path], args: argparse.Namespace, console: Conso
         chunk = paths[start:start + args.batch_size]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # predict has already named each unreadable image
-            maps = clf.explain(chunk, batch_size=args.batch_size)
-        for path, cam in zip(chunk, maps):
-            if np.isnan(cam).all():
+            pictures = overlays(clf, chunk, args.batch_size)
+        for path, picture in zip(chunk, pictures):
+            if picture is None:
                 continue
             name = _free_name(path.stem, taken)
             target = folder / f"{name}.png"
             if target.exists() and not args.overwrite:
                 raise UsageError(f"--explain {target} exists: choose another folder or pass --overwrite")
             with atomic_path(target) as tmp:
-                Image.fromarray(overlay(network_input(path, clf.preprocessing), cam)).save(tmp, format="PNG")
+                Image.fromarray(picture).save(tmp, format="PNG")
             written += 1
     console.info(f"{written} class activation map(s) written to {folder}")
 

@@ -1,18 +1,21 @@
 """``report.html``: what a run learned, in one self-contained page.
 
-Built from the run folder's files alone (``config.json``, ``metrics.json``,
+Built from the run folder's files (``config.json``, ``metrics.json``,
 ``history.csv``, ``predictions.csv``, ``skipped.csv``, ``run.json``), so
-``headstart report RUN`` can rebuild it at any time without loading the
-model. The plots are written beside it in ``plots/`` and embedded in the page,
-with thumbnails of the images it shows: the page opens offline, anywhere.
+``headstart report RUN`` can rebuild it at any time; the model itself is loaded
+only to map where it looked in its most confident mistakes. The plots are
+written beside it in ``plots/`` and embedded in the page, with thumbnails of
+the images it shows: the page opens offline, anywhere.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import tempfile
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +24,7 @@ import numpy as np
 from .. import _html as h
 from .._console import Console
 from .._io import write_text
+from ..errors import UsageError
 from ..record import SplitMetrics
 from ..runfolder import METRICS_FILE, PLOTS_DIR, REPORT_FILE, SKIPPED_FILE
 from . import plots
@@ -37,9 +41,11 @@ MISTAKES_SHOWN = 16
 SKIPPED_SHOWN = 50
 
 
-def write_report(directory: str | Path, console: Console | None = None) -> Path:
-    """Write ``report.html`` and its plots into the run folder; returns the page's path."""
-    run = read_run(directory)
+def write_report(directory: str | Path, console: Console | None = None,
+                 explainer: Callable[[], object] | None = None) -> Path:
+    """Write ``report.html`` and its plots into the run folder; returns the page's path.
+    ``explainer`` gives the run's model, to map where it looked in its mistakes (:class:`PageData`)."""
+    run = dataclasses.replace(read_run(directory), explainer=explainer)
     plot_dir = run.directory / PLOTS_DIR
     plot_dir.mkdir(exist_ok=True)
     sections = [_header(run), _data_section(run), _settings_section(run), _backbones_section(run),
@@ -54,12 +60,13 @@ def write_report(directory: str | Path, console: Console | None = None) -> Path:
     return path
 
 
-def write_evaluation_report(evaluation: Evaluation, classes: Sequence[str], path: str | Path, title: str) -> Path:
+def write_evaluation_report(evaluation: Evaluation, classes: Sequence[str], path: str | Path, title: str,
+                            explainer: Callable[[], object] | None = None) -> Path:
     """The page of ``headstart evaluate --report``: the training report's metrics, plots, most
     confused classes, mistakes and top losses, for the images evaluated (plots embedded only)."""
     path = Path(path)
     run = PageData(path.parent, tuple(classes), False, {EVALUATED: evaluation.metrics},
-                   evaluation.prediction_rows(classes), evaluation.data)
+                   evaluation.prediction_rows(classes), evaluation.data, explainer=explainer)
     notes = [f"<h1>{h.escape(title)}</h1>",
              f"<p>{len(evaluation.samples)} image(s) scored: {h.escape(evaluation.scope)}.</p>"]
     if evaluation.left_out:
@@ -119,7 +126,8 @@ def _settings_section(run: PageData) -> str:
     if m.features:  # the engine that really computed the features, not "auto"
         rows.append(["feature engine", m.features.engine])
     if m.head:
-        rows.append(["head L2 strength", f"C={m.head.C:g} (chosen on validation loss)"])
+        rows.append(["head L2 strength", f"C={m.head.C:g} (chosen on validation loss"
+                     + ("; then refitted on train + val)" if m.head.refitted else ")")])
     rows += [[name.replace("_", " "), value] for name, value in run.record.used_settings().items()]
     versions = ", ".join(f"{k} {v}" for k, v in config.versions.items())
     return ("<h2>Settings</h2>" + h.table(["setting", "value"], rows)
@@ -253,10 +261,30 @@ def _mistakes_section(run: PageData, rows: list[dict], y_true: np.ndarray, proba
     (plot_dir / "confident_mistakes.png").unlink(missing_ok=True)  # a rebuilt report has no stale grid
     if not len(wrong):
         return heading + '<p class="ok">No misclassified image.</p>'
-    mistakes = [plots.Mistake(_image_path(run, rows[i]["path"]), rows[i]["class"], rows[i]["predicted"],
-                              float(proba[i].max())) for i in wrong]
+    paths = [_image_path(run, rows[i]["path"]) for i in wrong]
+    pictures = _where_it_looked(run, paths)
+    mistakes = [plots.Mistake(path, rows[i]["class"], rows[i]["predicted"], float(proba[i].max()), picture)
+                for path, i, picture in zip(paths, wrong, pictures)]
     path = plots.save(plots.confident_mistakes(mistakes, title), plot_dir / "confident_mistakes.png")
-    return heading + h.image(path, "most confidently wrong images")
+    note = ('<p class="muted">Each image as the network saw it, with the class activation map of its '
+            "(wrong) predicted class over it: where the evidence for that class was.</p>"
+            if any(p is not None for p in pictures) else "")
+    return heading + note + h.image(path, "most confidently wrong images")
+
+
+def _where_it_looked(run: PageData, paths: list[Path]) -> list[np.ndarray | None]:
+    """The network inputs of ``paths`` with their predicted class's activation map over them;
+    Nones without a model to ask, or one whose backbone has no spatial map (a transformer's tokens)."""
+    if run.explainer is None:
+        return [None] * len(paths)
+    from ..trust.cam import overlays
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an unreadable image is already shown as such
+            return overlays(run.explainer(), paths)
+    except UsageError:
+        return [None] * len(paths)
 
 
 def _top_losses_section(run: PageData, rows: list[dict], y_true: np.ndarray, proba: np.ndarray,

@@ -207,12 +207,15 @@ def reliability_diagram(y_true: np.ndarray, proba: np.ndarray, bins: int = CALIB
 
 @dataclass(frozen=True)
 class Mistake:
-    """A misclassified image: its file, true class, predicted class and that prediction's probability."""
+    """A misclassified image: its file, true class, predicted class and that prediction's
+    probability; ``picture``, when given, is shown instead of the file (the network's input with
+    a class activation map over it)."""
 
     path: Path
     true: str
     predicted: str
     probability: float
+    picture: np.ndarray | None = None
 
 
 def confident_mistakes(mistakes: Sequence[Mistake], split: str = "validation", columns: int = 4,
@@ -226,7 +229,8 @@ def confident_mistakes(mistakes: Sequence[Mistake], split: str = "validation", c
         ax.axis("off")
     for ax, mistake in zip(axes, mistakes):
         try:
-            ax.imshow(np.asarray(load_thumbnail(mistake.path, thumbnail)))
+            ax.imshow(mistake.picture if mistake.picture is not None
+                      else np.asarray(load_thumbnail(mistake.path, thumbnail)))
         except DECODE_ERRORS:
             ax.text(0.5, 0.5, "cannot read the image", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(f"true: {_short(mistake.true, 18)}\npredicted: {_short(mistake.predicted, 18)} "

@@ -5,6 +5,7 @@ formatting rules its sections share (report.page and report.multilabel both buil
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,9 @@ class PageData:
     skipped: list[dict] = field(default_factory=list)
     # The comparison --backbone auto chose the backbone from; empty otherwise.
     backbones: list[dict] = field(default_factory=list)
+    # Gives the PyTorch model that maps where it looked in the mistakes shown; called only when
+    # there are some (loading a model costs seconds). None: the mistakes are shown as they are.
+    explainer: Callable[[], object] | None = None
 
 
 def read_run(directory: str | Path) -> PageData:

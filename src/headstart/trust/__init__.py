@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from .calibration import apply_temperature, fit_temperature
 from .conformal import conformal_quantile, conformity_scores, prediction_sets, sets_within
-from .decisions import check_trust_options, decide
-from .reject import UNKNOWN, keeping_threshold, known_scores, rejected
+from .decisions import Judgement, TrustPolicy, check_trust_options, decide
+from .reject import UNKNOWN, keeping_threshold, known_scores, reject_option, rejected
 
 __all__ = ["apply_temperature", "fit_temperature", "conformal_quantile", "conformity_scores", "prediction_sets",
-           "sets_within", "check_trust_options", "decide", "UNKNOWN", "keeping_threshold", "known_scores", "rejected"]
+           "sets_within", "check_trust_options", "decide", "TrustPolicy", "Judgement", "UNKNOWN",
+           "keeping_threshold", "known_scores", "reject_option", "rejected"]

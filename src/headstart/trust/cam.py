@@ -24,7 +24,7 @@ from ..errors import UsageError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["class_maps", "overlay"]
+__all__ = ["class_maps", "overlay", "overlays"]
 
 
 def class_maps(runtime: tuple, preprocessing: Preprocessing, paths: Sequence[Path], batch_size: int = 32
@@ -84,3 +84,12 @@ def overlay(pixels: np.ndarray, cam: np.ndarray, strength: float = 0.6) -> np.nd
     colour = np.concatenate([np.full_like(heat, 255), 255 * heat, np.zeros_like(heat)], axis=2)
     alpha = strength * heat
     return np.clip((1 - alpha) * image + alpha * colour, 0, 255).astype(np.uint8)
+
+
+def overlays(model, paths: Sequence[Path], batch_size: int = 32) -> list[np.ndarray | None]:
+    """Each image's network input with the map of its most probable class over it (:func:`overlay`;
+    None for an image that cannot be read). ``model``: a run folder's
+    :class:`~headstart.model.ImageClassifier` (its ``explain`` and ``preprocessing``)."""
+    maps = model.explain(paths, batch_size=batch_size)
+    return [None if np.isnan(cam).all() else overlay(network_input(path, model.preprocessing), cam)
+            for path, cam in zip(paths, maps)]

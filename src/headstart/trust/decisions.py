@@ -9,15 +9,16 @@ NumPy only.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..config import HeadSpec
 from ..errors import UsageError
-from .conformal import check_coverage, prediction_sets
-from .reject import UNKNOWN, reject_threshold, rejected
+from .conformal import check_coverage, conformal_quantile, prediction_sets, sets_within
+from .reject import UNKNOWN, known_scores, reject_threshold, rejected
 
-__all__ = ["check_trust_options", "decide"]
+__all__ = ["check_trust_options", "decide", "TrustPolicy", "Judgement"]
 
 
 def check_trust_options(head: HeadSpec, classes: Sequence[str], reject: str | float | None,
@@ -59,3 +60,40 @@ def decide(proba: np.ndarray, classes: Sequence[str], head: HeadSpec, reject: st
     out[readable] = names[proba[readable].argmax(axis=1)]
     out[unknown] = UNKNOWN
     return out
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One image's trust figures: its score (highest probability), whether it is rejected, and its
+    prediction set (class indices, most probable first; None when no coverage was asked)."""
+
+    score: float
+    unknown: bool
+    chosen: tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """What ``reject`` and ``coverage`` ask of a single-label model, resolved once against its head
+    (the rejection threshold, the conformal quantile; None where not asked), then applied image
+    by image: ``headstart predict`` writes its rows with it, ``serve`` its answers."""
+
+    threshold: float | None = None
+    quantile: float | None = None
+
+    @classmethod
+    def of(cls, head: HeadSpec, classes: Sequence[str], reject: str | float | None, coverage: float | None,
+           flags: tuple[str, str] = ("reject", "coverage")) -> TrustPolicy:
+        threshold = check_trust_options(head, classes, reject, coverage, flags)
+        quantile = conformal_quantile(head.conformal_scores, coverage) if coverage is not None else None
+        return cls(threshold, quantile)
+
+    def judge(self, probabilities: np.ndarray) -> Judgement:
+        """The figures of one image's probability row (the set is empty when the image is rejected)."""
+        score = float(known_scores(probabilities[None])[0])
+        unknown = self.threshold is not None and score < self.threshold
+        chosen = None
+        if self.quantile is not None:
+            inside = sets_within(probabilities[None], self.quantile)[0]
+            chosen = () if unknown else tuple(int(i) for i in probabilities.argsort()[::-1] if inside[i])
+        return Judgement(score, unknown, chosen)

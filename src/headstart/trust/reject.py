@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import UsageError
 
-__all__ = ["UNKNOWN", "KEEP_KNOWN", "known_scores", "keeping_threshold", "reject_threshold", "rejected"]
+__all__ = ["UNKNOWN", "KEEP_KNOWN", "known_scores", "keeping_threshold", "reject_option", "reject_threshold",
+           "rejected"]
 
 UNKNOWN = "unknown"  # the class column of a rejected image
 KEEP_KNOWN = 0.95  # the share of known validation images that reject="auto" keeps
@@ -39,6 +40,17 @@ def keeping_threshold(scores: np.ndarray, keep: float = KEEP_KNOWN) -> float | N
     if not len(scores):
         return None
     return float(scores[math.floor(len(scores) * (1 - keep) + 1e-9)])
+
+
+def reject_option(value: str | None, where: str = "reject") -> str | float | None:
+    """``reject`` as a user types it (a command-line option, a query parameter): ``auto`` or a
+    probability, whose range :func:`reject_threshold` checks against the model."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"'{where}' must be 'auto' or a probability in [0, 1]. Got {value!r} instead.") from None
 
 
 def reject_threshold(reject: str | float, auto: float | None, where: str = "reject") -> float:
