@@ -24,7 +24,7 @@ from headstart.features.cache import CacheLayout
 from headstart.features.engines import TOLERANCE, PooledFeatures, create_engine, feature_error
 from headstart.features.pipeline import FeatureRequest, extract_features
 from headstart.features.rows import FeatureMatrix, Rows
-from headstart.training.linear import fit_linear_head, fit_logistic, linear_probabilities
+from headstart.training.linear import fit_linear_head, fit_logistic, linear_probabilities, smoothed_scale
 from headstart._console import Console
 
 from conftest import TINY_BACKBONE, make_folder, make_image
@@ -188,6 +188,37 @@ def test_linear_head_picks_l2_on_validation_and_applies_to_raw_features():
     assert head.weight.shape == (2, 8) and head.val.accuracy > 0.85
     proba = linear_probabilities(head.weight, head.bias, xv * 10 + 3)
     assert np.allclose(proba.sum(1), 1) and (proba.argmax(1) == yv).mean() == pytest.approx(head.val.accuracy)
+
+
+def test_a_refitted_head_keeps_the_strength_and_the_honest_figures_of_the_head_before_it():
+    x, y = gaussian_classes(60, 1.0)
+    xv, yv = gaussian_classes(60, 1.0, seed=1)
+    train, val = Rows.from_array(x, y), Rows.from_array(xv, yv)
+    both = Rows.from_array(np.concatenate([x, xv]), np.concatenate([y, yv]))
+    plain = fit_linear_head(train, val, num_classes=2)
+    refitted = fit_linear_head(train, val, num_classes=2, refit=both)
+    assert refitted.C == plain.C and refitted.val == plain.val  # chosen on validation, figures from before
+    np.testing.assert_array_equal(refitted.guarded[0], plain.weight)
+    np.testing.assert_allclose(refitted.val_proba, linear_probabilities(plain.weight, plain.bias, xv), atol=1e-3)
+    np.testing.assert_allclose(refitted.weight, fit_logistic(both, 2, plain.C)[0], atol=1e-3)
+    assert not np.allclose(refitted.weight, plain.weight)
+
+
+def test_fine_tuning_starts_from_the_head_scaled_to_its_smoothed_loss():
+    x, y = gaussian_classes(200, 3.0)  # separable: the exact head is far more confident than smoothing allows
+    rows = Rows.from_array(x, y)
+    head = fit_linear_head(rows, None, num_classes=2)
+    scale = smoothed_scale(rows, head.weight, head.bias, 0.1)
+
+    def smoothed_loss(s: float) -> float:
+        p = linear_probabilities(head.weight * s, head.bias * s, x)
+        target = np.full_like(p, 0.05)
+        target[np.arange(len(y)), y] = 0.95
+        return float(-(target * np.log(p)).sum(1).mean())
+
+    assert 0 < scale < 1 and smoothed_loss(scale) < min(smoothed_loss(1.0), smoothed_loss(scale * 0.8),
+                                                         smoothed_loss(min(scale * 1.25, 1.0)))
+    assert smoothed_scale(rows, head.weight, head.bias, 0.0) == 1.0  # nothing to soften without smoothing
 
 
 def test_linear_head_cross_validates_without_a_validation_split():

@@ -104,9 +104,12 @@ def test_evaluate_with_a_label_file(run, mosaics: Path, cli, tmp_path: Path):
     assert status == ExitStatus.SUCCESS, captured.stderr
     assert "mAP" in captured.stdout and "Hamming loss" in captured.stdout
     metrics = json.loads(target.read_text())
-    # The images the run trained on are left out, as for any evaluation (its split.csv lists them).
-    assert metrics["left_out_trained_on"] > 0 and metrics["count"] == 160 - metrics["left_out_trained_on"]
-    assert metrics["mean_ap"] >= 0.85 and metrics["skipped"] == []
+    # The images the run trained on are left out, as for any evaluation (its split.csv lists them):
+    # the validation ones too, since the heads were refitted on them. The test mosaics remain.
+    seen = [r for r in csv.DictReader(open(out / "split.csv")) if r["split"] in ("train", "val")]
+    assert metrics["left_out_trained_on"] == len(seen)
+    assert metrics["count"] == 160 - metrics["left_out_trained_on"]
+    assert metrics["mean_ap"] >= 0.8 and metrics["skipped"] == []
 
 
 def test_the_report_shows_what_a_multi_label_model_learned(run):

@@ -20,7 +20,7 @@ from headstart.training.stages import fine_tune_improved, guard_verdict, likely_
 
 from headstart.errors import ExitStatus
 
-from conftest import TINY_BACKBONE, make_folder
+from conftest import TINY_BACKBONE, make_folder, make_image
 
 
 def tiny_net() -> ClassifierNet:
@@ -81,6 +81,7 @@ def test_fine_tune_is_kept_only_when_validation_improves():
     assert fine_tune_improved(before, EpochStats(0.10, 0.95, 100))
     assert not fine_tune_improved(before, EpochStats(0.10, 0.94, 100))
     assert not fine_tune_improved(before, EpochStats(0.20, 0.95, 100))
+    assert not fine_tune_improved(before, EpochStats(0.199, 0.96, 100))  # both within the noise
 
 
 def test_the_guard_weighs_calibrated_losses_when_both_have_them():
@@ -169,6 +170,19 @@ def test_label_smoothing_softens_single_label_targets_and_never_multi_label_ones
     assert criterion(logits, target) == pytest.approx(nn.BCEWithLogitsLoss()(logits, target))  # unsmoothed
 
 
+def test_training_crops_are_smaller_than_the_input_the_model_is_evaluated_on():
+    from PIL import Image
+
+    from headstart.config import Preprocessing
+    from headstart.data.loader import eval_transform, train_size, train_transform
+
+    pre = Preprocessing((3, 224, 224), "bicubic", (0.5,) * 3, (0.5,) * 3, 0.875)
+    image = Image.new("RGB", (300, 260), (90, 140, 30))
+    assert train_size(pre) == (176, 176)  # FixRes: random resized crops show objects larger
+    assert tuple(train_transform(pre, "light")(image).shape) == (3, 176, 176)
+    assert tuple(eval_transform(pre)(image).shape) == tuple(train_transform(pre, "none")(image).shape) == (3, 224, 224)
+
+
 def test_strong_augmentation_crops_harder_and_adds_rotation_and_colour():
     from torchvision.transforms import v2 as T
 
@@ -192,8 +206,8 @@ def test_a_kept_fine_tune_is_refitted_on_train_and_val_and_reports_the_guarded_m
     args = [*tiny_args, "--fine-tune-epochs", "2", "--no-blend", "--patience", "0", "--val-fraction", "0.4",
             "--test-fraction", "0.2"]  # enough validation images to calibrate on
     runs = {name: tmp_path / name for name in ("refit", "guarded")}
-    assert cli("train", data, "--out", runs["refit"], *args, "--refit")[0] == ExitStatus.SUCCESS
-    assert cli("train", data, "--out", runs["guarded"], *args)[0] == ExitStatus.SUCCESS
+    assert cli("train", data, "--out", runs["refit"], *args)[0] == ExitStatus.SUCCESS  # the default
+    assert cli("train", data, "--out", runs["guarded"], *args, "--no-refit")[0] == ExitStatus.SUCCESS
     metrics = {name: json.loads((run / "metrics.json").read_text()) for name, run in runs.items()}
     refit, guarded = metrics["refit"], metrics["guarded"]
     assert refit["fine_tune"]["refit_epochs"] == refit["fine_tune"]["best_epoch"]
@@ -220,3 +234,30 @@ def test_a_kept_fine_tune_is_refitted_on_train_and_val_and_reports_the_guarded_m
     counts = refit["counts"]
     left_out = sum(counts["train"].values()) + sum(counts["val"].values())
     assert f"{left_out} image(s) the model was trained on" in captured.stderr
+
+
+def test_refit_gives_the_lightweight_head_the_validation_photos_once_they_have_chosen(cli, tiny_weights,
+                                                                                      tmp_path: Path):
+    from safetensors.numpy import load_file
+
+    data = tmp_path / "data"
+    for name, colour in (("plum", (120, 90, 110)), ("mauve", (110, 90, 120))):  # close: validation photos teach
+        for i in range(30):
+            make_image(data / name / f"{name}_{i:03d}.png", colour, seed=i)
+    args = ["--backbone", TINY_BACKBONE, "--weights", str(tiny_weights), "--image-size", "32", "--workers", "0",
+            "--workflow", "lightweight", "--val-fraction", "0.4", "--test-fraction", "0.2"]
+    runs = {name: tmp_path / name for name in ("refit", "plain")}
+    assert cli("train", data, "--out", runs["refit"], *args)[0] == ExitStatus.SUCCESS  # the default
+    assert cli("train", data, "--out", runs["plain"], *args, "--no-refit")[0] == ExitStatus.SUCCESS
+    metrics = {name: json.loads((run / "metrics.json").read_text()) for name, run in runs.items()}
+    assert metrics["refit"]["head"]["refitted"] and not metrics["plain"]["head"]["refitted"]
+    assert metrics["refit"]["head"]["C"] == metrics["plain"]["head"]["C"]  # chosen on validation, then refitted
+    assert metrics["refit"]["val"] == metrics["plain"]["val"]  # the validation figures: the head before its refit
+    weights = {name: load_file(str(run / "model.safetensors"))["head.fc.weight"] for name, run in runs.items()}
+    assert not np.allclose(weights["refit"], weights["plain"])
+    status, captured = cli("evaluate", runs["refit"], data)
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    counts = metrics["refit"]["counts"]
+    assert f"{sum(counts['train'].values()) + sum(counts['val'].values())} image(s) the model was trained on" \
+        in captured.stderr
+

@@ -205,10 +205,10 @@ class TrainingConfig:
     unfreeze_last: int | None = 4  # None: the whole backbone
     layer_decay: float = 1.0  # fine-tuning: each block's rate, this times the next block's (1: one rate)
     blend: bool = True  # fine-tuning: also try blends of its weights with stage 1's, keep the best
-    # Fine-tuning kept: train it again from stage 1 on train + val, the validation photos given back
-    # once they have chosen (scikit-learn's refit), at the epochs the guarded run kept. Off by
-    # default until benchmarks/bench_vs_reference.py has measured what it buys and costs.
-    refit: bool = False
+    # Once the validation photos have chosen, give them back (scikit-learn's refit): the lightweight
+    # head is fitted again on train + val at its L2 strength, and a kept fine-tune runs again from
+    # stage 1 on train + val for the epochs it kept (benchmarks/bench_vs_reference.py measured both).
+    refit: bool = True
     calibrate: bool = True  # single-label: fit a temperature on the validation images (headstart.trust)
     val_fraction: float = 0.2
     test_fraction: float = 0.0

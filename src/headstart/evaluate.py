@@ -98,8 +98,7 @@ def run_folder_of(model: str | Path) -> Path | None:
 def seen_images(run: Path, classes: Sequence[str]) -> dict[Path, str]:
     """Every image the run trained on or selected its model with (resolved path -> "train" or "val");
     after a refit, the model trained on its validation images too: they count as "train"."""
-    fine_tune = read_metrics(run).fine_tune
-    refitted = fine_tune is not None and fine_tune.kept and bool(fine_tune.refit_epochs)
+    refitted = read_metrics(run).trained_on_val()
     return {path.resolve(): "train" if refitted else name for name in ("train", "val")
             for path, _ in split_images(run, name, tuple(classes))}
 

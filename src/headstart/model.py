@@ -82,7 +82,7 @@ class ImageClassifier(ProbabilityPredictor):
                  lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 32,
                  label_smoothing: float = 0.1, augment: str = "light", dropout: float = 0.2,
                  patience: int = 3, fine_tune_epochs: int | None = None, fine_tune_lr: float = 1e-4,
-                 unfreeze_last: int | None = 4, layer_decay: float = 1.0, blend: bool = True, refit: bool = False,
+                 unfreeze_last: int | None = 4, layer_decay: float = 1.0, blend: bool = True, refit: bool = True,
                  calibrate: bool = True,
                  val_fraction: float = 0.2, test_fraction: float = 0.0,
                  seed: int = 0, device: str = "auto", precision: str = "auto", workers: int | None = None,

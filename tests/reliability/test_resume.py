@@ -128,7 +128,7 @@ def test_a_run_interrupted_while_refitting_resumes_to_the_uninterrupted_run(cli,
 
     monkeypatch.setattr(stages, "guard_verdict", lambda before, after: (True, "kept by the test"))
     whole = tmp_path / "whole"
-    assert cli(*train_args(data, whole, tiny_args, 0, "--fine-tune-epochs", "3", "--refit"))[0] == ExitStatus.SUCCESS
+    assert cli(*train_args(data, whole, tiny_args, 0, "--fine-tune-epochs", "3"))[0] == ExitStatus.SUCCESS
     refit_epochs = [row for row in history(whole) if row["stage"] == "refit"]
     assert len(refit_epochs) == json.loads((whole / "metrics.json").read_text())["fine_tune"]["refit_epochs"] >= 2
     stop_at = f"refit 1/" if where == "first" else f"refit {len(refit_epochs)}/"
@@ -141,7 +141,7 @@ def test_a_run_interrupted_while_refitting_resumes_to_the_uninterrupted_run(cli,
 
     monkeypatch.setattr(loop, "run_epoch", run_epoch)
     cut = tmp_path / "cut"
-    status, captured = cli(*train_args(data, cut, tiny_args, 0, "--fine-tune-epochs", "3", "--refit"))
+    status, captured = cli(*train_args(data, cut, tiny_args, 0, "--fine-tune-epochs", "3"))
     assert status == ExitStatus.INTERRUPTED, captured.stderr
     monkeypatch.setattr(loop, "run_epoch", real_run_epoch)
     status, captured = cli("train", "--resume", cut)

@@ -147,6 +147,10 @@ def add_train(commands, name: str) -> argparse.ArgumentParser:
     g.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="keep the raw probabilities: no temperature fitted on the validation images at the end "
                    "(single-label models; see the trust guide)")
+    g.add_argument("--no-refit", dest="refit", action="store_false",
+                   help="keep the model the validation photos chose, trained without them; by default, once they "
+                   "have chosen, the lightweight head (at its L2 strength) and a kept fine-tune (for its epochs, "
+                   "blended as chosen) are trained again on the training and validation photos together")
     g = t.add_argument_group("stage 2: fine-tuning (kept only if validation improves)")
     g.add_argument("--fine-tune-epochs", type=int, default=_DEFAULT.fine_tune_epochs, metavar="N",
                    help="0 skips it (default: 2 on a GPU with --workflow auto, else 0)")
@@ -162,10 +166,6 @@ def add_train(commands, name: str) -> argparse.ArgumentParser:
     g.add_argument("--no-blend", dest="blend", action="store_false",
                    help="keep the fine-tuned weights as they are, without trying their blends with "
                    "stage 1's (averages of the two, the best on validation kept)")
-    g.add_argument("--refit", action="store_true",
-                   help="once the guard has kept fine-tuning, run it again from stage 1 on the training and "
-                   "validation photos together, for the epochs it kept, blended as chosen (the validation "
-                   "figures stay the guarded model's)")
     g = t.add_argument_group("data and hardware")
     g.add_argument("--val-fraction", type=float, default=_DEFAULT.val_fraction, help="used when DATA has no val/ folder")
     g.add_argument("--test-fraction", type=float, default=_DEFAULT.test_fraction, help="used when DATA has no test/ folder")

@@ -34,7 +34,7 @@ __all__ = ["FORMAT_VERSION", "StageRecord", "FineTuneRecord", "FeatureRecord", "
            "read_request", "read_record", "read_history", "record_text", "split_images", "split_text", "run_texts", "label_root"]
 
 # The settings each part of training reads (RunRecord.used_settings).
-_STAGE1_SETTINGS = {"lightweight": ("flip_features", "class_weight"),
+_STAGE1_SETTINGS = {"lightweight": ("flip_features", "class_weight", "refit"),
                     "standard": ("epochs", "lr", "weight_decay", "batch_size", "label_smoothing", "augment",
                                  "dropout", "patience", "class_weight")}
 _FINE_TUNE_SETTINGS = ("fine_tune_epochs", "fine_tune_lr", "unfreeze_last", "layer_decay", "blend", "refit",

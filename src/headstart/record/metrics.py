@@ -70,6 +70,7 @@ class HeadSearch:
     C: float
     seconds: float
     search: tuple[dict[str, float], ...] = ()
+    refitted: bool = False  # then fitted again at that strength on train + val (--refit; multi-label: always)
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,14 @@ class RunMetrics:
         """The split a run's score is quoted on: test when there is one (the unbiased estimate), else val."""
         splits = self.splits()
         return next(((name, splits[name]) for name in ("test", "val") if name in splits), None)
+
+    def trained_on_val(self) -> bool:
+        """Whether the final model was trained on its validation images too: refitted on train +
+        val once they had chosen, as the fine-tuned network (when kept) or the lightweight head."""
+        fine_tune = self.fine_tune
+        if fine_tune is not None and fine_tune.kept:
+            return bool(fine_tune.refit_epochs)
+        return self.head is not None and self.head.refitted
 
     def disagreement(self) -> str | None:
         """A warning when the validation and test accuracies' 95% intervals do not overlap: the

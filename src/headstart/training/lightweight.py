@@ -18,7 +18,7 @@ from ..config import HeadSpec, TrainingConfig
 from ..data.dataset import DatasetSplit
 from ..features.pipeline import Extraction, extract_features
 from ..record import FeatureRecord, HeadSearch
-from .linear import LinearHead, Progress, fit_linear_head, probabilities
+from .linear import LinearHead, Progress, fit_linear_head, probabilities, smoothed_scale
 from .ovr import OvrHead, fit_ovr_head, sigmoid_probabilities
 from .plan import FitContext, feature_request
 from .results import Fitted, StageResult, TrainResult
@@ -63,6 +63,9 @@ class HeadFit:
     features: FeatureRecord  # what computing the features took
     search: HeadSearch  # the L2 strength chosen, and what choosing it took
     proba: dict[str, np.ndarray]  # the head's probabilities for the val and test images, NaN where undecodable
+    # The head fine-tuning starts from (weight, bias): a single-label head fitted on the training
+    # images alone, scaled to the smoothed loss (linear.smoothed_scale); a multi-label one as it is.
+    fine_tune_start: tuple[np.ndarray, np.ndarray]
     thresholds: tuple[float, ...] = ()  # multi-label: each class's decision threshold
 
 
@@ -109,10 +112,16 @@ def _fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfi
     if split.multi_label:
         head = fit_ovr_head(rows["train"], val_rows, config.class_weight, config.seed)
         predict, strength = sigmoid_probabilities, f"L2 C={head.C:g}, refitted on train + val"
+        fine_tune_start = (head.weight, head.bias)  # multi-label losses are not smoothed
     else:
+        both = np.concatenate([usable["train"], usable["val"]])
+        refit = features.rows(both, labels[both], with_flipped=True) if config.refit and val_rows else None
         head = fit_linear_head(rows["train"], val_rows, len(split.classes), config.class_weight, config.seed,
-                               progress=_progress_every(PROGRESS_SECONDS, console))
-        predict, strength = probabilities, f"L2 C={head.C:g}"
+                               progress=_progress_every(PROGRESS_SECONDS, console), refit=refit)
+        predict, strength = probabilities, f"L2 C={head.C:g}" + (", refitted on train + val" if head.guarded else "")
+        guarded = head.guarded or (head.weight, head.bias)
+        scale = smoothed_scale(rows["train"], *guarded, config.label_smoothing, config.seed)
+        fine_tune_start = (guarded[0] * scale, guarded[1] * scale)
     result = TrainResult(failed=dict(features.failed))
     row = {"epoch": 1, "stage": "head", "train_loss": head.train.loss, "train_accuracy": head.train.accuracy,
            "val_loss": head.val.loss if head.val else math.nan,
@@ -128,15 +137,15 @@ def _fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfi
     console.info(f"head fitted on features in {head.seconds:.1f} s ({strength}): "
                  f"train acc {head.train.accuracy:.2%}{val_text}")
     record = FeatureRecord(features.engine, features.computed, len(labels) - features.computed, features.seconds)
-    search = HeadSearch(head.C, head.seconds, tuple(head.search))
+    search = HeadSearch(head.C, head.seconds, tuple(head.search), refitted=head.val_proba is not None)
     proba = {}
     for i, name in enumerate(("val", "test"), start=1):
         proba[name] = np.full((bounds[i + 1] - bounds[i], len(split.classes)), np.nan)
-        # A multi-label head refitted on train + val: its validation figures are those before the refit.
-        refitted = name == "val" and getattr(head, "val_proba", None) is not None
+        # A head refitted on train + val: its validation figures are those before the refit.
+        refitted = name == "val" and head.val_proba is not None
         proba[name][usable[name] - bounds[i]] = head.val_proba if refitted else predict(rows[name], head.weight,
                                                                                         head.bias)
     features.close()
     thresholds = tuple(float(t) for t in head.thresholds) if split.multi_label else ()
-    return HeadFit(head, result, record, search, proba, thresholds)
+    return HeadFit(head, result, record, search, proba, fine_tune_start, thresholds)
 

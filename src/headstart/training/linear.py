@@ -14,6 +14,7 @@ fewer correction pairs when the weights are large (10,000 classes).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from ..features.rows import Rows
 from .results import EpochStats
 
 __all__ = ["C_GRID", "MAX_ITER", "Standardised", "LinearHead", "Progress", "fit_linear_head", "fit_logistic",
-           "linear_probabilities", "probabilities"]
+           "linear_probabilities", "probabilities", "smoothed_scale"]
 
 # Inverse L2 strengths tried: from strong regularisation, which a few hundred
 # images need, to almost none.
@@ -37,6 +38,9 @@ LOGIT_BYTES = 16 << 20
 # L-BFGS keeps 2 x pairs x parameters floats of history: at most this many bytes of them
 # (10 pairs, SciPy's default, up to 6,000 classes of Lite0 features; never fewer than 3).
 HISTORY_BYTES = 1 << 30
+
+# At most this many rows choose the head's scale for fine-tuning (smoothed_scale): one number.
+SCALE_ROWS = 4096
 
 # Called after each solver iteration with (C, iteration, objective value).
 Progress = Callable[[float, int, float], None]
@@ -55,12 +59,19 @@ class LinearHead:
     # Every C tried, with its validation (else cross-validated) loss, and accuracy with validation:
     # the report plots them, the regularisation curve that stands in for a lightweight run's epochs.
     search: list[dict] = field(default_factory=list)
+    # Refitted on train + val: the head fitted on the training rows alone, which ``val`` and
+    # ``val_proba`` describe (honest figures, as the refitted head's would not be) and which
+    # fine-tuning starts from (its guard needs validation images the network has not seen).
+    guarded: tuple[np.ndarray, np.ndarray] | None = None
+    val_proba: np.ndarray | None = None
 
 
 def fit_linear_head(train: Rows, val: Rows | None, num_classes: int, class_weight: str | None = None,
-                    seed: int = 0, progress: Progress | None = None) -> LinearHead:
+                    seed: int = 0, progress: Progress | None = None, refit: Rows | None = None) -> LinearHead:
     """Fit the head; its L2 strength is the one of :data:`C_GRID` with the lowest validation
     log loss, or without validation rows, the lowest stratified cross-validated log loss.
+    With ``refit`` (the training and validation rows together) and validation rows, the head is
+    then fitted again at that strength on ``refit`` (scikit-learn's ``refit=True``).
     ``progress`` hears of every solver iteration."""
     from threadpoolctl import threadpool_limits
 
@@ -69,7 +80,14 @@ def fit_linear_head(train: Rows, val: Rows | None, num_classes: int, class_weigh
     # With thousands of classes the products are wide, and every core helps.
     threads = 1 if num_classes * train.dim < 1 << 20 else None
     with threadpool_limits(threads, user_api="blas"):
-        return _fit_linear_head(train, val, num_classes, class_weight, seed, progress)
+        head = _fit_linear_head(train, val, num_classes, class_weight, seed, progress)
+        if refit is not None and head.val is not None:
+            start = time.perf_counter()
+            weight, bias = fit_logistic(refit, num_classes, head.C, class_weight, (head.weight, head.bias), progress)
+            head = dataclasses.replace(head, weight=weight, bias=bias, guarded=(head.weight, head.bias),
+                                       val_proba=probabilities(val, head.weight, head.bias),
+                                       seconds=head.seconds + time.perf_counter() - start)
+        return head
 
 
 def _fit_linear_head(train: Rows, val: Rows | None, num_classes: int, class_weight: str | None,
@@ -239,6 +257,35 @@ def linear_probabilities(weight: np.ndarray, bias: np.ndarray, x: np.ndarray) ->
     np.exp(p, out=p)  # in place: with thousands of classes, each copy is rows x classes x 8 bytes
     p /= p.sum(axis=1, keepdims=True)
     return p
+
+
+def smoothed_scale(rows: Rows, weight: np.ndarray, bias: np.ndarray, smoothing: float, seed: int = 0) -> float:
+    """The factor, at most 1, on a head's logits that minimises the label-smoothed cross-entropy
+    of ``rows``: the head fine-tuning starts from.
+
+    The head fitted exactly on the features is far more confident than label smoothing allows
+    (its training loss near 0, the smoothed loss's floor far above it). Fine-tuning from it spends
+    its first steps moving the whole backbone to lower that confidence, which costs validation
+    accuracy it then has to win back; scaled, the head predicts the same classes and the
+    gradient that is left is the one that teaches. 1 without smoothing.
+    """
+    if smoothing <= 0 or len(rows) == 0:
+        return 1.0
+    from scipy.optimize import minimize_scalar
+
+    chosen = rows if len(rows) <= SCALE_ROWS else rows.subset(
+        np.sort(np.random.default_rng(seed).choice(len(rows), SCALE_ROWS, replace=False)))
+    logits = np.concatenate([np.asarray(x, np.float64) @ weight.T.astype(np.float64) + bias for x in chosen.chunks()])
+    k = logits.shape[1]
+    target = np.full_like(logits, smoothing / k)
+    target[np.arange(len(logits)), chosen.labels] += 1 - smoothing
+
+    def loss(log_scale: float) -> float:
+        z = logits * np.exp(log_scale)
+        z -= z.max(axis=1, keepdims=True)
+        return float(-(target * (z - np.log(np.exp(z).sum(axis=1, keepdims=True)))).sum(axis=1).mean())
+
+    return float(np.exp(minimize_scalar(loss, bounds=(np.log(1e-3), 0.0), method="bounded").x))
 
 
 def _stats(rows: Rows, weight: np.ndarray, bias: np.ndarray, num_classes: int) -> EpochStats:

@@ -80,7 +80,10 @@ class StageCheckpoint:
 
 class EarlyStopping:
     """Keeps the weights of the epoch with the lowest validation loss; stops after ``patience``
-    epochs without a lower one (0: never). Without validation, the last epoch counts as best."""
+    epochs without a lower one (0: never). Without validation, the last epoch counts as best.
+    The loss is the calibrated one when it is measured, as the guard weighs it: label smoothing
+    leaves a network less confident epoch after epoch, which the raw loss counts against the
+    epochs that learned most."""
 
     def __init__(self, patience: int):
         self.patience = patience
@@ -90,10 +93,11 @@ class EarlyStopping:
 
     def update(self, epoch: int, val: EpochStats | None, net: nn.Module) -> bool:
         """Take the epoch's validation result; True when training should stop."""
+        loss = None if val is None else val.loss if val.calibrated_loss is None else val.calibrated_loss
         if val is None:
             self.best_epoch, self.best_val = epoch, None
-        elif val.loss < self.best_loss:
-            self.best_loss, self.best_epoch, self.best_val = val.loss, epoch, val
+        elif loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.best_val = loss, epoch, val
             self.best_state = copy.deepcopy(net.state_dict())
         elif epoch - self.best_epoch >= self.patience > 0:
             return True

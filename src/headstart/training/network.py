@@ -59,7 +59,8 @@ def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext
         extraction = extract_features([s.path for s in split.samples()], feature_request(config), context.cache,
                                       console, backbone=backbone)
         head = fit_head(extraction, split, config, context)
-        net.head.load_linear(head.linear.weight, head.linear.bias)
+        # Stage 1's model is the head as fitted (and refitted); fine-tuning starts from its own.
+        net.head.load_linear(*(head.fine_tune_start if fine_tune_epochs else (head.linear.weight, head.linear.bias)))
         fitted.result, fitted.held_out_proba = head.result, head.proba
         fitted.features, fitted.head = head.features, head.search
         fitted.thresholds = head.thresholds
@@ -77,6 +78,8 @@ def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext
         fitted.timings["fine_tune"] = time.perf_counter() - start - fitted.timings["stage1"]
     if fitted.result.fine_tune_kept:  # the head's view of val and test is no longer the model's
         fitted.held_out_proba = {} if fitted.result.val_proba is None else {"val": fitted.result.val_proba}
+    elif workflow == "lightweight":
+        net.head.load_linear(head.linear.weight, head.linear.bias)
     if split.multi_label and (workflow == "standard" or fitted.result.fine_tune_kept):
         fitted.thresholds = validation_thresholds(trainer, fitted.result.val_proba)
     net.eval()

@@ -31,6 +31,10 @@ __all__ = ["train_frozen", "fine_tune", "fine_tune_improved", "guard_verdict", "
 # Validation losses within this share of stage 1's count as unchanged: fine-tuning moved nothing.
 FLAT = 0.05
 
+# At an accuracy within the noise of stage 1's, fine-tuning is kept only for a validation loss
+# lower by more than this share of stage 1's: smaller falls are noise too.
+LOSS_MARGIN = 0.02
+
 # The shares of the fine-tuned weights tried in blends with stage 1's, beside 1 (fine-tuned alone).
 BLENDS = (0.25, 0.5, 0.75)
 
@@ -56,8 +60,8 @@ def train_frozen(trainer: Trainer) -> TrainResult:
 
 
 def fine_tune_improved(before: EpochStats, after: EpochStats) -> bool:
-    """Keep fine-tuning only for a higher validation score, or an equal one and a lower loss; a
-    higher accuracy within the noise of the validation images counts only with a loss not higher.
+    """Keep fine-tuning only for a validation score higher beyond the noise of the validation
+    images, or one not lower and a loss lower by more than :data:`LOSS_MARGIN`.
     The score is accuracy, or for a multi-label model the mean average precision (threshold-free,
     as the thresholds are tuned afterwards). The loss is the calibrated one when both have it: the
     model is calibrated before it is used, and label smoothing leaves a fine-tuned model less
@@ -76,18 +80,20 @@ def guard_verdict(before: EpochStats, after: EpochStats) -> tuple[bool, str]:
     if before.calibrated_loss is not None and after.calibrated_loss is not None:
         loss, loss_was, loss_now = "calibrated loss", before.calibrated_loss, after.calibrated_loss
     losses = f"{loss_was:.4f} -> {loss_now:.4f}"
-    # One more photo right out of 64 is chance: with a higher loss it is no reason to keep the change.
+    # One more photo right out of 64 is chance, and so is a loss a hair lower: within both, the
+    # cheaper model (stage 1: nothing to refit, nothing moved) is kept.
     noise = difference_noise(was, before.count) if name == "accuracy" else 0.0
-    if now > was and now - was <= noise and loss_now > loss_was:
-        return False, (f"raised validation {name} only within the noise of {before.count} images ({change}, "
-                       f"under {noise:.1%}) while the {loss} rose: {losses}")
-    if now > was:
+    if now < was:
+        return False, f"lowered validation {name}: {change}"
+    if now - was > noise:
         return True, f"raised validation {name}: {change}"
-    if now == was and loss_now < loss_was:
-        return True, f"improved validation {loss} at equal {name} ({shown(now)}): {losses}"
+    if loss_now < (1 - LOSS_MARGIN) * loss_was:
+        within = f"at equal {name}" if now == was else f"with a {name} within the noise of {before.count} images"
+        return True, f"improved validation {loss} {within} ({change}): {losses}"
     if now == was:
-        return False, f"validation {name} unchanged ({shown(now)}) and {loss} not lower: {losses}"
-    return False, f"lowered validation {name}: {change}"
+        return False, f"validation {name} unchanged ({shown(now)}) and {loss} not {LOSS_MARGIN:.0%} lower: {losses}"
+    return False, (f"raised validation {name} only within the noise of {before.count} images ({change}, "
+                   f"under {noise:.1%}) and the {loss} is not {LOSS_MARGIN:.0%} lower: {losses}")
 
 
 def likely_cause(before: EpochStats, history: list[dict]) -> str | None:
