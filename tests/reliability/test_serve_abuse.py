@@ -90,6 +90,30 @@ def test_a_slow_upload_is_cut_off_at_the_deadline(server):
     assert health(server) == 200
 
 
+@pytest.mark.parametrize("begun", [
+    b"GET /health HTTP/1.1\r\nhost:",  # headers begun, never finished
+    b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: multipart/form-data; boundary=b\r\n"
+    b"content-length: 100000\r\n\r\n--b\r\n",  # a body begun, never finished
+])
+def test_a_request_not_finished_within_the_timeout_gets_408(server, begun: bytes):
+    with connect(server) as s:
+        s.sendall(begun)
+        reply = closed_by_server(s, 3 * TIMEOUT)
+    assert reply is not None and reply.split(b"\r\n")[0] == b"HTTP/1.1 408 Request Timeout"
+    assert health(server) == 200
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_5_seconds(server):
+    with connect(server) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")  # keep-alive: HTTP/1.1's default
+        s.settimeout(5)
+        answer = s.recv(4096)
+        start = time.monotonic()
+        closed = closed_by_server(s, 8)
+        idle = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 200") and closed is not None and 4 < idle < 7.5
+
+
 def still_open(sockets: list[socket.socket], wait: float) -> list[socket.socket]:
     """The sockets the server has not closed: nothing to read on them (a closed one reads as EOF)."""
     readable, _, _ = select.select(sockets, [], [], wait)
