@@ -261,3 +261,15 @@ def test_refit_gives_the_lightweight_head_the_validation_photos_once_they_have_c
     assert f"{sum(counts['train'].values()) + sum(counts['val'].values())} image(s) the model was trained on" \
         in captured.stderr
 
+
+
+def test_flip_features_fits_the_head_on_the_mirror_images_too(cli, tiny_weights, tmp_path: Path):
+    data = make_folder(tmp_path / "data", per_class=10)
+    args = ["--backbone", TINY_BACKBONE, "--weights", str(tiny_weights), "--image-size", "32", "--workers", "0",
+            "--workflow", "lightweight", "--val-fraction", "0.2", "--cache-dir", tmp_path / "cache"]
+    status, plain = cli("train", data, "--out", tmp_path / "plain", *args)
+    assert status == ExitStatus.SUCCESS, plain.stderr
+    status, flipped = cli("train", data, "--out", tmp_path / "flipped", *args, "--flip-features")
+    assert status == ExitStatus.SUCCESS, flipped.stderr
+    assert "head fitted on the features of 16 training rows in" in plain.stderr
+    assert "head fitted on the features of 32 training rows (their mirror images included)" in flipped.stderr

@@ -134,8 +134,9 @@ def _fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfi
     val_text = f", val loss {head.val.loss:.4f} acc {head.val.accuracy:.2%}" if head.val else ""
     if head.val and head.val.mean_ap is not None:
         val_text += f" mAP {head.val.mean_ap:.4f}"
-    console.info(f"head fitted on features in {head.seconds:.1f} s ({strength}): "
-                 f"train acc {head.train.accuracy:.2%}{val_text}")
+    mirrors = " (their mirror images included)" if features.flipped is not None else ""
+    console.info(f"head fitted on the features of {len(rows['train'])} training rows{mirrors} in {head.seconds:.1f} s "
+                 f"({strength}): train acc {head.train.accuracy:.2%}{val_text}")
     record = FeatureRecord(features.engine, features.computed, len(labels) - features.computed, features.seconds)
     search = HeadSearch(head.C, head.seconds, tuple(head.search), refitted=head.val_proba is not None)
     proba = {}
