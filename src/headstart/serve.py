@@ -239,10 +239,8 @@ def _describe(predictor) -> dict:
     if hasattr(predictor, "metadata"):  # an exported file: its metrics travel in its metadata
         return {"backbone": predictor.metadata.get("backbone"), "engine": predictor.engine,
                 "metrics": predictor.metadata.get("metrics", {})}
-    score = "mean_ap" if predictor.multi_label_ else "accuracy"
-    splits = predictor.metrics_.splits() if predictor.metrics_ is not None else {}
     return {"backbone": predictor.config_.backbone.name, "engine": "pytorch",
-            "metrics": {k: getattr(m, score) for k, m in splits.items()}}
+            "metrics": predictor.metrics_.scores() if predictor.metrics_ is not None else {}}
 
 
 def server_config(app, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None):

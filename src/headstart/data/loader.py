@@ -57,7 +57,7 @@ def train_size(pre: Preprocessing) -> tuple[int, int]:
     NeurIPS 2019): a random resized crop shows objects larger than the centre crop the model is
     evaluated on, and a smaller training crop shows them at the size they are seen at. A step
     costs two-thirds as much; fine-tuning at 176 px reached the reference's test accuracy on
-    eurosat10 in 0.6 of the time it took at 224 (benchmarks/README.md).
+    eurosat10 (seed 0) in 0.6 of the time it took at 224 (benchmarks/README.md).
     """
     return tuple(max(8, round(side * TRAIN_SCALE / 8) * 8) for side in pre.input_size[1:])
 

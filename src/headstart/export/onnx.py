@@ -79,13 +79,6 @@ class _Probabilities(nn.Module):
         return cls(copy.deepcopy(clf.net_).float().cpu().eval(), clf.config_.head)
 
 
-def _headline_metrics(clf) -> dict[str, float]:
-    """The run's accuracy (a multi-label model's mAP) per split, as ``serve``'s ``/model`` shows them."""
-    score = "mean_ap" if clf.config_.head.multi_label else "accuracy"
-    splits = clf.metrics_.splits() if clf.metrics_ is not None else {}
-    return {name: getattr(metrics, score) for name, metrics in splits.items()}
-
-
 def write_onnx(clf, path: str | Path, console: Console) -> None:
     """Write ``clf`` (a fitted ImageClassifier) as one ONNX file, its metadata included."""
     import onnx
@@ -97,7 +90,7 @@ def write_onnx(clf, path: str | Path, console: Console) -> None:
             "output": "class probabilities, N x classes", "multi_label": False, "versions": config.versions,
             # Already applied by the graph; the rest is what reject and coverage decide with.
             "temperature": config.head.temperature, "conformal_scores": list(config.head.conformal_scores),
-            "reject_threshold": config.head.reject_threshold, "metrics": _headline_metrics(clf)}
+            "reject_threshold": config.head.reject_threshold, "metrics": clf.metrics_.scores() if clf.metrics_ is not None else {}}
     if config.head.multi_label:
         meta.update(multi_label=True, thresholds=list(config.head.decision_thresholds()),
                     output="each class's probability (a sigmoid each), N x classes; a class is predicted "

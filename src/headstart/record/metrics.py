@@ -136,6 +136,11 @@ class SplitMetrics:
     subset_accuracy: float | None = None
     hamming_loss: float | None = None
 
+    @property
+    def score(self) -> float | None:
+        """The number a run is known by: accuracy, or a multi-label model's mAP (as :meth:`headline`)."""
+        return self.mean_ap if self.multi_label else self.accuracy
+
     def headline(self) -> str:
         """The score a run is known by: accuracy, or a multi-label model's mAP."""
         if self.multi_label:
@@ -196,6 +201,10 @@ class RunMetrics:
         """The split a run's score is quoted on: test when there is one (the unbiased estimate), else val."""
         splits = self.splits()
         return next(((name, splits[name]) for name in ("test", "val") if name in splits), None)
+
+    def scores(self) -> dict[str, float | None]:
+        """Each split's :attr:`SplitMetrics.score`, as ``serve``'s ``/model`` and an export's metadata give them."""
+        return {name: metrics.score for name, metrics in self.splits().items()}
 
     def trained_on_val(self) -> bool:
         """Whether the final model was trained on its validation images too: refitted on train +

@@ -171,12 +171,13 @@ def survey_backbones(split: DatasetSplit, candidates: Sequence[Candidate], confi
                     val_images=len(split.val))
     for number, candidate in enumerate(candidates, start=1):
         console.info(f"backbone {number} of {len(candidates)}: {candidate.label}")
+        # Scored on validation alone: a head refitted on it would be thrown away.
         settings = dataclasses.replace(config, backbone=candidate.name, weights=candidate.weights,
-                                       candidates=(), time_budget=None, flip_features=False)
+                                       candidates=(), time_budget=None, flip_features=False, refit=False)
         request = feature_request(settings)
         extraction = extract_features(paths, request, cache, console)
         computed, seconds = extraction.features.computed, extraction.features.seconds
-        head = fit_head(extraction, split, settings, FitContext(cache, console))
+        head = fit_head(extraction, split, settings, FitContext(cache, console), fine_tuning=False)
         speed = _images_per_second(sample, request, cache)
         stats = head.linear.val
         parameters, megabytes = _size(extraction, request, cache)

@@ -35,7 +35,7 @@ def fit_lightweight(split: DatasetSplit, config: TrainingConfig, context: FitCon
         computing = extraction.features.computed > 0
         context.console.info(f"features from the cache {'and the exported engine ' if computing else ''}"
                              f"({extraction.features.engine}), so the head is fitted without loading the backbone")
-    head = fit_head(extraction, split, config, context)
+    head = fit_head(extraction, split, config, context, fine_tuning=False)
     fitted = Fitted("lightweight", extraction.spec, extraction.preprocessing, head.result,
                     features=head.features, head=head.search, held_out_proba=head.proba, thresholds=head.thresholds)
     if extraction.without_pytorch:
@@ -63,10 +63,11 @@ class HeadFit:
     features: FeatureRecord  # what computing the features took
     search: HeadSearch  # the L2 strength chosen, and what choosing it took
     proba: dict[str, np.ndarray]  # the head's probabilities for the val and test images, NaN where undecodable
-    # The head fine-tuning starts from (weight, bias): a single-label head fitted on the training
-    # images alone, scaled to the smoothed loss (linear.smoothed_scale); a multi-label one as it is.
-    fine_tune_start: tuple[np.ndarray, np.ndarray]
     thresholds: tuple[float, ...] = ()  # multi-label: each class's decision threshold
+    # When fine-tuning follows, the head it starts from (weight, bias): a single-label head fitted on
+    # the training images alone, scaled to the smoothed loss (linear.smoothed_scale); a multi-label
+    # one as it is. None otherwise.
+    fine_tune_start: tuple[np.ndarray, np.ndarray] | None = None
 
 
 # A fit that outlasts this says where it is this often (thousands of classes take minutes).
@@ -88,16 +89,20 @@ def _progress_every(seconds: float, console) -> Progress:
     return report
 
 
-def fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfig, context: FitContext) -> HeadFit:
-    """The lightweight workflow's stage 1: a linear head on the features, in seconds.
+def fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfig, context: FitContext,
+             fine_tuning: bool) -> HeadFit:
+    """The lightweight workflow's stage 1: a linear head on the features, in seconds; with
+    ``fine_tuning``, the head fine-tuning will start from too.
 
     On a data-parallel run, rank 0 fits it on the gathered features (the same rows as one process
     would have, so the same head) and every rank gets it: all then fine-tune the same network.
     """
-    return distributed.broadcast(_fit_head(extraction, split, config, context) if distributed.is_main() else None)
+    return distributed.broadcast(_fit_head(extraction, split, config, context, fine_tuning) if distributed.is_main()
+                                 else None)
 
 
-def _fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfig, context: FitContext) -> HeadFit:
+def _fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfig, context: FitContext,
+              fine_tuning: bool) -> HeadFit:
     features, console = extraction.features, context.console
     for path, reason in features.failed.items():
         console.warn(f"skipping {path}: {reason}")
@@ -112,16 +117,18 @@ def _fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfi
     if split.multi_label:
         head = fit_ovr_head(rows["train"], val_rows, config.class_weight, config.seed)
         predict, strength = sigmoid_probabilities, f"L2 C={head.C:g}, refitted on train + val"
-        fine_tune_start = (head.weight, head.bias)  # multi-label losses are not smoothed
+        fine_tune_start = (head.weight, head.bias) if fine_tuning else None  # multi-label losses are not smoothed
     else:
         both = np.concatenate([usable["train"], usable["val"]])
         refit = features.rows(both, labels[both], with_flipped=True) if config.refit and val_rows else None
         head = fit_linear_head(rows["train"], val_rows, len(split.classes), config.class_weight, config.seed,
                                progress=_progress_every(PROGRESS_SECONDS, console), refit=refit)
         predict, strength = probabilities, f"L2 C={head.C:g}" + (", refitted on train + val" if head.guarded else "")
-        guarded = head.guarded or (head.weight, head.bias)
-        scale = smoothed_scale(rows["train"], *guarded, config.label_smoothing, config.seed)
-        fine_tune_start = (guarded[0] * scale, guarded[1] * scale)
+        fine_tune_start = None
+        if fine_tuning:
+            guarded = head.guarded or (head.weight, head.bias)
+            scale = smoothed_scale(rows["train"], *guarded, config.label_smoothing, config.seed)
+            fine_tune_start = (guarded[0] * scale, guarded[1] * scale)
     result = TrainResult(failed=dict(features.failed))
     row = {"epoch": 1, "stage": "head", "train_loss": head.train.loss, "train_accuracy": head.train.accuracy,
            "val_loss": head.val.loss if head.val else math.nan,
@@ -148,5 +155,5 @@ def _fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfi
                                                                                         head.bias)
     features.close()
     thresholds = tuple(float(t) for t in head.thresholds) if split.multi_label else ()
-    return HeadFit(head, result, record, search, proba, fine_tune_start, thresholds)
+    return HeadFit(head, result, record, search, proba, thresholds, fine_tune_start)
 

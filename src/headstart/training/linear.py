@@ -40,6 +40,7 @@ LOGIT_BYTES = 16 << 20
 HISTORY_BYTES = 1 << 30
 
 # At most this many rows choose the head's scale for fine-tuning (smoothed_scale): one number.
+# Fewer with many classes, their logits held within LOGIT_BYTES.
 SCALE_ROWS = 4096
 
 # Called after each solver iteration with (C, iteration, objective value).
@@ -273,8 +274,9 @@ def smoothed_scale(rows: Rows, weight: np.ndarray, bias: np.ndarray, smoothing: 
         return 1.0
     from scipy.optimize import minimize_scalar
 
-    chosen = rows if len(rows) <= SCALE_ROWS else rows.subset(
-        np.sort(np.random.default_rng(seed).choice(len(rows), SCALE_ROWS, replace=False)))
+    most = max(1, min(SCALE_ROWS, LOGIT_BYTES // (8 * len(bias))))
+    chosen = rows if len(rows) <= most else rows.subset(
+        np.sort(np.random.default_rng(seed).choice(len(rows), most, replace=False)))
     logits = np.concatenate([np.asarray(x, np.float64) @ weight.T.astype(np.float64) + bias for x in chosen.chunks()])
     k = logits.shape[1]
     target = np.full_like(logits, smoothing / k)

@@ -93,10 +93,11 @@ class EarlyStopping:
 
     def update(self, epoch: int, val: EpochStats | None, net: nn.Module) -> bool:
         """Take the epoch's validation result; True when training should stop."""
-        loss = None if val is None else val.loss if val.calibrated_loss is None else val.calibrated_loss
         if val is None:
             self.best_epoch, self.best_val = epoch, None
-        elif loss < self.best_loss:
+            return False
+        loss = val.loss if val.calibrated_loss is None else val.calibrated_loss
+        if loss < self.best_loss:
             self.best_loss, self.best_epoch, self.best_val = loss, epoch, val
             self.best_state = copy.deepcopy(net.state_dict())
         elif epoch - self.best_epoch >= self.patience > 0:

@@ -58,9 +58,9 @@ def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext
     if workflow == "lightweight":
         extraction = extract_features([s.path for s in split.samples()], feature_request(config), context.cache,
                                       console, backbone=backbone)
-        head = fit_head(extraction, split, config, context)
+        head = fit_head(extraction, split, config, context, fine_tuning=bool(fine_tune_epochs))
         # Stage 1's model is the head as fitted (and refitted); fine-tuning starts from its own.
-        net.head.load_linear(*(head.fine_tune_start if fine_tune_epochs else (head.linear.weight, head.linear.bias)))
+        net.head.load_linear(*(head.fine_tune_start or (head.linear.weight, head.linear.bias)))
         fitted.result, fitted.held_out_proba = head.result, head.proba
         fitted.features, fitted.head = head.features, head.search
         fitted.thresholds = head.thresholds
