@@ -82,7 +82,7 @@ def test_export_refuses_to_replace_a_file_and_to_write_a_model_that_differs(cli,
     onnx = format_named("onnx")
     monkeypatch.setitem(headstart.export.FORMATS, "onnx", dataclasses.replace(onnx, tolerance=-1.0))
     status, captured = cli("export", run, "--overwrite")
-    assert status == ExitStatus.MODEL and "not written" in captured.stderr
+    assert status == ExitStatus.CHECK and "not written" in captured.stderr
     assert (run / "model.onnx").read_text() == "precious"
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
     status, captured = cli("export", run, "--overwrite", "--force")
@@ -107,6 +107,7 @@ def test_a_damaged_or_foreign_onnx_file_is_a_clear_error(cli, run: Path, tiny_da
 def test_int8_is_written_only_within_the_allowed_accuracy_drop(cli, run: Path, tiny_data: Path):
     status, captured = cli("export", run, "--int8", "--max-drop", "100")
     assert status == ExitStatus.SUCCESS, captured.stderr
+    assert captured.stdout.splitlines() == [str(run / "model.onnx"), str(run / "model.int8.onnx")]
     assert "int8: validation accuracy" in captured.stderr and "x fp32" in captured.stderr
     int8 = OnnxClassifier(run / "model.int8.onnx")
     assert int8.classes_ == ("blue", "red")
@@ -116,8 +117,10 @@ def test_int8_is_written_only_within_the_allowed_accuracy_drop(cli, run: Path, t
     (run / "model.int8.onnx").unlink()
     # a negative allowance can never be met: the quantized file must not appear
     status, captured = cli("export", run, "--int8", "--max-drop", "-1", "--overwrite")
-    assert status == ExitStatus.MODEL and "not written" in captured.stderr
+    assert status == ExitStatus.CHECK and "not written" in captured.stderr
+    # the fp32 file is what --output names; only the int8 copy beside it is refused
     assert not (run / "model.int8.onnx").exists() and (run / "model.onnx").exists()
+    assert captured.stdout.splitlines() == [str(run / "model.onnx")]
     status, captured = cli("export", run, "--int8", "--max-drop", "-1", "--overwrite", "--force")
     assert status == ExitStatus.SUCCESS and "written anyway (--force)" in captured.stderr
     entry = read_export_record(run)["model.int8.onnx"]

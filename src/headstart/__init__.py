@@ -13,6 +13,7 @@ from .errors import (  # noqa: E402
     BackboneError,
     DataError,
     ExitStatus,
+    ExportCheckError,
     HeadstartError,
     ModelFileError,
     NotFittedError,
@@ -30,6 +31,7 @@ __all__ = [
     "DataError",
     "BackboneError",
     "ModelFileError",
+    "ExportCheckError",
     "NotFittedError",
 ]
 

@@ -16,6 +16,7 @@ __all__ = [
     "DataError",
     "BackboneError",
     "ModelFileError",
+    "ExportCheckError",
     "NotFittedError",
     "StorageError",
     "DistributedError",
@@ -32,6 +33,7 @@ class ExitStatus(enum.IntEnum):
     BACKBONE = 4  # the backbone or its weights cannot be had
     MODEL = 5  # a saved model is missing, damaged or inconsistent
     IO = 6  # a file cannot be written or read: a full disk, a read-only folder
+    CHECK = 7  # an export failed its check against the trained model (--force writes it anyway)
     INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
@@ -63,6 +65,14 @@ class ModelFileError(HeadstartError):
     """A saved model (``config.json`` + ``model.safetensors``) is unusable."""
 
     exit_status = ExitStatus.MODEL
+
+
+class ExportCheckError(HeadstartError):
+    """An exported model was measured and refused: it disagrees with the trained model, or its
+    int8 copy loses more validation accuracy than ``--max-drop`` allows. Nothing is damaged:
+    the trained model is intact, and ``--force`` writes the export anyway."""
+
+    exit_status = ExitStatus.CHECK
 
 
 class NotFittedError(HeadstartError, ValueError, AttributeError):

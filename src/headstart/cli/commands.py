@@ -161,6 +161,7 @@ def export_command(args: argparse.Namespace, console: Console) -> ExitStatus:
     fmt.export(clf, out, check, console, force=args.force)
     console.result(str(out))
     if args.int8:
+        console.info(f"{out} is the fp32 model; its int8 copy goes to {int8_out}")
         train = split_images(args.model, "train", clf.classes_)
         # A fixed seed: the same run calibrates the same way, and so quantizes to the same file.
         calibration = [p for p, _ in random.Random(0).sample(train, min(len(train), args.calibration_images))]

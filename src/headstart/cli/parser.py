@@ -365,7 +365,8 @@ def add_export(commands, name: str) -> argparse.ArgumentParser:
     x.add_argument("--format", default="onnx", metavar="NAME",
                    help="onnx (default), openvino (.xml and .bin), tflite, coreml (.mlpackage)")
     x.add_argument("--output", type=Path, metavar="FILE",
-                   help="the file to write (default: RUN/model.onnx, or the format's suffix)")
+                   help="the fp32 model's file (default: RUN/model.onnx, or the format's suffix); "
+                   "--int8 writes its int8 copy beside it, FILE.onnx -> FILE.int8.onnx")
     # The name before --output was the common spelling of predict and evaluate: still accepted, unlisted.
     x.add_argument("--out", type=Path, dest="output", help=argparse.SUPPRESS)
     x.add_argument("--overwrite", action="store_true", help="allow replacing an existing file")
@@ -373,10 +374,12 @@ def add_export(commands, name: str) -> argparse.ArgumentParser:
                    help="validation (and test) images to check parity on, per split (default: 200)")
     x.add_argument("--force", action="store_true", help="write the file even when it fails its check "
                    "(below 99.5%% top-1 agreement, or an int8 copy past --max-drop); export.json says so")
-    x.add_argument("--int8", action="store_true", help="also write MODEL.int8.onnx (or .int8.xml), statically "
-                   "quantized (ONNX Runtime; NNCF for openvino) and calibrated on training images")
+    x.add_argument("--int8", action="store_true", help="also write an int8 copy beside the fp32 file (pets.onnx -> "
+                   "pets.int8.onnx, or .int8.xml), statically quantized (ONNX Runtime; NNCF for openvino) and "
+                   "calibrated on training images; refused with exit 7 past --max-drop")
     x.add_argument("--max-drop", type=float, default=0.5, metavar="POINTS",
-                   help="refuse the int8 model if it loses more validation accuracy (default: 0.5)")
+                   help="refuse the int8 copy if it loses more points of validation accuracy than this "
+                   "(default: 0.5); the fp32 file is kept")
     x.add_argument("--calibration-images", type=int, default=100, metavar="N",
                    help="training images that calibrate the int8 ranges (default: 100)")
     return x

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HeadstartError, ModelFileError, UsageError
+from ..errors import ExportCheckError, HeadstartError, ModelFileError, UsageError
 from ..runfolder import MODEL_FILE
 from .files import (MIN_AGREEMENT, PARITY_TOLERANCE, Check, Parity, companion_paths, read_export_record, record_export,
                     staged)
@@ -92,7 +92,7 @@ class ExportFormat:
             console.info(parity.summary())
             problem = parity.problem()
             if problem and not force:
-                raise ModelFileError(f"{problem}: {path} not written (--force writes it anyway)")
+                raise ExportCheckError(f"{problem}: {path} not written (--force writes it anyway)")
             if problem:
                 console.warn(f"{problem}: {path} written anyway (--force)")
         record_export(path, parity.entry(self.name, forced=problem is not None))

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._console import Console
 from .._io import atomic_files
-from ..errors import ModelFileError
+from ..errors import ExportCheckError
 from ..predictor import stack_probabilities
 from .onnx_runtime import METADATA_KEY, OnnxClassifier
 from .runtime import ExportedClassifier
@@ -91,7 +91,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: Sequence[Path],
 def check_int8(fp32: ExportedClassifier, int8: ExportedClassifier, val_images: Sequence[Path],
                val_labels: Sequence[int], max_drop: float, int8_path: Path, console: Console) -> Int8Report:
     """The int8 model ``int8`` against its fp32 source ``fp32`` (both opened exports) on validation:
-    refused (:class:`ModelFileError`) when accuracy drops by more than ``max_drop`` points."""
+    refused (:class:`ExportCheckError`) when accuracy drops by more than ``max_drop`` points."""
     labels = np.asarray(val_labels)
     accuracy = {name: _accuracy(m, val_images, labels, console, f"int8: {name} on validation")
                 for name, m in (("fp32", fp32), ("int8", int8))}
@@ -103,7 +103,7 @@ def check_int8(fp32: ExportedClassifier, int8: ExportedClassifier, val_images: S
         console.warn(f"int8 is slower than fp32 on this CPU ({report.speedup:.2f}x): keep the fp32 model "
                      "unless file size matters more than speed")
     if report.drop_points > max_drop:
-        raise ModelFileError(f"int8 loses {report.drop_points:.2f} points of validation accuracy "
+        raise ExportCheckError(f"int8 loses {report.drop_points:.2f} points of validation accuracy "
                              f"(--max-drop {max_drop:g}): {int8_path} not written (--force writes it anyway)")
     return report
 
