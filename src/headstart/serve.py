@@ -13,14 +13,17 @@ model's answer carries each image's score (its highest probability); ``?reject=a
 probability) answers ``unknown`` below the threshold, and ``?coverage=0.9`` adds the prediction
 set (:mod:`headstart.trust`), the server's defaults coming from :class:`ServeConfig`. A client
 gets ``timeout_s`` to send its whole request (headers and body), then the
-connection is closed (408); open connections are bounded by ``max_connections``,
-so slow or half-open clients cannot hold the server.
+connection is closed (408), and at most 64 kB of headers (431); open connections are bounded
+by ``max_connections``, so slow or half-open clients cannot hold the server. At the bound, a
+connection idle between requests (keep-alive) is closed to make room; with none, a new one is
+answered 503. Those answers, given below the application, have the JSON error shape too.
 """
 
 
 import asyncio
 import html
 import io
+import json
 import logging
 import sys
 import time
@@ -38,6 +41,8 @@ __all__ = ["ServeConfig", "create_app", "server_config", "serve", "ACCESS_LOG"]
 
 # One line per request; `headstart serve` prints it on stderr, an embedding application routes it as it likes.
 ACCESS_LOG = logging.getLogger("headstart.serve.access")
+# The request line and headers of one request; h11 bounds them only while they are incomplete.
+MAX_HEADER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -253,7 +258,7 @@ def server_config(app, host: str = "127.0.0.1", port: int = 8000, config: ServeC
                           http=_deadline_protocol(config), timeout_keep_alive=5,
                           # uvicorn answers 503 once connections reach its limit, so with max_connections
                           # open the last request would be refused: the bound itself is the protocol's.
-                          limit_concurrency=config.max_connections + 1, h11_max_incomplete_event_size=64 * 1024)
+                          limit_concurrency=config.max_connections + 1, h11_max_incomplete_event_size=MAX_HEADER_BYTES)
 
 
 def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
@@ -270,24 +275,43 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, confi
     uvicorn.Server(server_config(create_app(predictor, config, source), host, port, config)).run()
 
 
-_TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+def _raw_error(status: int, reason: str, message: str) -> bytes:
+    """A whole response in the application's error shape, for answers given before it sees a request."""
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n").encode() + body
 
 
 def _deadline_protocol(config: ServeConfig):
-    """uvicorn's HTTP/1.1 protocol, plus what it lacks: a deadline to receive each request, and a
-    bound on open connections (its ``limit_concurrency`` answers 503 only to requests that
-    arrive, so clients that never finish their headers would be held forever)."""
+    """uvicorn's HTTP/1.1 protocol, plus what it lacks: a deadline to receive each request, a
+    bound on header bytes, and a bound on open connections (its ``limit_concurrency`` answers 503
+    only to requests that arrive, so clients that never finish their headers would be held
+    forever)."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class DeadlineProtocol(H11Protocol):
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            self.deadline = None
-            if len(self.connections) > config.max_connections:
-                transport.close()
+            self.deadline, self.head, self.requests = None, b"", 0
+            open_now = [p for p in self.connections if not p.transport.is_closing()]
+            if len(open_now) > config.max_connections and not self.make_room(open_now):
+                self.refuse(_raw_error(503, "Service Unavailable", f"the server has {config.max_connections} "
+                                       "connections open, its limit: retry shortly"))
                 return
             self.arm()
+
+        def make_room(self, open_now: list) -> bool:
+            """Close one connection that is waiting for its next request (keep-alive): it has
+            been answered, and its client reconnects when it has another."""
+            idle = [p for p in open_now if p is not self and p.between_requests()]
+            if idle:
+                idle[0].transport.close()
+            return bool(idle)
+
+        def between_requests(self) -> bool:
+            return (self.requests > 0 and not self.head and self.conn.their_state is h11.IDLE
+                    and self.conn.our_state is h11.IDLE)
 
         def arm(self) -> None:
             if self.deadline is None:
@@ -298,12 +322,34 @@ def _deadline_protocol(config: ServeConfig):
                 self.deadline.cancel()
                 self.deadline = None
 
+        def refuse(self, response: bytes) -> None:
+            self.disarm()
+            if not self.transport.is_closing():
+                self.transport.write(response)
+                self.transport.close()
+
         def data_received(self, data: bytes) -> None:
-            if self.conn.their_state is h11.IDLE:  # a new request on this connection: its own deadline
-                self.arm()
+            if self.conn.their_state is h11.IDLE:  # a request's line and headers, or their first bytes
+                self.arm()  # a new request on this connection: its own deadline
+                self.requests += not self.head
+                if self.headers_too_large(data):
+                    self.refuse(_raw_error(431, "Request Header Fields Too Large", "the request's headers are "
+                                           f"larger than {MAX_HEADER_BYTES // 1024} kB"))
+                    return
             super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self.head = b""
             if self.conn.their_state is not h11.SEND_BODY and self.conn.their_state is not h11.IDLE:
                 self.disarm()  # the request is in (or the connection is ending): the app takes over
+
+        def headers_too_large(self, data: bytes) -> bool:
+            # Only the first MAX_HEADER_BYTES (and the blank line's 4) are kept: enough to decide.
+            self.head = (self.head + data[: MAX_HEADER_BYTES + 4])[: MAX_HEADER_BYTES + 4]
+            end = self.head.find(b"\r\n\r\n")
+            return end > MAX_HEADER_BYTES or (end < 0 and len(self.head) > MAX_HEADER_BYTES)
+
+        def send_400_response(self, msg: str) -> None:  # uvicorn's is plain text
+            self.refuse(_raw_error(400, "Bad Request", "not a valid HTTP/1.1 request"))
 
         def connection_lost(self, exc) -> None:
             self.disarm()
@@ -311,9 +357,10 @@ def _deadline_protocol(config: ServeConfig):
 
         def too_slow(self) -> None:
             self.deadline = None
-            if not self.transport.is_closing():
-                if self.cycle is None or not self.cycle.response_started:
-                    self.transport.write(_TIMED_OUT)
+            if self.cycle is None or not self.cycle.response_started:
+                self.refuse(_raw_error(408, "Request Timeout", "the request was not received within "
+                                       f"{config.timeout_s:g} s"))
+            else:
                 self.transport.close()
 
     return DeadlineProtocol

@@ -2,6 +2,7 @@
 connections are cut off at the deadline, open connections stay bounded, and the server keeps
 answering. Every loop here is bounded."""
 
+import json
 import select
 import socket
 import threading
@@ -163,3 +164,62 @@ def test_as_many_clients_as_the_limit_are_all_answered(server):
             s.close()
     assert [r.split(b"\r\n")[0] for r in replies] == [b"HTTP/1.1 200 OK"] * MAX_CONNECTIONS
     assert health(server) == 200
+
+
+def error_of(reply: bytes) -> tuple[bytes, str]:
+    """A raw reply's status line and its JSON error message."""
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0], json.loads(body)["error"]
+
+
+@pytest.mark.parametrize("pieces", [1, 40])
+def test_headers_past_64_kb_get_431_whether_they_arrive_whole_or_in_pieces(server, pieces: int):
+    request = b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * (70 * 1024) + b"\r\n\r\n"
+    with connect(server) as s:
+        size = -(-len(request) // pieces)
+        try:
+            for start in range(0, len(request), size):
+                s.sendall(request[start:start + size])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before the rest arrived
+        reply = closed_by_server(s, 5)
+    assert reply is not None
+    status, message = error_of(reply)
+    assert status == b"HTTP/1.1 431 Request Header Fields Too Large" and "64 kB" in message
+    assert health(server) == 200
+
+
+def test_at_the_connection_limit_idle_keep_alive_connections_make_room(server):
+    """A burst of keep-alive clients leaves every connection open: a new client (a health check)
+    is still answered, by closing one that waits for its next request. When every connection is
+    busy, a new one gets a JSON 503 at once rather than a reset."""
+    idle = [connect(server) for _ in range(MAX_CONNECTIONS)]
+    try:
+        for s in idle:
+            s.sendall(b"GET /model HTTP/1.1\r\nhost: x\r\n\r\n")
+            s.settimeout(5)
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        assert health(server) == 200
+        assert health(server) == 200
+    finally:
+        for s in idle:
+            s.close()
+    busy = [connect(server) for _ in range(MAX_CONNECTIONS)]
+    try:
+        for s in busy:
+            s.sendall(b"GET /health HTTP/1.1\r\nhost:")  # each in the middle of its request
+        time.sleep(0.2)
+        with connect(server) as s:
+            status, message = error_of(closed_by_server(s, 0.5 * TIMEOUT) or b"")
+        assert status == b"HTTP/1.1 503 Service Unavailable" and "connections open" in message
+    finally:
+        for s in busy:
+            s.close()
+    assert health(server) == 200
+
+
+def test_a_malformed_request_gets_a_json_400(server):
+    with connect(server) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n")
+        status, message = error_of(closed_by_server(s, 5) or b"")
+    assert status == b"HTTP/1.1 400 Bad Request" and "HTTP" in message
