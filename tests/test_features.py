@@ -161,7 +161,7 @@ def test_images_of_a_killed_decoding_child_are_decoded_by_the_parent(tmp_path: P
     np.testing.assert_array_equal(pixels, np.stack([network_input(p, TINY_INPUT) for p in paths]))
 
 
-@pytest.mark.parametrize("engine,limit", [("onnx", 1e-4), ("bf16", TOLERANCE)])
+@pytest.mark.parametrize("engine,limit", [("onnx", 1e-4), ("bf16", TOLERANCE), ("compile", 1e-4)])
 def test_engines_match_eager_fp32(tmp_path: Path, tiny_net, engine: str, limit: float):
     backbone, _, pre = tiny_net
     module = PooledFeatures(backbone, pre)
