@@ -22,12 +22,13 @@ from headstart.errors import ExitStatus
 from headstart.features import rows as feature_rows
 from headstart.features.cache import CacheLayout
 from headstart.features.engines import TOLERANCE, PooledFeatures, create_engine, feature_error
+from headstart.features.neighbours import near_copies
 from headstart.features.pipeline import FeatureRequest, extract_features
 from headstart.features.rows import FeatureMatrix, Rows
 from headstart.training.linear import fit_linear_head, fit_logistic, linear_probabilities, smoothed_scale
 from headstart._console import Console
 
-from conftest import TINY_BACKBONE, make_folder, make_image
+from conftest import TINY_BACKBONE, make_folder, make_image, shared_dataset
 
 
 @pytest.fixture
@@ -436,3 +437,37 @@ def trained_tiny(tmp_path: Path, tiny_weights: Path):
                                     workflow="lightweight", engine="eager", workers=0, precision="fp32",
                                     cache_dir=tmp_path / "cache", verbose=0).fit(data)
     return clf, data
+
+
+def test_near_copies_names_the_training_row_each_held_out_copy_repeats():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(50, 64)).astype(np.float32) + 5  # all positive, as pooled activations are
+    others = rng.normal(size=(3, 64)).astype(np.float32) + 5
+    held_out = np.concatenate([train[[7, 3]] + rng.normal(scale=0.05, size=(2, 64)), others])
+    assert near_copies(held_out, train).tolist() == [7, 3, -1, -1, -1]
+    assert near_copies(held_out[:0], train).tolist() == []
+
+
+@pytest.mark.slow
+def test_train_warns_of_validation_photos_that_are_near_copies_of_training_photos(cli, tmp_path: Path):
+    """Real photos and the embedded backbone: a training cat resized and re-encoded into val/ is
+    named; the distinct photos around it are not."""
+    from PIL import Image
+
+    source = shared_dataset("cats_and_dogs_filtered") / "train"
+    data = tmp_path / "data"
+    for name in ("cats", "dogs"):
+        photos = sorted((source / name).glob("*.jpg"))[:12]
+        for split, chosen in (("train", photos[:8]), ("val", photos[8:])):
+            (data / split / name).mkdir(parents=True)
+            for photo in chosen:
+                shutil.copy(photo, data / split / name)
+    copied = sorted((data / "train" / "cats").glob("*.jpg"))[2]
+    image = Image.open(copied)
+    image.resize((image.width * 4 // 5, image.height * 4 // 5)).save(data / "val" / "cats" / "again.jpg", quality=70)
+    status, captured = cli("train", data, "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache",
+                           "--engine", "eager", "--workers", "0")
+    assert status == ExitStatus.SUCCESS, captured.stderr
+    [warning] = [line for line in captured.stderr.splitlines() if "near-identical" in line]
+    assert warning.startswith("headstart: warning: 1 validation photo(s) are near-identical to training photos")
+    assert f"{data / 'val' / 'cats' / 'again.jpg'} and {copied}" in warning

@@ -16,7 +16,9 @@ import numpy as np
 from .. import distributed
 from ..config import HeadSpec, TrainingConfig
 from ..data.dataset import DatasetSplit
+from ..features.neighbours import MAX_COPY_PAIRS, near_copies
 from ..features.pipeline import Extraction, extract_features
+from ..features.rows import FeatureSet
 from ..record import FeatureRecord, HeadSearch
 from .linear import LinearHead, Progress, fit_linear_head, probabilities, smoothed_scale
 from .ovr import OvrHead, fit_ovr_head, sigmoid_probabilities
@@ -113,6 +115,8 @@ def _fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfi
               for i, name in enumerate(("train", "val", "test"))}
     rows = {name: features.rows(index, labels[index], with_flipped=name == "train")
             for name, index in usable.items()}
+    if warning := _near_copies_warning(features, usable, split):
+        console.warn(warning)
     val_rows = rows["val"] if len(rows["val"]) else None
     if split.multi_label:
         head = fit_ovr_head(rows["train"], val_rows, config.class_weight, config.seed)
@@ -157,3 +161,26 @@ def _fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfi
     thresholds = tuple(float(t) for t in head.thresholds) if split.multi_label else ()
     return HeadFit(head, result, record, search, proba, thresholds, fine_tune_start)
 
+
+
+def _near_copies_warning(features: FeatureSet, usable: dict[str, np.ndarray], split: DatasetSplit) -> str | None:
+    """A warning when validation or test photos are near-identical copies of training photos
+    (:data:`~headstart.features.neighbours.NEAR_IDENTICAL`): their scores flatter the model.
+
+    Only said, not mended: a split moved by features would change with the engine that computed
+    them, and the same seed must draw the same split. Skipped past ``MAX_COPY_PAIRS``."""
+    train, held = usable["train"], np.concatenate([usable["val"], usable["test"]])
+    if not len(held) or len(held) * len(train) > MAX_COPY_PAIRS:
+        return None
+    vectors = lambda index: features.rows(index, np.zeros(len(index))).to_array()  # noqa: E731
+    twin = near_copies(vectors(held), vectors(train))
+    if not (twin >= 0).any():
+        return None
+    samples, first_test = split.samples(), len(split.train) + len(split.val)
+    copied = held[twin >= 0]
+    counts = " and ".join(f"{n} {name}" for n, name in ((int((copied < first_test).sum()), "validation"),
+                                                      (int((copied >= first_test).sum()), "test")) if n)
+    example = samples[copied[0]].path, samples[train[twin[twin >= 0][0]]].path
+    return (f"{counts} photo(s) are near-identical to training photos, the same photo recropped, re-encoded or "
+            f"recoloured (e.g. {example[0]} and {example[1]}): their scores flatter the model; "
+            f"'headstart inspect {split.root}' lists them")
