@@ -224,3 +224,22 @@ def test_scores_within_the_noise_of_few_validation_images_go_to_the_fastest_back
     assert "92.00%" in survey.reason and "64 images cannot tell apart" in survey.reason
     survey.val_images = 20_000  # the same 2 points on many images are a real difference
     assert choose(survey) is slow and "the best validation accuracy (92.00%" in survey.reason
+
+
+def test_speed_is_the_fastest_of_three_timings_so_a_moments_load_cannot_rank_a_backbone(monkeypatch, tmp_path: Path):
+    from types import SimpleNamespace
+
+    from headstart.selection import survey
+    from headstart.training.plan import feature_request
+
+    seconds = iter([4.0, 1.0, 2.0])  # the first timing ran while another process took the cores
+    requests = []
+
+    def timed(sample, request, cache, console):
+        requests.append(request)
+        return SimpleNamespace(features=SimpleNamespace(computed=len(sample), seconds=next(seconds), close=lambda: None))
+
+    monkeypatch.setattr(survey, "extract_features", timed)
+    sample = [tmp_path / f"{i}.png" for i in range(128)]
+    speed = survey._images_per_second(sample, feature_request(TrainingConfig()), CacheLayout(tmp_path / "cache"))
+    assert speed == 128.0 and len(requests) == survey.TIMINGS == 3 and all(r.recompute for r in requests)

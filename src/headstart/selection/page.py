@@ -15,7 +15,7 @@ from .. import _html as h
 from .._io import write_text
 from .._plots import percent_axis, save
 from ..runfolder import BACKBONES_FILE, backbones_csv
-from .survey import SAMPLE_IMAGES, Survey
+from .survey import SAMPLE_IMAGES, TIMINGS, Survey
 
 __all__ = ["HTML_FILE", "PLOT_FILE", "survey_table", "trade_off", "write_survey"]
 
@@ -92,8 +92,9 @@ def write_survey(survey: Survey, out: Path) -> list[Path]:
             (f"<p>Each backbone's features of the same training and validation images (one split, drawn "
             f"once) come from the feature cache, or are computed and cached; the lightweight head is fitted "
             f"on them as <code>headstart train</code> fits it, and scored on the validation images. "
-            f"<b>img/s</b>: a warm extraction of the first {min(survey.sample, SAMPLE_IMAGES)} training "
-            "images, recomputed by the engine a training run uses on this machine, decoding included, "
+            f"<b>img/s</b>: the fastest of {TIMINGS} warm extractions of the first "
+            f"{min(survey.sample, SAMPLE_IMAGES)} training images (other processes' load only slows a "
+            "timing), recomputed by the engine a training run uses on this machine, decoding included, "
             "whatever the cache held. <b>extracted</b>: the features this comparison computed (the rest "
             "were cached). <b>weights</b>: the backbone's saved weights, as a run's model file holds "
             "them; <b>params</b> leaves BatchNorm statistics out.</p>")]
