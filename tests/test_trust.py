@@ -95,6 +95,8 @@ def test_decide_marks_unknown_images_and_names_sets():
     assert decide(proba, classes, head, coverage=0.7).tolist() == [("cat",), ("cat", "dog"), None]
     assert decide(proba, classes, head, reject=0.3, coverage=0.7).tolist() == [("cat",), ("cat", "dog"), None]
     assert decide(proba, classes, head, reject=0.5, coverage=0.7).tolist() == [("cat",), (), None]
+    # most probable first, as predict and serve list them, not in the classes' order
+    assert decide(np.array([[0.4, 0.45, 0.15]]), classes, head, coverage=0.7).tolist() == [("dog", "cat")]
     with pytest.raises(UsageError, match="already one of this model's classes"):
         decide(proba, ("cat", "dog", UNKNOWN), head, reject=0.5)
     with pytest.raises(UsageError, match="'reject' must be 'auto' or a probability"):

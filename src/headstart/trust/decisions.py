@@ -15,8 +15,8 @@ import numpy as np
 
 from ..config import HeadSpec
 from ..errors import UsageError
-from .conformal import check_coverage, conformal_quantile, prediction_sets, sets_within
-from .reject import UNKNOWN, known_scores, reject_threshold, rejected
+from .conformal import check_coverage, conformal_quantile, sets_within
+from .reject import UNKNOWN, known_scores, reject_threshold
 
 __all__ = ["check_trust_options", "decide", "TrustPolicy", "Judgement"]
 
@@ -45,20 +45,17 @@ def check_trust_options(head: HeadSpec, classes: Sequence[str], reject: str | fl
 def decide(proba: np.ndarray, classes: Sequence[str], head: HeadSpec, reject: str | float | None = None,
            coverage: float | None = None) -> np.ndarray:
     """Per row of ``proba``: with ``coverage``, the tuple of the classes of its conformal prediction
-    set (empty when rejected); else the most probable class, or ``"unknown"`` when ``reject``
-    (``"auto"`` or a probability) rejects it. None where the row is NaN."""
-    threshold = check_trust_options(head, classes, reject, coverage)
+    set, most probable first (empty when rejected); else the most probable class, or ``"unknown"``
+    when ``reject`` (``"auto"`` or a probability) rejects it. None where the row is NaN. Each row
+    is judged by the :class:`TrustPolicy` that ``headstart predict`` and ``serve`` apply."""
+    policy = TrustPolicy.of(head, classes, reject, coverage)
     out = np.full(len(proba), None, dtype=object)
-    readable = ~np.isnan(proba).any(axis=1)
-    unknown = rejected(proba, threshold) if threshold is not None else np.zeros(len(proba), dtype=bool)
-    if coverage is not None:
-        chosen = prediction_sets(proba, np.asarray(head.conformal_scores), coverage)
-        for i in np.flatnonzero(readable):
-            out[i] = () if unknown[i] else tuple(classes[k] for k in np.flatnonzero(chosen[i]))
-        return out
-    names = np.array(classes, dtype=object)
-    out[readable] = names[proba[readable].argmax(axis=1)]
-    out[unknown] = UNKNOWN
+    for i in np.flatnonzero(~np.isnan(proba).any(axis=1)):
+        judged = policy.judge(proba[i])
+        if judged.chosen is not None:
+            out[i] = tuple(classes[k] for k in judged.chosen)
+        else:
+            out[i] = UNKNOWN if judged.unknown else classes[int(proba[i].argmax())]
     return out
 
 
