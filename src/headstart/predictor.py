@@ -134,8 +134,9 @@ class ProbabilityPredictor:
         ``reject`` (a single-label model's): ``"unknown"`` for an image whose highest probability
         is below it, ``"auto"`` being the threshold that keeps 95% of the validation images
         (:mod:`headstart.trust.reject`). ``coverage`` (such as 0.9): per image, the tuple of the
-        classes of its prediction set (most probable first), which holds the true class with that probability (split
-        conformal prediction, :mod:`headstart.trust.conformal`); a rejected image's set is empty.
+        classes of its prediction set, most probable first, which holds the true class with that
+        probability (split conformal prediction, :mod:`headstart.trust.conformal`); a rejected
+        image's set is empty.
 
         A multi-label model predicts the tuple of the classes whose probability reaches their
         threshold (``thresholds_``, tuned on validation; ``threshold`` sets one for every class).
