@@ -34,13 +34,20 @@ def png_bytes(color=(200, 40, 40), size=(40, 32)) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.fixture(scope="module")
+def exported(run: Path, tmp_path_factory) -> Path:
+    """The run exported to ONNX outside its folder, which other test modules read as trained."""
+    from headstart._console import Console
+    from headstart.cli import main
+
+    model = tmp_path_factory.mktemp("exported") / "model.onnx"
+    assert main(["export", str(run), "--output", str(model)], Console(-1)) == ExitStatus.SUCCESS
+    return model
+
+
 @pytest.fixture(params=["run", "onnx"])
-def client(request, run: Path, cli):
-    model = run
-    if request.param == "onnx":
-        model = run / "model.onnx"
-        if not model.exists():
-            assert cli("export", run)[0] == ExitStatus.SUCCESS
+def client(request, run: Path):
+    model = request.getfixturevalue("exported") if request.param == "onnx" else run
     with TestClient(create_app(open_model(model), ServeConfig(max_images=3, max_upload_mb=0.5), model)) as c:
         c.run = run
         yield c
