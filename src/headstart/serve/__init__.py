@@ -23,7 +23,6 @@ answered 503. Those answers, given below the application, have the JSON error sh
 import asyncio
 import html
 import io
-import json
 import logging
 import sys
 import time
@@ -32,17 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.images import network_input
-from .errors import UsageError
-from .predictor import Predictor
-from .trust import UNKNOWN, TrustPolicy, reject_option
+from ..data.images import network_input
+from ..errors import UsageError
+from ..predictor import Predictor
+from ..trust import UNKNOWN, TrustPolicy, reject_option
+from .page import PAGE
+from .protocol import MAX_HEADER_BYTES, deadline_protocol
 
 __all__ = ["ServeConfig", "create_app", "server_config", "serve", "ACCESS_LOG"]
 
 # One line per request; `headstart serve` prints it on stderr, an embedding application routes it as it likes.
 ACCESS_LOG = logging.getLogger("headstart.serve.access")
-# The request line and headers of one request; h11 bounds them only while they are incomplete.
-MAX_HEADER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None, source: 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
         # Class names come from folder names or a model file's metadata: text, never markup.
-        return _PAGE.replace("{{CLASSES}}", html.escape(", ".join(classes)))
+        return PAGE.replace("{{CLASSES}}", html.escape(", ".join(classes)))
 
     @app.get("/health")
     async def health() -> dict:
@@ -255,7 +254,7 @@ def server_config(app, host: str = "127.0.0.1", port: int = 8000, config: ServeC
     config = config or ServeConfig()
     # uvicorn's own access log is off: ours (ACCESS_LOG) has the timing, and one line per request is enough.
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                          http=_deadline_protocol(config), timeout_keep_alive=5,
+                          http=deadline_protocol(config.timeout_s, config.max_connections), timeout_keep_alive=5,
                           # uvicorn answers 503 once connections reach its limit, so with max_connections
                           # open the last request would be refused: the bound itself is the protocol's.
                           limit_concurrency=config.max_connections + 1, h11_max_incomplete_event_size=MAX_HEADER_BYTES)
@@ -273,169 +272,3 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, confi
     ACCESS_LOG.addHandler(handler)
     ACCESS_LOG.setLevel(logging.INFO)
     uvicorn.Server(server_config(create_app(predictor, config, source), host, port, config)).run()
-
-
-def _raw_error(status: int, reason: str, message: str) -> bytes:
-    """A whole response in the application's error shape, for answers given before it sees a request."""
-    body = json.dumps({"error": message}).encode()
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n").encode() + body
-
-
-def _deadline_protocol(config: ServeConfig):
-    """uvicorn's HTTP/1.1 protocol, plus what it lacks: a deadline to receive each request, a
-    bound on header bytes, and a bound on open connections (its ``limit_concurrency`` answers 503
-    only to requests that arrive, so clients that never finish their headers would be held
-    forever)."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class DeadlineProtocol(H11Protocol):
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self.deadline, self.head, self.requests = None, b"", 0
-            open_now = [p for p in self.connections if not p.transport.is_closing()]
-            if len(open_now) > config.max_connections and not self.make_room(open_now):
-                self.refuse(_raw_error(503, "Service Unavailable", f"the server has {config.max_connections} "
-                                       "connections open, its limit: retry shortly"))
-                return
-            self.arm()
-
-        def make_room(self, open_now: list) -> bool:
-            """Close one connection that is waiting for its next request (keep-alive): it has
-            been answered, and its client reconnects when it has another."""
-            idle = [p for p in open_now if p is not self and p.between_requests()]
-            if idle:
-                idle[0].transport.close()
-            return bool(idle)
-
-        def between_requests(self) -> bool:
-            return (self.requests > 0 and not self.head and self.conn.their_state is h11.IDLE
-                    and self.conn.our_state is h11.IDLE)
-
-        def arm(self) -> None:
-            if self.deadline is None:
-                self.deadline = self.loop.call_later(config.timeout_s, self.too_slow)
-
-        def disarm(self) -> None:
-            if self.deadline is not None:
-                self.deadline.cancel()
-                self.deadline = None
-
-        def refuse(self, response: bytes) -> None:
-            self.disarm()
-            if not self.transport.is_closing():
-                self.transport.write(response)
-                self.transport.close()
-
-        def data_received(self, data: bytes) -> None:
-            if self.conn.their_state is h11.IDLE:  # a request's line and headers, or their first bytes
-                self.arm()  # a new request on this connection: its own deadline
-                self.requests += not self.head
-                if self.headers_too_large(data):
-                    self.refuse(_raw_error(431, "Request Header Fields Too Large", "the request's headers are "
-                                           f"larger than {MAX_HEADER_BYTES // 1024} kB"))
-                    return
-            super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:
-                self.head = b""
-            if self.conn.their_state is not h11.SEND_BODY and self.conn.their_state is not h11.IDLE:
-                self.disarm()  # the request is in (or the connection is ending): the app takes over
-
-        def headers_too_large(self, data: bytes) -> bool:
-            # Only the first MAX_HEADER_BYTES (and the blank line's 4) are kept: enough to decide.
-            self.head = (self.head + data[: MAX_HEADER_BYTES + 4])[: MAX_HEADER_BYTES + 4]
-            end = self.head.find(b"\r\n\r\n")
-            return end > MAX_HEADER_BYTES or (end < 0 and len(self.head) > MAX_HEADER_BYTES)
-
-        def send_400_response(self, msg: str) -> None:  # uvicorn's is plain text
-            self.refuse(_raw_error(400, "Bad Request", "not a valid HTTP/1.1 request"))
-
-        def connection_lost(self, exc) -> None:
-            self.disarm()
-            super().connection_lost(exc)
-
-        def too_slow(self) -> None:
-            self.deadline = None
-            if self.cycle is None or not self.cycle.response_started:
-                self.refuse(_raw_error(408, "Request Timeout", "the request was not received within "
-                                       f"{config.timeout_s:g} s"))
-            else:
-                self.transport.close()
-
-    return DeadlineProtocol
-
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>headstart</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">
-<style>
-body{font:16px system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;color:#222}
-#drop{border:2px dashed #888;border-radius:.5rem;padding:2.5rem;text-align:center;cursor:pointer}
-#drop.over{background:#eef5ff;border-color:#36c}
-.result{display:flex;gap:1rem;margin:1rem 0;align-items:flex-start;border-top:1px solid #ddd;padding-top:1rem}
-.result img{width:8rem;height:8rem;object-fit:cover;border-radius:.3rem}
-.result>div{flex:1}
-.name{font-size:.85rem;color:#555;word-break:break-all;margin-bottom:.3rem}
-.name b{color:#222}
-.bar{height:.9rem;background:#9ab;border-radius:.2rem}
-.row{display:grid;grid-template-columns:8rem 1fr 4rem;gap:.5rem;align-items:center;margin:.2rem 0}
-.row.top{font-weight:600}.row.top .bar{background:#36c}
-.error{color:#b00}
-</style></head><body>
-<h1>headstart</h1>
-<p>Classes: {{CLASSES}}</p>
-<div id="drop">Drop images here, or click to choose<input id="pick" type="file" accept="image/*" multiple hidden></div>
-<p id="hint" hidden>Results in the order sent, the newest at the bottom.</p>
-<div id="results"></div>
-<script>
-// Text is only ever set with textContent: file and class names are data, never markup.
-const drop = document.getElementById("drop"), pick = document.getElementById("pick");
-const results = document.getElementById("results"), hint = document.getElementById("hint");
-let count = 0;
-drop.onclick = () => pick.click();
-// A copy: clearing the input (so the same file can be chosen again) empties its live FileList.
-pick.onchange = () => { send(Array.from(pick.files)); pick.value = ""; };
-drop.ondragover = e => { e.preventDefault(); drop.classList.add("over"); };
-drop.ondragleave = () => drop.classList.remove("over");
-drop.ondrop = e => { e.preventDefault(); drop.classList.remove("over"); send(Array.from(e.dataTransfer.files)); };
-async function send(files) {
-  if (!files.length) return;
-  const form = new FormData();
-  for (const f of files) form.append("files", f);
-  let body;
-  try {
-    body = await (await fetch("/predict", {method: "POST", body: form})).json();
-  } catch (e) { body = {error: "the server did not answer (" + e.message + ")"}; }
-  // One entry per file, even when the whole request was refused (too many images).
-  const entries = body.predictions || [];
-  files.forEach((f, i) => show(f, entries[i] || {error: body.error || "no answer"}));
-}
-function show(file, entry) {
-  const box = document.createElement("div"); box.className = "result";
-  const img = document.createElement("img"); img.src = URL.createObjectURL(file); img.alt = file.name; box.append(img);
-  const text = document.createElement("div");
-  const name = document.createElement("div"); name.className = "name";
-  const number = document.createElement("b"); number.textContent = "#" + (++count) + " ";
-  name.append(number, document.createTextNode(file.name));
-  text.append(name);
-  if (entry.error) {
-    const error = document.createElement("div"); error.className = "error"; error.textContent = entry.error;
-    text.append(error);
-  } else if (entry.labels) {
-    const set = document.createElement("div"); set.className = "row top";
-    set.textContent = "Labels: " + (entry.labels.join(", ") || "none of these");
-    text.append(set);
-  }
-  if (!entry.error) entry.top_k.forEach((t, i) => {
-    const row = document.createElement("div"); row.className = i === 0 && !entry.labels ? "row top" : "row";
-    const label = document.createElement("span"); label.textContent = t.class;
-    const bar = document.createElement("div"); bar.className = "bar"; bar.style.width = (100 * t.probability) + "%";
-    const pct = document.createElement("span"); pct.textContent = (100 * t.probability).toFixed(1) + "%";
-    row.append(label, bar, pct); text.append(row);
-  });
-  box.append(text); results.append(box); hint.hidden = false;
-  box.scrollIntoView({block: "nearest"});
-}
-</script></body></html>
-"""
