@@ -79,7 +79,9 @@ def test_fine_tune_is_kept_only_when_validation_improves():
     assert not fine_tune_improved(before, EpochStats(0.30, 0.96, 100))  # one photo more, loss up: chance
     assert fine_tune_improved(EpochStats(0.50, 0.80, 100), EpochStats(0.60, 0.95, 100))  # beyond the noise
     assert fine_tune_improved(before, EpochStats(0.10, 0.95, 100))
-    assert not fine_tune_improved(before, EpochStats(0.10, 0.94, 100))
+    assert fine_tune_improved(before, EpochStats(0.10, 0.94, 100))  # one photo fewer is chance too: the loss decides
+    assert not fine_tune_improved(before, EpochStats(0.10, 0.85, 100))  # ten fewer: beyond the noise, whatever the loss
+    assert not fine_tune_improved(before, EpochStats(0.199, 0.94, 100))
     assert not fine_tune_improved(before, EpochStats(0.20, 0.95, 100))
     assert not fine_tune_improved(before, EpochStats(0.199, 0.96, 100))  # both within the noise
 

@@ -80,19 +80,20 @@ def guard_verdict(before: EpochStats, after: EpochStats) -> tuple[bool, str]:
     if before.calibrated_loss is not None and after.calibrated_loss is not None:
         loss, loss_was, loss_now = "calibrated loss", before.calibrated_loss, after.calibrated_loss
     losses = f"{loss_was:.4f} -> {loss_now:.4f}"
-    # One more photo right out of 64 is chance, and so is a loss a hair lower: within both, the
-    # cheaper model (stage 1: nothing to refit, nothing moved) is kept.
+    # One photo more or less right out of 64 is chance, either way, and so is a loss a hair lower:
+    # within both, the cheaper model (stage 1: nothing to refit, nothing moved) is kept.
     noise = difference_noise(was, before.count) if name == "accuracy" else 0.0
-    if now < was:
+    if was - now > noise:
         return False, f"lowered validation {name}: {change}"
     if now - was > noise:
         return True, f"raised validation {name}: {change}"
     if loss_now < (1 - LOSS_MARGIN) * loss_was:
-        within = f"at equal {name}" if now == was else f"with a {name} within the noise of {before.count} images"
+        within = f"at equal {name}" if now == was else f"with an {name} within the noise of {before.count} images"
         return True, f"improved validation {loss} {within} ({change}): {losses}"
     if now == was:
         return False, f"validation {name} unchanged ({shown(now)}) and {loss} not {LOSS_MARGIN:.0%} lower: {losses}"
-    return False, (f"raised validation {name} only within the noise of {before.count} images ({change}, "
+    moved = "raised" if now > was else "lowered"
+    return False, (f"{moved} validation {name} only within the noise of {before.count} images ({change}, "
                    f"under {noise:.1%}) and the {loss} is not {LOSS_MARGIN:.0%} lower: {losses}")
 
 
