@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import distributed
+from .._console import Console
 from ..config import HeadSpec, TrainingConfig
 from ..data.dataset import DatasetSplit
 from ..features.neighbours import MAX_COPY_PAIRS, near_copies
@@ -25,7 +26,7 @@ from .ovr import OvrHead, fit_ovr_head, sigmoid_probabilities
 from .plan import FitContext, feature_request
 from .results import Fitted, StageResult, TrainResult
 
-__all__ = ["HeadFit", "fit_head", "fit_lightweight"]
+__all__ = ["HeadFit", "fit_head", "fit_lightweight", "warn_of_near_copies"]
 
 
 def fit_lightweight(split: DatasetSplit, config: TrainingConfig, context: FitContext) -> Fitted:
@@ -37,6 +38,7 @@ def fit_lightweight(split: DatasetSplit, config: TrainingConfig, context: FitCon
         computing = extraction.features.computed > 0
         context.console.info(f"features from the cache {'and the exported engine ' if computing else ''}"
                              f"({extraction.features.engine}), so the head is fitted without loading the backbone")
+    warn_of_near_copies(extraction, split, context.console)
     head = fit_head(extraction, split, config, context, fine_tuning=False)
     fitted = Fitted("lightweight", extraction.spec, extraction.preprocessing, head.result,
                     features=head.features, head=head.search, held_out_proba=head.proba, thresholds=head.thresholds)
@@ -109,14 +111,9 @@ def _fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfi
     for path, reason in features.failed.items():
         console.warn(f"skipping {path}: {reason}")
     labels = split.targets(split.samples())
-    bounds = np.cumsum([0, len(split.train), len(split.val), len(split.test)])
-    # Positions of each split's decodable images in `split.samples()`.
-    usable = {name: np.flatnonzero(features.ok[bounds[i]:bounds[i + 1]]) + bounds[i]
-              for i, name in enumerate(("train", "val", "test"))}
+    bounds, usable = _positions(features, split)
     rows = {name: features.rows(index, labels[index], with_flipped=name == "train")
             for name, index in usable.items()}
-    if warning := _near_copies_warning(features, usable, split):
-        console.warn(warning)
     val_rows = rows["val"] if len(rows["val"]) else None
     if split.multi_label:
         head = fit_ovr_head(rows["train"], val_rows, config.class_weight, config.seed)
@@ -162,25 +159,36 @@ def _fit_head(extraction: Extraction, split: DatasetSplit, config: TrainingConfi
     return HeadFit(head, result, record, search, proba, thresholds, fine_tune_start)
 
 
+def _positions(features: FeatureSet, split: DatasetSplit) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Where each split starts and ends in ``split.samples()``, and the positions of its decodable images."""
+    bounds = np.cumsum([0, len(split.train), len(split.val), len(split.test)])
+    return bounds, {name: np.flatnonzero(features.ok[bounds[i]:bounds[i + 1]]) + bounds[i]
+                    for i, name in enumerate(("train", "val", "test"))}
 
-def _near_copies_warning(features: FeatureSet, usable: dict[str, np.ndarray], split: DatasetSplit) -> str | None:
-    """A warning when validation or test photos are near-identical copies of training photos
+
+def warn_of_near_copies(extraction: Extraction, split: DatasetSplit, console: Console) -> None:
+    """Warn when validation or test photos are near-identical copies of training photos
     (:data:`~headstart.features.neighbours.NEAR_IDENTICAL`): their scores flatter the model.
 
-    Only said, not mended: a split moved by features would change with the engine that computed
-    them, and the same seed must draw the same split. Skipped past ``MAX_COPY_PAIRS``."""
+    A training run's check, before its head is fitted (a backbone survey fits heads too, and
+    needs no warning per backbone). Only said, not mended: a split moved by features would change
+    with the engine that computed them, and the same seed must draw the same split. Skipped past
+    ``MAX_COPY_PAIRS``, and on all but the first process of a data-parallel run."""
+    if not distributed.is_main():
+        return
+    features = extraction.features
+    bounds, usable = _positions(features, split)
     train, held = usable["train"], np.concatenate([usable["val"], usable["test"]])
     if not len(held) or len(held) * len(train) > MAX_COPY_PAIRS:
-        return None
+        return
     vectors = lambda index: features.rows(index, np.zeros(len(index))).to_array()  # noqa: E731
     twin = near_copies(vectors(held), vectors(train))
     if not (twin >= 0).any():
-        return None
-    samples, first_test = split.samples(), len(split.train) + len(split.val)
-    copied = held[twin >= 0]
-    counts = " and ".join(f"{n} {name}" for n, name in ((int((copied < first_test).sum()), "validation"),
-                                                      (int((copied >= first_test).sum()), "test")) if n)
+        return
+    samples, copied = split.samples(), held[twin >= 0]
+    counts = " and ".join(f"{n} {name}" for n, name in ((int((copied < bounds[2]).sum()), "validation"),
+                                                      (int((copied >= bounds[2]).sum()), "test")) if n)
     example = samples[copied[0]].path, samples[train[twin[twin >= 0][0]]].path
-    return (f"{counts} photo(s) are near-identical to training photos, the same photo recropped, re-encoded or "
-            f"recoloured (e.g. {example[0]} and {example[1]}): their scores flatter the model; "
-            f"'headstart inspect {split.root}' lists them")
+    console.warn(f"{counts} photo(s) are near-identical to training photos, the same photo recropped, re-encoded "
+                 f"or recoloured (e.g. {example[0]} and {example[1]}): their scores flatter the model; "
+                 f"'headstart inspect {split.root}' lists them")

@@ -26,7 +26,7 @@ from ..data.dataset import DatasetSplit
 from ..data.loader import ImageDataset, make_loader, train_transform
 from ..device import bounded_batch_size, prepare, resolve_device, resolve_precision
 from ..features.pipeline import extract_features
-from .lightweight import fit_head
+from .lightweight import fit_head, warn_of_near_copies
 from .loop import StageCheckpoint, Trainer, validation_thresholds
 from .plan import FitContext, feature_request
 from .results import Fitted, TrainResult
@@ -58,6 +58,7 @@ def fit_network(split: DatasetSplit, config: TrainingConfig, context: FitContext
     if workflow == "lightweight":
         extraction = extract_features([s.path for s in split.samples()], feature_request(config), context.cache,
                                       console, backbone=backbone)
+        warn_of_near_copies(extraction, split, console)
         head = fit_head(extraction, split, config, context, fine_tuning=bool(fine_tune_epochs))
         # Stage 1's model is the head as fitted (and refitted); fine-tuning starts from its own.
         net.head.load_linear(*(head.fine_tune_start or (head.linear.weight, head.linear.bias)))
