@@ -90,7 +90,8 @@ def write_onnx(clf, path: str | Path, console: Console) -> None:
             "output": "class probabilities, N x classes", "multi_label": False, "versions": config.versions,
             # Already applied by the graph; the rest is what reject and coverage decide with.
             "temperature": config.head.temperature, "conformal_scores": list(config.head.conformal_scores),
-            "reject_threshold": config.head.reject_threshold, "metrics": clf.metrics_.scores() if clf.metrics_ is not None else {}}
+            "reject_threshold": config.head.reject_threshold,
+            "metrics": clf.metrics_.scores() if clf.metrics_ is not None else {}}
     if config.head.multi_label:
         meta.update(multi_label=True, thresholds=list(config.head.decision_thresholds()),
                     output="each class's probability (a sigmoid each), N x classes; a class is predicted "

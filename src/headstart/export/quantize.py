@@ -104,7 +104,7 @@ def check_int8(fp32: ExportedClassifier, int8: ExportedClassifier, val_images: S
                      "unless file size matters more than speed")
     if report.drop_points > max_drop:
         raise ExportCheckError(f"int8 loses {report.drop_points:.2f} points of validation accuracy "
-                             f"(--max-drop {max_drop:g}): {int8_path} not written (--force writes it anyway)")
+                               f"(--max-drop {max_drop:g}): {int8_path} not written (--force writes it anyway)")
     return report
 
 

@@ -7,6 +7,7 @@ the application's JSON error shape on each of these answers and on uvicorn's 400
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 
 __all__ = ["MAX_HEADER_BYTES", "raw_error", "deadline_protocol"]
 
@@ -14,10 +15,10 @@ __all__ = ["MAX_HEADER_BYTES", "raw_error", "deadline_protocol"]
 MAX_HEADER_BYTES = 64 * 1024
 
 
-def raw_error(status: int, reason: str, message: str) -> bytes:
+def raw_error(status: int, message: str) -> bytes:
     """A whole response in the application's error shape, for answers given before it sees a request."""
     body = json.dumps({"error": message}).encode()
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             "connection: close\r\n\r\n").encode() + body
 
 
@@ -35,8 +36,8 @@ def deadline_protocol(timeout_s: float, max_connections: int):
             self.deadline, self.head, self.requests = None, b"", 0
             open_now = [p for p in self.connections if not p.transport.is_closing()]
             if len(open_now) > max_connections and not self.make_room(open_now):
-                self.refuse(raw_error(503, "Service Unavailable", f"the server has {max_connections} "
-                                       "connections open, its limit: retry shortly"))
+                self.refuse(raw_error(503, f"the server has {max_connections} connections open, its limit: "
+                                       "retry shortly"))
                 return
             self.arm()
 
@@ -72,8 +73,8 @@ def deadline_protocol(timeout_s: float, max_connections: int):
                 self.arm()  # a new request on this connection: its own deadline
                 self.requests += not self.head
                 if self.headers_too_large(data):
-                    self.refuse(raw_error(431, "Request Header Fields Too Large", "the request's headers are "
-                                           f"larger than {MAX_HEADER_BYTES // 1024} kB"))
+                    self.refuse(raw_error(431, "the request's headers are larger than "
+                                           f"{MAX_HEADER_BYTES // 1024} kB"))
                     return
             super().data_received(data)
             if self.conn.their_state is not h11.IDLE:
@@ -88,7 +89,7 @@ def deadline_protocol(timeout_s: float, max_connections: int):
             return end > MAX_HEADER_BYTES or (end < 0 and len(self.head) > MAX_HEADER_BYTES)
 
         def send_400_response(self, msg: str) -> None:  # uvicorn's is plain text
-            self.refuse(raw_error(400, "Bad Request", "not a valid HTTP/1.1 request"))
+            self.refuse(raw_error(400, "not a valid HTTP/1.1 request"))
 
         def connection_lost(self, exc) -> None:
             self.disarm()
@@ -97,8 +98,7 @@ def deadline_protocol(timeout_s: float, max_connections: int):
         def too_slow(self) -> None:
             self.deadline = None
             if self.cycle is None or not self.cycle.response_started:
-                self.refuse(raw_error(408, "Request Timeout", "the request was not received within "
-                                       f"{timeout_s:g} s"))
+                self.refuse(raw_error(408, f"the request was not received within {timeout_s:g} s"))
             else:
                 self.transport.close()
 

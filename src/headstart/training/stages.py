@@ -61,7 +61,8 @@ def train_frozen(trainer: Trainer) -> TrainResult:
 
 def fine_tune_improved(before: EpochStats, after: EpochStats) -> bool:
     """Keep fine-tuning only for a validation score higher beyond the noise of the validation
-    images, or one not lower and a loss lower by more than :data:`LOSS_MARGIN`.
+    images, or one within that noise, higher or lower, and a loss lower by more than
+    :data:`LOSS_MARGIN`.
     The score is accuracy, or for a multi-label model the mean average precision (threshold-free,
     as the thresholds are tuned afterwards). The loss is the calibrated one when both have it: the
     model is calibrated before it is used, and label smoothing leaves a fine-tuned model less
