@@ -121,9 +121,14 @@ def test_a_forked_worker_does_not_keep_a_killed_runs_lock(tmp_path: Path):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import multiprocessing, sys, time; sys.path.insert(0, sys.argv[1]);"
         "from headstart.runfolder import lock_run\n"
+        "def work(started):\n"
+        "    started.set(); time.sleep(60)\n"
+        "fork = multiprocessing.get_context('fork'); started = fork.Event()\n"
         "with lock_run(sys.argv[2]):\n"
-        "    worker = multiprocessing.get_context('fork').Process(target=time.sleep, args=(60,))\n"
-        "    worker.start(); print(worker.pid, flush=True); time.sleep(60)"), str(SRC), str(out)],
+        "    worker = fork.Process(target=work, args=(started,))\n"
+        # Running, the worker is past its fork handlers: on a loaded machine, a kill right after
+        # start() could come before the child had run them, still holding the parent's lock.
+        "    worker.start(); started.wait(); print(worker.pid, flush=True); time.sleep(60)"), str(SRC), str(out)],
         stdout=subprocess.PIPE, text=True)
     worker = int(holder.stdout.readline())
     try:
