@@ -18,8 +18,8 @@ MAX_HEADER_BYTES = 64 * 1024
 def raw_error(status: int, message: str) -> bytes:
     """A whole response in the application's error shape, for answers given before it sees a request."""
     body = json.dumps({"error": message}).encode()
-    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n").encode() + body
+    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 
 
 def deadline_protocol(timeout_s: float, max_connections: int):
