@@ -14,6 +14,7 @@ from headstart.backbone.freeze import freeze, unfreeze
 from headstart.backbone.head import ClassifierNet, Head
 from headstart.backbone.pretrained import create_backbone
 from headstart.config import BackboneRequest, HeadSpec, TrainingConfig
+from headstart.training.plan import fine_tune_rate
 from headstart.training.results import EpochStats
 from headstart.training.recipe import WARMUP_FRACTION, optimisation
 from headstart.training.stages import fine_tune_improved, guard_verdict, likely_cause
@@ -148,9 +149,15 @@ def test_fine_tuning_warms_up_then_decays_per_step_and_rates_blocks_by_depth():
     assert head.lr == pytest.approx(1e-2) and len(head.optimizer.param_groups) == 1
 
 
+def test_fine_tuning_rate_is_the_one_asked_for_or_grows_with_the_training_photos():
+    assert TrainingConfig().fine_tune_lr is None
+    assert [fine_tune_rate(TrainingConfig(), n) for n in (0, 999, 1000, 50_000)] == [1e-4, 1e-4, 2e-4, 2e-4]
+    assert fine_tune_rate(TrainingConfig(fine_tune_lr=3e-5), 50_000) == 3e-5
+
+
 def test_weight_decay_is_what_adamw_applies_in_both_stages():
     net = tiny_net()
-    config = TrainingConfig(weight_decay=0.05, layer_decay=0.5)
+    config = TrainingConfig(weight_decay=0.05, fine_tune_lr=1e-4, layer_decay=0.5)
     for stage in ("frozen", "fine-tune"):
         groups = optimisation(net, config, stage, (1, 4), torch.float32).optimizer.param_groups
         assert {g["weight_decay"] for g in groups} == {0.05}, stage
@@ -222,8 +229,11 @@ def test_a_kept_fine_tune_is_refitted_on_train_and_val_and_reports_the_guarded_m
     assert refit["val"] == guarded["val"]
     assert refit["calibration"]["temperature"] == guarded["calibration"]["temperature"]
     assert refit["fine_tune"]["val_accuracy"] == refit["val"]["accuracy"]
-    configs = {name: json.loads((run / "config.json").read_text())["head"] for name, run in runs.items()}
-    assert configs["refit"]["conformal_scores"] == configs["guarded"]["conformal_scores"]
+    configs = {name: json.loads((run / "config.json").read_text()) for name, run in runs.items()}
+    assert configs["refit"]["head"]["conformal_scores"] == configs["guarded"]["head"]["conformal_scores"]
+    # The rate these few training photos called for is saved as used; run.json keeps what was asked.
+    assert configs["refit"]["training"]["fine_tune_lr"] == 1e-4
+    assert json.loads((runs["refit"] / "run.json").read_text())["params"]["fine_tune_lr"] is None
     # ...while the weights are another model's, trained on the validation photos too.
     from safetensors.numpy import load_file
 

@@ -199,7 +199,7 @@ class TrainingConfig:
     dropout: float = 0.2
     patience: int = 3
     fine_tune_epochs: int | None = None  # None: 2 on a GPU with workflow auto, else 0
-    fine_tune_lr: float = 1e-4  # the peak, after the warm-up (training/recipe.py)
+    fine_tune_lr: float | None = None  # the peak, after the warm-up; None: by the training photos (training/plan.py)
     # The last 4 of EfficientNet-Lite's 8 blocks hold 98% of its parameters; leaving the first 4
     # (the high-resolution ones) frozen fine-tunes 1.6x faster on a CPU, and paid as much or more.
     unfreeze_last: int | None = 4  # None: the whole backbone
@@ -238,9 +238,9 @@ class TrainingConfig:
         for name in ("flip_features", "blend", "refit", "calibrate"):
             _require(isinstance(getattr(self, name), bool), name, "true or false", getattr(self, name))
         _require(self.multi_label in (None, True, False), "multi_label", "None, true or false", self.multi_label)
-        for name in ("lr", "fine_tune_lr"):
-            value = getattr(self, name)
-            _require(isinstance(value, (int, float)) and value > 0, name, "a positive number", value)
+        _require(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", "a positive number", self.lr)
+        _require(self.fine_tune_lr is None or (isinstance(self.fine_tune_lr, (int, float)) and self.fine_tune_lr > 0),
+                 "fine_tune_lr", "a positive number (or None: set by the training photos)", self.fine_tune_lr)
         _require(0 < self.layer_decay <= 1, "layer_decay", "in (0, 1]", self.layer_decay)
         _require(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
         _require(0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)", self.label_smoothing)

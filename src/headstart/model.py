@@ -42,7 +42,7 @@ from .runfolder import CONFIG_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE, check_fi
 from .evaluate import fit_metrics, tuned_config
 from .selection import select_backbone
 from .training import fitting
-from .training.plan import FitContext, feature_request
+from .training.plan import FitContext, feature_request, fine_tune_rate
 from .training.results import without_failed
 
 # PyTorch, timm and the network are imported where they are used: a lightweight run
@@ -81,7 +81,7 @@ class ImageClassifier(ProbabilityPredictor):
                  epochs: int = 5,
                  lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int = 32,
                  label_smoothing: float = 0.1, augment: str = "light", dropout: float = 0.2,
-                 patience: int = 3, fine_tune_epochs: int | None = None, fine_tune_lr: float = 1e-4,
+                 patience: int = 3, fine_tune_epochs: int | None = None, fine_tune_lr: float | None = None,
                  unfreeze_last: int | None = 4, layer_decay: float = 1.0, blend: bool = True, refit: bool = True,
                  calibrate: bool = True,
                  val_fraction: float = 0.2, test_fraction: float = 0.0,
@@ -193,6 +193,8 @@ class ImageClassifier(ProbabilityPredictor):
         if config.backbone == AUTO_BACKBONE:  # the best candidate on this split's validation images
             config, self.backbones_ = select_backbone(split, config, cache, console, run_dir)
             timings["backbones"] = time.perf_counter() - clock - timings["data"]
+        # The rate the training photos call for, so config.json says what ran (run.json keeps what was asked).
+        config = dataclasses.replace(config, fine_tune_lr=fine_tune_rate(config, len(split.train)))
         epochs = itertools.count(1)
         fitted = fitting.fit(split, config, FitContext(
             cache, console, lambda row: self._callbacks.on_epoch_end(next(epochs), row), run_dir))
