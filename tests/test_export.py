@@ -179,6 +179,18 @@ def test_a_multi_label_export_is_checked_on_its_decisions(cli, tiny_data: Path, 
     assert OnnxClassifier(out / "model.onnx").multi_label_
 
 
+def test_a_decision_that_flips_within_the_tolerance_is_not_held_against_the_export():
+    from headstart.export.parity import _agreeing
+
+    # Image 0 sits exactly on class 0's threshold, as a threshold tuned on validation photos does.
+    multi, thresholds = np.array([[0.5, 0.1], [0.9, 0.6]]), np.array([0.5, 0.3])
+    assert _agreeing(multi, multi - 6e-8, thresholds, 1e-4).tolist() == [True, True]
+    assert _agreeing(multi, multi + [[0, 0.5], [0, -0.4]], thresholds, 1e-4).tolist() == [False, False]
+    tied, single = np.array([[0.5, 0.5], [0.7, 0.3]]), np.array([[0.6, 0.4], [0.7, 0.3]])
+    assert _agreeing(tied, tied + [[-1e-7, 1e-7], [0, 0]], None, 1e-4).tolist() == [True, True]
+    assert _agreeing(single, single[:, ::-1], None, 1e-4).tolist() == [False, False]
+
+
 def test_a_converter_failure_is_one_line_and_leaves_no_file(cli, run: Path, monkeypatch):
     def unsupported(clf, path, console):
         Path(path).write_bytes(b"half")
