@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..config import AUGMENTATIONS, CLASS_WEIGHTS, ENGINES, PRECISIONS, WORKFLOWS, TrainingConfig
+from ..config import AUGMENTATIONS, CLASS_WEIGHTS, ENGINES, FINE_TUNE_RATES, PRECISIONS, WORKFLOWS, TrainingConfig
 from ..data.dataset import LABEL_SEP
 from ..errors import UsageError
 from .values import port_number, unfreeze_count
@@ -26,6 +26,7 @@ __all__ = ["main_parser", "add_train", "add_predict", "add_evaluate", "add_inspe
            "add_export", "add_serve", "add_compare", "add_cache", "add_launch", "check_output"]
 
 _DEFAULT = TrainingConfig()
+(_MANY_PHOTOS, _HIGH_RATE), (_, _LOW_RATE) = FINE_TUNE_RATES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -156,7 +157,8 @@ def add_train(commands, name: str) -> argparse.ArgumentParser:
                    help="0 skips it (default: 2 on a GPU with --workflow auto, else 0)")
     g.add_argument("--fine-tune-lr", type=float, default=_DEFAULT.fine_tune_lr, metavar="LR",
                    help="AdamW's peak rate for fine-tuning, reached after a warm-up over a tenth of the steps, "
-                   "then decayed on a cosine (default: 1e-4 below 1,000 training photos, 2e-4 from 1,000)")
+                   f"then decayed on a cosine (default: {_LOW_RATE:g} below {_MANY_PHOTOS:,} training photos, "
+                   f"{_HIGH_RATE:g} from {_MANY_PHOTOS:,})")
     g.add_argument("--unfreeze-last", type=unfreeze_count, default=_DEFAULT.unfreeze_last, metavar="K|all",
                    help="unfreeze the last K blocks of the backbone, or all (default: "
                    f"{_DEFAULT.unfreeze_last}, of EfficientNet-Lite's 8)")

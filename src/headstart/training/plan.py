@@ -9,19 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._console import Console
-from ..config import TrainingConfig
+from ..config import FINE_TUNE_RATES, TrainingConfig
 from ..features.cache import CacheLayout
 from ..features.pipeline import FeatureRequest
 
-__all__ = ["FitContext", "choose_workflow", "fine_tune_rate", "feature_request", "FINE_TUNE_RATES"]
-
-# Fine-tuning's peak rate when none is asked for: (fewest training photos, rate), largest first.
-# Measured against the textbook recipe on held-out photos (benchmarks/bench_vs_reference.py, 3 seeds):
-# 1,500 satellite patches gained 1.4 points at 2e-4 over 1e-4, but 720 texture photos lost up to
-# 1.25: the last blocks memorise so few photos at the larger step (99.7% training accuracy while
-# validation falls back), and the guard refused two seeds of three. More photos give a larger step
-# more to learn before it overfits, as the textbook advice (fine-tune more the more data there is) says.
-FINE_TUNE_RATES = ((1000, 2e-4), (0, 1e-4))
+__all__ = ["FitContext", "choose_workflow", "fine_tune_rate", "feature_request"]
 
 
 @dataclass
@@ -50,7 +42,7 @@ def choose_workflow(config: TrainingConfig, device_type: str) -> tuple[str, int]
 
 def fine_tune_rate(config: TrainingConfig, train_photos: int) -> float:
     """Fine-tuning's peak rate: ``config.fine_tune_lr`` when given, else by the number of training
-    photos (``FINE_TUNE_RATES``: 1e-4 below 1,000, 2e-4 from 1,000)."""
+    photos (``config.FINE_TUNE_RATES``: 1e-4 below 1,000, 2e-4 from 1,000)."""
     if config.fine_tune_lr is not None:
         return config.fine_tune_lr
     return next(rate for fewest, rate in FINE_TUNE_RATES if train_photos >= fewest)
